@@ -1,0 +1,126 @@
+"""Checks of the workflow config beyond its JSON schema, and what is derived from it.
+
+Only the standard library is imported here: this runs every time Snakemake
+parses the workflow.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+from emoprobe.errors import UserError
+
+SOURCES = ("hub", "local", "gguf")
+
+
+class ConfigError(UserError):
+    """The config is wrong; the message names the key and what was expected."""
+
+
+def schema_errors(config: dict, schema: dict) -> list[str]:
+    """Every violation of ``schema`` by ``config``, one line each, naming the key path.
+
+    Snakemake's own ``validate`` (which also fills in defaults) reports only the
+    first error, with the whole schema printed; these lines are what a user reads.
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    lines = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        if error.validator == "additionalProperties":
+            allowed = sorted(error.schema.get("properties", {}))
+            message = f"{error.message}; allowed keys: {allowed}" if allowed else error.message
+        elif "propertyNames" in error.schema_path:
+            message = f"{error.instance!r} is not a valid name: use letters, digits, '.', '_' and '-' only"
+        else:
+            message = error.message
+        lines.append(f"{key}: {message}")
+    return lines
+
+
+def duplicate_keys(path: str | Path) -> list[str]:
+    """Keys given twice in one mapping of a YAML file, with their lines (YAML loaders keep the last silently)."""
+    import yaml
+
+    found = []
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    found.append(f"{key!r} (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    with open(path) as handle:
+        yaml.load(handle, Loader=Loader)
+    return found
+
+
+def model_source(name: str, model: dict) -> str:
+    """Which of ``hub``, ``local``, ``gguf`` the model comes from; exactly one must be given."""
+    given = [s for s in SOURCES if s in model]
+    if len(given) != 1:
+        raise ConfigError(
+            f"models.{name}: give exactly one source of {list(SOURCES)}, found {given or 'none'}"
+        )
+    return given[0]
+
+
+def chunk_size(config: dict, name: str) -> int:
+    """Layers per extraction job for a model: its own setting, else the global one, else all."""
+    model = config["models"][name]
+    size = model.get("layer_chunk_size", config["extraction"].get("layer_chunk_size", model["n_layers"]))
+    return size
+
+
+def layer_chunks(n_layers: int, size: int) -> list[tuple[int, int]]:
+    """Consecutive 1-based ``(first, last)`` layer ranges of ``size`` layers covering ``1..n_layers``."""
+    return [(first, min(first + size - 1, n_layers)) for first in range(1, n_layers + 1, size)]
+
+
+def check_config(config: dict, workdir: Path) -> None:
+    """Raise :class:`ConfigError` on what the schema cannot express.
+
+    Checks the prompt template's fields, one source per model, local model paths,
+    the layer chunk sizes against each model's depth, and the label renaming.
+    """
+    template = config["prompt"]["template"]
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        raise ConfigError(f"prompt.template: {err} in {template!r}") from None
+    if fields != ["text"]:
+        raise ConfigError(f"prompt.template: must contain {{text}} exactly once and no other field, has {fields}")
+
+    dataset = config["dataset"]
+    stray = sorted(set(dataset["rename"].values()) - set(dataset["labels"]))
+    if stray:
+        raise ConfigError(f"dataset.rename: renames to {stray}, which are not in dataset.labels")
+    if 0 < dataset["limit"] < len(dataset["labels"]):
+        raise ConfigError(
+            f"dataset.limit: {dataset['limit']} is fewer than the {len(dataset['labels'])} labels; "
+            "use 0 for all texts or at least one text per label"
+        )
+
+    global_size = config["extraction"].get("layer_chunk_size")
+    for name, model in config["models"].items():
+        if name in (".", "..") or "/" in name:
+            raise ConfigError(f"models: name {name!r} is not a safe file name")
+        source = model_source(name, model)
+        if source == "local":
+            path = (workdir / model["local"]).resolve()
+            if not (path / "config.json").is_file():
+                raise ConfigError(
+                    f"models.{name}.local: {model['local']!r} is not a transformers model directory "
+                    f"(no {path / 'config.json'})"
+                )
+        for key, size in (("models." + name + ".layer_chunk_size", model.get("layer_chunk_size")),
+                          ("extraction.layer_chunk_size", global_size if "layer_chunk_size" not in model else None)):
+            if size is not None and not 1 <= size <= model["n_layers"]:
+                raise ConfigError(f"{key}: {size} is not between 1 and the {model['n_layers']} layers of {name}")

@@ -1,0 +1,187 @@
+"""Hidden states of chosen decoder layers at the last tokens of each prompt.
+
+Prompts are tokenised whole (never truncated), sorted by length and cut into
+batches of at most ``batch_tokens`` padded tokens, padded on the left so that
+position -1 is every prompt's last real token. Forward hooks retain each wanted
+block's output at the chosen positions and stop the pass after the last wanted
+block, so neither later layers nor the LM head are computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from emoprobe.config import ConfigError
+from emoprobe.nethook import RetainOutputs
+
+
+def tokenize(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each prompt, with the model's special tokens and no truncation."""
+    return tokenizer(list(prompts), add_special_tokens=True, truncation=False)["input_ids"]
+
+
+def check_positions(lengths: Sequence[int], positions: Sequence[int], row_ids: Sequence[int]) -> None:
+    """Raise :class:`ConfigError` unless every prompt has a token at every position.
+
+    ``positions`` are negative offsets from the end (-1 is the last token).
+    """
+    deepest = -min(positions)
+    short = [(rid, n) for rid, n in zip(row_ids, lengths) if n < deepest]
+    if short:
+        raise ConfigError(
+            f"positions: {list(positions)} reach {deepest} tokens back, but {len(short)} prompt(s) are shorter, "
+            f"e.g. row_id {short[0][0]} has {short[0][1]} tokens"
+        )
+
+
+def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int) -> list[np.ndarray]:
+    """Group prompt indices into batches of similar length, longest first.
+
+    Each batch holds at most ``max_batch_size`` prompts and at most
+    ``batch_tokens`` padded tokens (its size times its longest prompt), except
+    that a single prompt longer than the budget gets a batch of its own.
+
+    Returns
+    -------
+    list of numpy.ndarray of int64
+        Indices into ``lengths``; together they cover every index once.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    batches, current = [], []
+    for index in order:
+        # Sorted longest first, so the first prompt of a batch sets its padded width.
+        width = lengths[current[0]] if current else lengths[index]
+        if current and (len(current) + 1 > max_batch_size or (len(current) + 1) * width > batch_tokens):
+            batches.append(np.array(current, dtype=np.int64))
+            current = []
+        current.append(int(index))
+    if current:
+        batches.append(np.array(current, dtype=np.int64))
+    return batches
+
+
+def left_pad(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad sequences into one batch.
+
+    Returns
+    -------
+    input_ids, attention_mask, position_ids : torch.Tensor of int64, shape [batch, max_len]
+        ``position_ids`` count real tokens only (0 at each prompt's first token),
+        so a padded prompt sees the same positions as when run alone.
+    """
+    width = max(len(ids) for ids in token_ids)
+    input_ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, width - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids):] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, attention_mask, position_ids
+
+
+def hidden_states_batch(
+    model: torch.nn.Module,
+    blocks: torch.nn.ModuleList,
+    layers: Sequence[int],
+    positions: Sequence[int],
+    token_ids: Sequence[Sequence[int]],
+    pad_id: int,
+) -> dict[int, torch.Tensor]:
+    """Residual stream after each of ``layers`` at ``positions``, for one batch.
+
+    Parameters
+    ----------
+    model : the base decoder (no LM head).
+    blocks : its decoder blocks; ``layers`` are 1-based indices into them.
+    positions : negative offsets from the end of each prompt.
+
+    Returns
+    -------
+    dict of layer -> torch.Tensor, shape [batch, len(positions), hidden], on the model's device and dtype.
+    """
+    device = next(model.parameters()).device
+    input_ids, attention_mask, position_ids = (t.to(device) for t in left_pad(token_ids, pad_id))
+    if not bool(attention_mask[:, -1].all()):
+        raise RuntimeError("left padding failed: position -1 is not a real token in every row")
+    columns = torch.as_tensor([input_ids.shape[1] + p for p in positions], device=device)
+    with RetainOutputs({layer: blocks[layer - 1] for layer in layers},
+                       select=lambda h: h.index_select(1, columns), stop=True) as trace:
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    return trace.retained
+
+
+def iter_hidden_states(
+    model: torch.nn.Module,
+    blocks: torch.nn.ModuleList,
+    token_ids: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    positions: Sequence[int],
+    *,
+    pad_id: int,
+    batch_tokens: int,
+    max_batch_size: int,
+) -> Iterator[tuple[np.ndarray, dict[int, np.ndarray]]]:
+    """Yield ``(indices, states)`` batch by batch, in length-sorted order.
+
+    ``indices`` (int64, ascending) index ``token_ids``; ``states[layer]`` is a
+    float32 array ``[len(indices), len(positions), hidden]`` in the same order.
+    Memory stays bounded by one batch whatever the number of prompts.
+    """
+    lengths = [len(ids) for ids in token_ids]
+    with torch.inference_mode():
+        for batch in length_batches(lengths, batch_tokens, max_batch_size):
+            batch = np.sort(batch)
+            states = hidden_states_batch(model, blocks, layers, positions, [token_ids[i] for i in batch], pad_id)
+            yield batch, {layer: s.float().cpu().numpy() for layer, s in states.items()}
+
+
+def padded_tokens(lengths: Sequence[int], batches: Sequence[np.ndarray]) -> int:
+    """Number of tokens computed when ``batches`` are left-padded to their longest prompt."""
+    lengths = np.asarray(lengths)
+    return int(sum(len(b) * lengths[b].max() for b in batches))
+
+
+
+
+def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], positions: Sequence[int],
+                    batch_tokens: int, max_batch_size: int, storage_dtype: str, attrs: dict, log=None) -> dict:
+    """Run the prompts through ``model`` and stream the chosen layers' states into ``path``.
+
+    Parameters
+    ----------
+    prompts : pandas.DataFrame with ``row_id``, ``label_id`` and ``prompt`` columns.
+    layers : 1-based decoder layers to keep.
+    attrs : recorded as file attributes (model source, template, versions ...).
+
+    Returns
+    -------
+    dict with ``n_texts``, ``tokens`` (real tokens), ``padded_tokens`` (computed) and ``seconds``.
+    """
+    import time
+
+    from emoprobe.h5io import HiddenStateWriter
+    from emoprobe.models import decoder_layers
+
+    blocks = decoder_layers(model)
+    token_ids = tokenize(tokenizer, prompts["prompt"])
+    lengths = [len(ids) for ids in token_ids]
+    check_positions(lengths, positions, prompts["row_id"].tolist())
+    batches = length_batches(lengths, batch_tokens, max_batch_size)
+    stats = {"n_texts": len(lengths), "tokens": int(sum(lengths)), "padded_tokens": padded_tokens(lengths, batches)}
+    start = time.perf_counter()
+    with HiddenStateWriter(
+        path, row_id=prompts["row_id"], label_id=prompts["label_id"], n_tokens=lengths, positions=positions,
+        layers=layers, hidden_size=model.config.hidden_size, storage_dtype=storage_dtype, attrs=attrs,
+    ) as writer:
+        done = 0
+        for indices, states in iter_hidden_states(model, blocks, token_ids, layers, positions, pad_id=tokenizer.pad_token_id,
+                                                  batch_tokens=batch_tokens, max_batch_size=max_batch_size):
+            writer.write(indices, states)
+            done += len(indices)
+            if log is not None:
+                log.info("%d/%d prompts, %.1f prompts/s", done, len(lengths), done / (time.perf_counter() - start))
+    stats["seconds"] = time.perf_counter() - start
+    return stats

@@ -1,0 +1,117 @@
+"""The HDF5 file of one extraction job: hidden states of a chunk of layers.
+
+Layout::
+
+    /row_id     int64   [n_texts]            corpus ids, corpus order
+    /label_id   int64   [n_texts]            index into attrs["labels"]
+    /n_tokens   int64   [n_texts]            prompt length in tokens
+    /positions  int64   [n_positions]        negative offsets from the prompt end
+    /layer_NN   float   [n_texts, n_positions, hidden_size]   residual stream after block NN (1-based)
+
+File attributes record the model source and revision, the prompt template, the
+compute and storage dtypes, library versions and ``complete = True``, which is
+set last. The file is written under a temporary name and renamed when whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from emoprobe.errors import UserError
+
+
+class HiddenFileError(UserError):
+    """An HDF5 hidden-state file is missing, truncated, incomplete or of the wrong shape."""
+
+
+def layer_key(layer: int) -> str:
+    """Dataset name of a 1-based layer index."""
+    return f"layer_{layer:02d}"
+
+
+class HiddenStateWriter:
+    """Write one chunk file, batch by batch, atomically.
+
+    Use as a context manager; on a clean exit the file is marked complete and
+    moved to ``path``; on an exception the temporary file is removed.
+    """
+
+    def __init__(self, path, *, row_id, label_id, n_tokens, positions, layers, hidden_size,
+                 storage_dtype: str, attrs: dict):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        self.layers = list(layers)
+        n_texts, n_positions = len(row_id), len(positions)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = h5py.File(self.tmp, "w")
+        for name, values in (("row_id", row_id), ("label_id", label_id), ("n_tokens", n_tokens),
+                             ("positions", positions)):
+            self.file.create_dataset(name, data=np.asarray(values, dtype=np.int64))
+        for layer in self.layers:
+            ds = self.file.create_dataset(
+                layer_key(layer),
+                shape=(n_texts, n_positions, hidden_size),
+                dtype=storage_dtype,
+                chunks=(min(n_texts, 256), n_positions, hidden_size),
+            )
+            ds.attrs["layer"] = layer
+        for key, value in attrs.items():
+            # str() also turns str subclasses (Snakemake's params) into plain strings h5py can store
+            self.file.attrs[key] = str(value) if isinstance(value, str) else json.dumps(value)
+        self.file.attrs["complete"] = False
+
+    def write(self, indices: np.ndarray, states: dict[int, np.ndarray]) -> None:
+        """Store ``states[layer]`` (``[len(indices), n_positions, hidden]``) at rows ``indices`` (ascending)."""
+        for layer in self.layers:
+            self.file[layer_key(layer)][indices] = states[layer]
+
+    def __enter__(self) -> HiddenStateWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.file.attrs["complete"] = True
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        else:
+            self.file.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+def read_layer(path, layer: int) -> tuple[np.ndarray, dict]:
+    """Read one layer's states and the row metadata, refusing anything not whole.
+
+    Returns
+    -------
+    states : numpy.ndarray of float32, shape [n_texts, n_positions, hidden_size]
+    meta : dict with ``row_id``, ``label_id`` (int64 arrays), ``positions`` (list of int)
+        and ``attrs`` (the file attributes).
+    """
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+            if not attrs.get("complete", False):
+                raise HiddenFileError(f"{path}: not marked complete; it was not finished, delete it and rerun")
+            key = layer_key(layer)
+            if key not in f:
+                raise HiddenFileError(f"{path}: no dataset {key!r}; it holds {sorted(k for k in f if k.startswith('layer_'))}")
+            row_id, label_id, positions = f["row_id"][:], f["label_id"][:], f["positions"][:]
+            states = f[key][:]
+    except OSError as err:
+        raise HiddenFileError(f"{path}: unreadable HDF5 file ({err}); it is truncated or corrupt, delete it and rerun") from None
+    expected = (len(row_id), len(positions))
+    if states.ndim != 3 or states.shape[:2] != expected or len(label_id) != len(row_id):
+        raise HiddenFileError(
+            f"{path}: dataset {layer_key(layer)!r} has shape {states.shape}, expected "
+            f"({expected[0]}, {expected[1]}, hidden_size) to match row_id and positions"
+        )
+    if not np.isfinite(states).all():
+        raise HiddenFileError(f"{path}: dataset {layer_key(layer)!r} holds non-finite values")
+    meta = {"row_id": row_id, "label_id": label_id, "positions": positions.tolist(), "attrs": attrs}
+    return states.astype(np.float32, copy=False), meta

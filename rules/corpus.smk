@@ -1,0 +1,38 @@
+rule download_corpus:
+    output:
+        "resources/corpus/{filename}",
+    params:
+        url=config["dataset"]["url"],
+        sha256=config["dataset"]["sha256"],
+    log:
+        "logs/download_corpus/{filename}.log",
+    benchmark:
+        "logs/benchmarks/download_corpus/{filename}.tsv"
+    resources:
+        mem_mb=512,
+        runtime=10,
+    conda:
+        "../envs/corpus.yaml"
+    script:
+        "../scripts/download_corpus.py"
+
+
+rule prepare_prompts:
+    input:
+        csv=corpus_csv(),
+    output:
+        "results/corpus/prompts.tsv",
+    params:
+        dataset={k: v for k, v in config["dataset"].items() if k not in ("path", "url", "sha256")},
+        template=lambda wc: config["prompt"]["template"],
+    log:
+        "logs/prepare_prompts.log",
+    benchmark:
+        "logs/benchmarks/prepare_prompts.tsv"
+    resources:
+        mem_mb=1024,
+        runtime=5,
+    conda:
+        "../envs/corpus.yaml"
+    script:
+        "../scripts/prepare_prompts.py"

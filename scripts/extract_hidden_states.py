@@ -1,0 +1,56 @@
+"""Hidden states of one chunk of layers of one model, for every prompt, into HDF5."""
+
+import json
+import platform
+
+import h5py
+import torch
+import transformers
+
+import emoprobe
+from emoprobe.corpus import read_prompts
+from emoprobe.errors import log_to, reported_as_message
+from emoprobe.extract import extract_to_hdf5
+from emoprobe.config import model_source
+from emoprobe.models import ModelError, load_decoder, pick_device
+
+log = log_to(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+name, model_cfg = snakemake.wildcards.model, snakemake.params.model
+settings = snakemake.params.extraction
+layers = list(range(int(snakemake.wildcards.first), int(snakemake.wildcards.last) + 1))
+source = model_source(name, model_cfg)
+if source == "hub":
+    path_or_id, revision, local_only = model_cfg["hub"]["id"], model_cfg["hub"].get("revision"), False
+else:
+    path_or_id, revision, local_only = snakemake.input.model_dir, None, True
+device = pick_device(settings["device"])
+log.info("model %s (%s) on %s in %s, %d threads, layers %s", name, path_or_id, device, settings["dtype"],
+         torch.get_num_threads(), layers)
+
+with reported_as_message():
+    model, tokenizer = load_decoder(path_or_id, revision=revision, dtype=settings["dtype"], device=device,
+                                    trust_remote_code=model_cfg["trust_remote_code"], local_only=local_only)
+    for key, actual in (("n_layers", model.config.num_hidden_layers), ("hidden_size", model.config.hidden_size)):
+        if model_cfg[key] != actual:
+            raise ModelError(f"models.{name}.{key}: the config says {model_cfg[key]}, the model has {actual}")
+    prompts = read_prompts(snakemake.input.prompts)
+    attrs = {
+        "model": name,
+        "source": json.dumps({source: model_cfg[source]}),
+        "revision": revision or getattr(model.config, "_commit_hash", None) or "",
+        "prompt_template": snakemake.params.template,
+        "dtype": settings["dtype"],
+        "storage_dtype": settings["storage_dtype"],
+        "device": str(device),
+        "emoprobe_version": emoprobe.__version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "h5py_version": h5py.__version__,
+        "python_version": platform.python_version(),
+    }
+    stats = extract_to_hdf5(model, tokenizer, prompts, snakemake.output[0], layers=layers,
+                            positions=snakemake.params.positions, batch_tokens=settings["batch_tokens"],
+                            max_batch_size=settings["max_batch_size"], storage_dtype=settings["storage_dtype"],
+                            attrs=attrs, log=log)
+log.info("done: %s, %.0f tokens/s", stats, stats["tokens"] / stats["seconds"])

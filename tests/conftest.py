@@ -1,0 +1,76 @@
+"""Shared fixtures: the real corpus, configs in temporary directories, and one real workflow run."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = (ROOT / "../shared/data/enVent_gen_Data.csv").resolve()
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def default_config() -> dict:
+    """The workflow's config.yaml, with the corpus path made absolute."""
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    config["dataset"]["path"] = str(CORPUS)
+    return config
+
+
+def small_config(limit: int = 144) -> dict:
+    """Real SmolLM2 on a stratified slice of the real corpus, in two layer chunks."""
+    config = default_config()
+    config["dataset"]["limit"] = limit
+    config["models"] = {"smollm2-135m": config["models"]["smollm2-135m"]}
+    config["models"]["smollm2-135m"]["layer_chunk_size"] = 15
+    return config
+
+
+def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Run the workflow in ``workdir`` with ``config`` replacing config.yaml."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    configfile = workdir / "config.test.yaml"
+    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = SNAKEMAKE + ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+                           "--profile", str(ROOT / "profiles/default"), "--replace-workflow-config",
+                           "--configfile", str(configfile), *args]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # jobs must find emoprobe by themselves
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
+
+
+@pytest.fixture(scope="session")
+def e2e_run(tmp_path_factory):
+    """One real run of the whole workflow on SmolLM2 and 144 real texts; returns its directory."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    result = run_snakemake(workdir, small_config(), "--cores", "2")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def smollm2(e2e_run):
+    """The dequantised SmolLM2 of the e2e run, loaded on the CPU: ``(model, tokenizer)``."""
+    import torch
+
+    from emoprobe.models import load_decoder
+
+    return load_decoder(str(e2e_run / "resources/models/smollm2-135m"), revision=None, dtype="float32",
+                        device=torch.device("cpu"), trust_remote_code=False, local_only=True)
+
+
+def with_changes(config: dict, **paths) -> dict:
+    """A deep copy of ``config`` with ``a__b=value`` setting ``config[a][b]``."""
+    config = copy.deepcopy(config)
+    for path, value in paths.items():
+        *parents, key = path.split("__")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[key] = value
+    return config

@@ -1,0 +1,110 @@
+"""A bad config stops the workflow at parse time with a message naming the key."""
+
+import pytest
+import yaml
+
+from conftest import ROOT, default_config, run_snakemake, small_config, with_changes
+from emoprobe.config import ConfigError, check_config, duplicate_keys, layer_chunks, schema_errors
+
+SCHEMA = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
+
+
+def problems(config) -> str:
+    """The schema's and check_config's complaints about ``config``, as one string ('' if none)."""
+    lines = schema_errors(config, SCHEMA)
+    if lines:
+        return "\n".join(lines)
+    try:
+        check_config(config, ROOT)
+    except ConfigError as err:
+        return str(err)
+    return ""
+
+
+def test_default_config_is_valid():
+    assert problems(default_config()) == ""
+
+
+def smol(**changes):
+    config = default_config()
+    config["models"]["smollm2-135m"].update(changes)
+    return config
+
+
+def renamed_model(name):
+    config = default_config()
+    config["models"][name] = config["models"].pop("smollm2-135m")
+    return config
+
+
+def no_source():
+    config = default_config()
+    del config["models"]["smollm2-135m"]["gguf"]
+    return config
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (with_changes(default_config(), probe__solver="saga"), "probe: Additional properties are not allowed ('solver' was unexpected); allowed keys: ['C',"),
+        (with_changes(default_config(), extra={"a": 1}), "(top level): Additional properties are not allowed ('extra'"),
+        (no_source(), "models.smollm2-135m: give exactly one source of ['hub', 'local', 'gguf'], found none"),
+        (smol(hub={"id": "HuggingFaceTB/SmolLM2-135M-Instruct"}), "models.smollm2-135m: give exactly one source of ['hub', 'local', 'gguf'], found ['hub', 'gguf']"),
+        (smol(gguf=None, local="models/nowhere"), "models.smollm2-135m.gguf: None is not of type 'object'"),
+        (renamed_model("../x"), "models: '../x' is not a valid name"),
+        (renamed_model("a/b"), "models: 'a/b' is not a valid name"),
+        (renamed_model("my model"), "models: 'my model' is not a valid name"),
+        (with_changes(default_config(), positions=[-1, 0]), "positions.1: 0 is greater than the maximum of -1"),
+        (with_changes(default_config(), positions=[3]), "positions.0: 3 is greater than the maximum of -1"),
+        (with_changes(default_config(), positions=[-1, -1]), "positions: [-1, -1] has non-unique elements"),
+        (with_changes(default_config(), extraction__layer_chunk_size=0), "extraction.layer_chunk_size: 0 is less than the minimum of 1"),
+        (with_changes(default_config(), extraction__layer_chunk_size=20), "extraction.layer_chunk_size: 20 is not between 1 and the 18 layers of gemma3-270m"),
+        (smol(layer_chunk_size=31), "models.smollm2-135m.layer_chunk_size: 31 is not between 1 and the 30 layers of smollm2-135m"),
+        (with_changes(default_config(), probe__C="abc"), "probe.C: 'abc' is not of type 'number'"),
+        (with_changes(default_config(), probe__C=-1), "probe.C: -1 is less than or equal to the minimum of 0"),
+        (with_changes(default_config(), probe__test_size=0), "probe.test_size: 0 is less than or equal to the minimum of 0"),
+        (with_changes(default_config(), probe__test_size=1), "probe.test_size: 1 is greater than or equal to the maximum of 1"),
+        (with_changes(default_config(), prompt__template="Context: {text} {text}"), "prompt.template: must contain {text} exactly once"),
+        (with_changes(default_config(), prompt__template="Context: {txt}"), "prompt.template: 'Context: {txt}' does not match"),
+        (with_changes(default_config(), dataset__limit=5), "dataset.limit: 5 is fewer than the 13 labels"),
+        (with_changes(default_config(), dataset__rename={"no-emotion": "calm"}), "dataset.rename: renames to ['calm']"),
+        (with_changes(default_config(), extraction__dtype="int8"), "extraction.dtype: 'int8' is not one of"),
+    ],
+    ids=lambda v: None if isinstance(v, dict) else v[:40],
+)
+def test_bad_config_is_named(config, expected):
+    assert expected in problems(config)
+
+
+def test_local_model_path_that_does_not_exist_is_named():
+    config = smol()
+    del config["models"]["smollm2-135m"]["gguf"]
+    config["models"]["smollm2-135m"]["local"] = "models/nowhere"
+    assert "models.smollm2-135m.local: 'models/nowhere' is not a transformers model directory" in problems(config)
+
+
+def test_duplicate_keys_in_the_config_file_are_found(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("models:\n  m:\n    n_layers: 2\n  m:\n    n_layers: 3\n")
+    assert duplicate_keys(path) == ["'m' (line 4)"]
+
+
+def test_layer_chunks_cover_every_layer():
+    assert layer_chunks(30, 15) == [(1, 15), (16, 30)]
+    assert layer_chunks(18, 4) == [(1, 4), (5, 8), (9, 12), (13, 16), (17, 18)]
+    assert layer_chunks(5, 5) == [(1, 5)]
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (with_changes(small_config(), probe__C=-1, probe__tol="x"), ["probe.C: -1 is less than", "probe.tol: 'x' is not of type"]),
+        (with_changes(small_config(), positions=[0]), ["positions.0: 0 is greater than the maximum of -1"]),
+    ],
+)
+def test_snakemake_stops_at_parse_time_with_the_message(tmp_path, config, expected):
+    result = run_snakemake(tmp_path, config, "--dry-run")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert all(line in output for line in expected), output
+    assert "Traceback" not in output and "Building DAG" not in output

@@ -1,0 +1,163 @@
+"""Hidden-state extraction on the real SmolLM2: batching, left padding, early stop, HDF5 files."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from emoprobe import extract
+from emoprobe.config import ConfigError
+from emoprobe.h5io import HiddenFileError, HiddenStateWriter, read_layer
+from emoprobe.models import decoder_layers
+from emoprobe.nethook import RetainOutputs
+
+PROMPTS = [
+    "What are the inferred emotions in the following contexts? Context: I passed my driving test. Answer:",
+    "What are the inferred emotions in the following contexts? Context: My neighbour\u2019s dog barked all "
+    "night again and nobody did anything about it, for the third week in a row. Answer:",
+    "What are the inferred emotions in the following contexts? Context: rain. Answer:",
+]
+POSITIONS = [-1, -2, -3, -4, -5]
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Max abs difference over the largest norm of a state vector."""
+    return float(np.abs(a - b).max() / np.linalg.norm(b, axis=-1).max())
+
+
+def test_length_batches_cover_every_prompt_once_within_the_budget():
+    lengths = [5, 40, 12, 12, 33, 7, 90, 1, 20]
+    batches = extract.length_batches(lengths, batch_tokens=64, max_batch_size=3)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert len(batch) <= 3 and (len(batch) * width <= 64 or len(batch) == 1)
+    assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+    assert extract.padded_tokens(lengths, batches) < len(lengths) * max(lengths)
+
+
+def test_left_pad_puts_the_last_real_token_last():
+    ids, mask, pos = extract.left_pad([[7, 8, 9], [5]], pad_id=0)
+    assert ids.tolist() == [[7, 8, 9], [0, 0, 5]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert pos.tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_positions_deeper_than_the_shortest_prompt_are_refused():
+    with pytest.raises(ConfigError, match="row_id 12 has 3 tokens"):
+        extract.check_positions([10, 3], [-1, -4], row_ids=[11, 12])
+
+
+def test_padded_batch_equals_each_prompt_alone(smollm2):
+    model, tokenizer = smollm2
+    blocks = decoder_layers(model)
+    token_ids = extract.tokenize(tokenizer, PROMPTS)
+    assert len({len(t) for t in token_ids}) == 3, "prompts of different lengths, so padding is exercised"
+    layers = [1, 15, 30]
+    with torch.inference_mode():
+        batched = extract.hidden_states_batch(model, blocks, layers, POSITIONS, token_ids, tokenizer.pad_token_id)
+        for row, ids in enumerate(token_ids):
+            alone = extract.hidden_states_batch(model, blocks, layers, POSITIONS, [ids], tokenizer.pad_token_id)
+            for layer in layers:
+                assert relative_error(batched[layer][row].numpy(), alone[layer][0].numpy()) <= 1e-4
+
+
+def test_states_are_the_block_outputs_at_the_last_tokens(smollm2):
+    """Position -1 of layer L is hidden_states[L] of a plain forward pass at the prompt's last token."""
+    model, tokenizer = smollm2
+    ids = extract.tokenize(tokenizer, PROMPTS[:1])
+    with torch.inference_mode():
+        ours = extract.hidden_states_batch(model, decoder_layers(model), [3, 30], POSITIONS, ids,
+                                           tokenizer.pad_token_id)
+        reference = model(torch.tensor(ids), output_hidden_states=True).hidden_states
+    assert tokenizer.convert_ids_to_tokens(ids[0][-2:]) == ["\u0120Answer", ":"]
+    # hidden_states[0] is the embedding; the last entry is after the final norm, so compare layer 3 only
+    expected = reference[3][0, [-1, -2, -3, -4, -5]].numpy()
+    assert relative_error(ours[3][0].numpy(), expected) <= 1e-5
+
+
+def test_forward_pass_stops_after_the_last_wanted_layer(smollm2):
+    model, tokenizer = smollm2
+    blocks = decoder_layers(model)
+    ran = []
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, b in enumerate(blocks, 1)]
+    try:
+        with torch.inference_mode():
+            extract.hidden_states_batch(model, blocks, [2, 4], POSITIONS, extract.tokenize(tokenizer, PROMPTS),
+                                        tokenizer.pad_token_id)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert ran == [1, 2, 3, 4]
+    assert all(not b._forward_hooks for b in blocks), "RetainOutputs removed its hooks"
+
+
+def test_retain_outputs_removes_hooks_even_on_error():
+    layer = torch.nn.Linear(2, 2)
+    with pytest.raises(RuntimeError):
+        with RetainOutputs({"a": layer}):
+            raise RuntimeError("boom")
+    assert not layer._forward_hooks
+
+
+def test_batch_size_and_sorting_do_not_change_the_states(smollm2, tmp_path):
+    model, tokenizer = smollm2
+    prompts = pd.DataFrame({"row_id": [3, 1, 2], "label_id": [0, 1, 2], "prompt": PROMPTS})
+    files = {}
+    for name, budget, size in (("one", 10_000, 1), ("many", 10_000, 16)):
+        files[name] = tmp_path / f"{name}.h5"
+        extract.extract_to_hdf5(model, tokenizer, prompts, files[name], layers=[5, 6], positions=POSITIONS,
+                                batch_tokens=budget, max_batch_size=size, storage_dtype="float32", attrs={"m": "x"})
+    for layer in (5, 6):
+        one, meta = read_layer(files["one"], layer)
+        many, _ = read_layer(files["many"], layer)
+        assert one.shape == (3, 5, 576) and meta["row_id"].tolist() == [3, 1, 2]
+        assert relative_error(many, one) <= 1e-4
+
+
+# --- HDF5 files that are not whole are never read as valid ------------------------------------------
+
+
+def write_chunk(path, n=4, layers=(1, 2)):
+    with HiddenStateWriter(path, row_id=range(n), label_id=[0] * n, n_tokens=[9] * n, positions=[-1, -2],
+                           layers=layers, hidden_size=3, storage_dtype="float32", attrs={"model": "m"}) as writer:
+        writer.write(np.arange(n), {layer: np.full((n, 2, 3), layer, np.float32) for layer in layers})
+
+
+def test_writer_is_atomic(tmp_path):
+    path = tmp_path / "chunk.h5"
+    with pytest.raises(RuntimeError):
+        with HiddenStateWriter(path, row_id=[1], label_id=[0], n_tokens=[3], positions=[-1], layers=[1],
+                               hidden_size=3, storage_dtype="float32", attrs={}):
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    write_chunk(path)
+    states, meta = read_layer(path, 2)
+    assert states.shape == (4, 2, 3) and (states == 2).all() and meta["positions"] == [-1, -2]
+
+
+def test_truncated_file_is_refused(tmp_path):
+    path = tmp_path / "chunk.h5"
+    write_chunk(path)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(HiddenFileError, match="truncated or corrupt"):
+        read_layer(path, 1)
+
+
+def test_incomplete_or_misshapen_file_is_refused(tmp_path):
+    import h5py
+
+    path = tmp_path / "chunk.h5"
+    write_chunk(path)
+    with h5py.File(path, "a") as f:
+        del f["layer_02"]
+        f.create_dataset("layer_02", data=np.zeros((3, 2, 3), np.float32))
+    with pytest.raises(HiddenFileError, match=r"shape \(3, 2, 3\), expected \(4, 2, hidden_size\)"):
+        read_layer(path, 2)
+    with pytest.raises(HiddenFileError, match="no dataset 'layer_07'"):
+        read_layer(path, 7)
+    with h5py.File(path, "a") as f:
+        f.attrs["complete"] = False
+    with pytest.raises(HiddenFileError, match="not marked complete"):
+        read_layer(path, 1)
