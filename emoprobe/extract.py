@@ -5,11 +5,19 @@ batches of at most ``batch_tokens`` padded tokens, padded on the left so that
 position -1 is every prompt's last real token. Forward hooks retain each wanted
 block's output at the chosen positions and stop the pass after the last wanted
 block, so neither later layers nor the LM head are computed.
+
+Every prompt of a template starts with the same tokens. Their keys and values
+are computed once (:func:`encode_prefix`) and reused by every batch, which then
+runs only the rest of each prompt: padding goes between the shared prefix and
+each prompt's own tokens, and position ids count real tokens only, so every
+token sees exactly the context and positions it has when its prompt runs alone.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -63,22 +71,52 @@ def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: in
     return batches
 
 
-def left_pad(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad sequences into one batch.
+class SharedPrefix(NamedTuple):
+    """The first ``length`` tokens common to all prompts and their keys/values (a transformers Cache, batch 1)."""
+
+    length: int
+    cache: object
+
+
+def shared_prefix_length(token_ids: Sequence[Sequence[int]], positions: Sequence[int]) -> int:
+    """Length of the longest token prefix common to all prompts, capped so that
+    every prompt keeps its last ``-min(positions)`` tokens outside it (states are
+    read from those tokens, which must run in the batch)."""
+    first = token_ids[0]
+    length = min(len(ids) for ids in token_ids) + min(positions)
+    for ids in token_ids[1:]:
+        length = min(length, next((i for i, (a, b) in enumerate(zip(first, ids)) if a != b), length))
+    return max(length, 0)
+
+
+def encode_prefix(model: torch.nn.Module, prefix_ids: Sequence[int]) -> SharedPrefix:
+    """Run the shared prefix once and keep its keys and values."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        output = model(input_ids=torch.tensor([list(prefix_ids)], device=device), use_cache=True)
+    return SharedPrefix(len(prefix_ids), output.past_key_values)
+
+
+def left_pad(token_ids: Sequence[Sequence[int]], pad_id: int, offset: int = 0
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad sequences into one batch, after ``offset`` already-cached prefix tokens.
 
     Returns
     -------
-    input_ids, attention_mask, position_ids : torch.Tensor of int64, shape [batch, max_len]
-        ``position_ids`` count real tokens only (0 at each prompt's first token),
-        so a padded prompt sees the same positions as when run alone.
+    input_ids, position_ids : torch.Tensor of int64, shape [batch, max_len]
+        ``position_ids`` count real tokens only (``offset`` at each sequence's first
+        token), so a padded prompt sees the same positions as when run alone.
+    attention_mask : torch.Tensor of int64, shape [batch, offset + max_len]
+        Ones over the prefix and the real tokens, zeros over the padding.
     """
     width = max(len(ids) for ids in token_ids)
     input_ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
     for row, ids in enumerate(token_ids):
         input_ids[row, width - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids):] = 1
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        mask[row, width - len(ids):] = 1
+    position_ids = offset + (mask.cumsum(-1) - 1).clamp(min=0)
+    attention_mask = torch.cat([torch.ones((len(token_ids), offset), dtype=torch.long), mask], dim=1)
     return input_ids, attention_mask, position_ids
 
 
@@ -89,6 +127,7 @@ def hidden_states_batch(
     positions: Sequence[int],
     token_ids: Sequence[Sequence[int]],
     pad_id: int,
+    prefix: SharedPrefix | None = None,
 ) -> dict[int, torch.Tensor]:
     """Residual stream after each of ``layers`` at ``positions``, for one batch.
 
@@ -97,19 +136,28 @@ def hidden_states_batch(
     model : the base decoder (no LM head).
     blocks : its decoder blocks; ``layers`` are 1-based indices into them.
     positions : negative offsets from the end of each prompt.
+    token_ids : the prompts' tokens, without the first ``prefix.length`` when a prefix is given.
+    prefix : the shared prefix whose keys and values precede every prompt of the batch.
 
     Returns
     -------
     dict of layer -> torch.Tensor, shape [batch, len(positions), hidden], on the model's device and dtype.
     """
     device = next(model.parameters()).device
-    input_ids, attention_mask, position_ids = (t.to(device) for t in left_pad(token_ids, pad_id))
+    offset = prefix.length if prefix is not None else 0
+    input_ids, attention_mask, position_ids = (t.to(device) for t in left_pad(token_ids, pad_id, offset))
     if not bool(attention_mask[:, -1].all()):
         raise RuntimeError("left padding failed: position -1 is not a real token in every row")
+    cache = None
+    if prefix is not None:
+        # The forward pass appends to the cache it is given, so each batch gets its own copy.
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(len(token_ids))
     columns = torch.as_tensor([input_ids.shape[1] + p for p in positions], device=device)
     with RetainOutputs({layer: blocks[layer - 1] for layer in layers},
                        select=lambda h: h.index_select(1, columns), stop=True) as trace:
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+              past_key_values=cache, use_cache=prefix is not None)
     return trace.retained
 
 
@@ -123,18 +171,22 @@ def iter_hidden_states(
     pad_id: int,
     batch_tokens: int,
     max_batch_size: int,
+    share_prefix: bool = True,
 ) -> Iterator[tuple[np.ndarray, dict[int, np.ndarray]]]:
     """Yield ``(indices, states)`` batch by batch, in length-sorted order.
 
     ``indices`` (int64, ascending) index ``token_ids``; ``states[layer]`` is a
     float32 array ``[len(indices), len(positions), hidden]`` in the same order.
     Memory stays bounded by one batch whatever the number of prompts.
+    With ``share_prefix`` the tokens common to all prompts are computed once.
     """
-    lengths = [len(ids) for ids in token_ids]
+    prefix_length = shared_prefix_length(token_ids, positions) if share_prefix else 0
+    prefix = encode_prefix(model, token_ids[0][:prefix_length]) if prefix_length else None
+    rest = [ids[prefix_length:] for ids in token_ids]
     with torch.inference_mode():
-        for batch in length_batches(lengths, batch_tokens, max_batch_size):
+        for batch in length_batches([len(ids) for ids in rest], batch_tokens, max_batch_size):
             batch = np.sort(batch)
-            states = hidden_states_batch(model, blocks, layers, positions, [token_ids[i] for i in batch], pad_id)
+            states = hidden_states_batch(model, blocks, layers, positions, [rest[i] for i in batch], pad_id, prefix)
             yield batch, {layer: s.float().cpu().numpy() for layer, s in states.items()}
 
 
@@ -147,7 +199,8 @@ def padded_tokens(lengths: Sequence[int], batches: Sequence[np.ndarray]) -> int:
 
 
 def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], positions: Sequence[int],
-                    batch_tokens: int, max_batch_size: int, storage_dtype: str, attrs: dict, log=None) -> dict:
+                    batch_tokens: int, max_batch_size: int, storage_dtype: str, attrs: dict,
+                    share_prefix: bool = True, log=None) -> dict:
     """Run the prompts through ``model`` and stream the chosen layers' states into ``path``.
 
     Parameters
@@ -158,7 +211,8 @@ def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], p
 
     Returns
     -------
-    dict with ``n_texts``, ``tokens`` (real tokens), ``padded_tokens`` (computed) and ``seconds``.
+    dict with ``n_texts``, ``tokens`` (real tokens), ``computed_tokens`` (padded, the shared
+    prefix counted once), ``prefix_tokens`` and ``seconds``.
     """
     import time
 
@@ -169,8 +223,10 @@ def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], p
     token_ids = tokenize(tokenizer, prompts["prompt"])
     lengths = [len(ids) for ids in token_ids]
     check_positions(lengths, positions, prompts["row_id"].tolist())
-    batches = length_batches(lengths, batch_tokens, max_batch_size)
-    stats = {"n_texts": len(lengths), "tokens": int(sum(lengths)), "padded_tokens": padded_tokens(lengths, batches)}
+    prefix = shared_prefix_length(token_ids, positions) if share_prefix else 0
+    rest = [n - prefix for n in lengths]
+    stats = {"n_texts": len(lengths), "tokens": int(sum(lengths)), "prefix_tokens": prefix,
+             "computed_tokens": prefix + padded_tokens(rest, length_batches(rest, batch_tokens, max_batch_size))}
     start = time.perf_counter()
     with HiddenStateWriter(
         path, row_id=prompts["row_id"], label_id=prompts["label_id"], n_tokens=lengths, positions=positions,
@@ -178,7 +234,8 @@ def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], p
     ) as writer:
         done = 0
         for indices, states in iter_hidden_states(model, blocks, token_ids, layers, positions, pad_id=tokenizer.pad_token_id,
-                                                  batch_tokens=batch_tokens, max_batch_size=max_batch_size):
+                                                  batch_tokens=batch_tokens, max_batch_size=max_batch_size,
+                                                  share_prefix=share_prefix):
             writer.write(indices, states)
             done += len(indices)
             if log is not None:

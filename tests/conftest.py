@@ -32,8 +32,8 @@ def small_config(limit: int = 144) -> dict:
     return config
 
 
-def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    """Run the workflow in ``workdir`` with ``config`` replacing config.yaml."""
+def snakemake_command(workdir: Path, config: dict, *args: str) -> tuple[list[str], dict]:
+    """Command line and environment running the workflow in ``workdir`` with ``config`` replacing config.yaml."""
     workdir.mkdir(parents=True, exist_ok=True)
     configfile = workdir / "config.test.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -41,6 +41,12 @@ def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 1800) 
                            "--profile", str(ROOT / "profiles/default"), "--replace-workflow-config",
                            "--configfile", str(configfile), *args]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # jobs must find emoprobe by themselves
+    return command, env
+
+
+def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Run the workflow to completion; see :func:`snakemake_command`."""
+    command, env = snakemake_command(workdir, config, *args)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
 
 

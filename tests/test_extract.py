@@ -80,6 +80,7 @@ def test_states_are_the_block_outputs_at_the_last_tokens(smollm2):
 def test_forward_pass_stops_after_the_last_wanted_layer(smollm2):
     model, tokenizer = smollm2
     blocks = decoder_layers(model)
+    before = [len(b._forward_hooks) for b in blocks]  # transformers keeps hooks of its own on some models
     ran = []
     handles = [b.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, b in enumerate(blocks, 1)]
     try:
@@ -90,7 +91,7 @@ def test_forward_pass_stops_after_the_last_wanted_layer(smollm2):
         for handle in handles:
             handle.remove()
     assert ran == [1, 2, 3, 4]
-    assert all(not b._forward_hooks for b in blocks), "RetainOutputs removed its hooks"
+    assert [len(b._forward_hooks) for b in blocks] == before, "every hook is removed"
 
 
 def test_retain_outputs_removes_hooks_even_on_error():
@@ -161,3 +162,33 @@ def test_incomplete_or_misshapen_file_is_refused(tmp_path):
         f.attrs["complete"] = False
     with pytest.raises(HiddenFileError, match="not marked complete"):
         read_layer(path, 1)
+
+
+def test_layer_chunks_and_the_shared_prefix_do_not_change_the_states(smollm2, tmp_path):
+    """Layers 1-6 in one job equal layers 1-3 and 4-6 in two; computing the shared prefix once changes nothing."""
+    model, tokenizer = smollm2
+    prompts = pd.DataFrame({"row_id": [1, 2, 3], "label_id": [0, 1, 2], "prompt": PROMPTS})
+    token_ids = extract.tokenize(tokenizer, PROMPTS)
+    assert extract.shared_prefix_length(token_ids, POSITIONS) == 11
+
+    def run(name, layers, share_prefix):
+        path = tmp_path / f"{name}.h5"
+        extract.extract_to_hdf5(model, tokenizer, prompts, path, layers=layers, positions=POSITIONS,
+                                batch_tokens=4096, max_batch_size=64, storage_dtype="float32", attrs={},
+                                share_prefix=share_prefix)
+        return path
+
+    whole = run("whole", range(1, 7), share_prefix=False)
+    parts = {layer: run(f"part{layer}", layers, share_prefix=True)
+             for layer, layers in ((1, range(1, 4)), (4, range(4, 7)))}
+    for layer in range(1, 7):
+        reference, _ = read_layer(whole, layer)
+        chunked, _ = read_layer(parts[1 if layer <= 3 else 4], layer)
+        assert relative_error(chunked, reference) <= 1e-4
+
+
+def test_shared_prefix_leaves_the_read_positions_in_every_prompt():
+    ids = [[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 9], [1, 2, 3, 8, 8, 8, 8, 8]]
+    assert extract.shared_prefix_length(ids, [-1]) == 3
+    assert extract.shared_prefix_length(ids, [-1, -2, -3, -4]) == 2  # the 6-token prompt keeps its last 4
+    assert extract.shared_prefix_length([[5, 6], [7, 8]], [-1]) == 0

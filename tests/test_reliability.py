@@ -1,0 +1,47 @@
+"""A run killed with SIGKILL mid-extraction resumes to exactly the result of an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import time
+
+from conftest import run_snakemake, small_config, snakemake_command
+from emoprobe.h5io import read_layer
+
+
+def wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "timed out waiting for the run to reach extraction"
+        time.sleep(0.2)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(e2e_run, tmp_path):
+    command, env = snakemake_command(tmp_path, small_config(), "--cores", "2")
+    log = tmp_path / "logs/extract_hidden_states/smollm2-135m/layers01-15.log"
+    with open(tmp_path / "killed.out", "w") as out:
+        # its own session, so the kill takes Snakemake and its running jobs at once, like a lost node
+        run = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+        wait_for(lambda: log.is_file() and "prompts/s" in log.read_text(), 600, run)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+
+    hidden = tmp_path / "results/hidden/smollm2-135m"
+    assert not (hidden / "layers01-15.h5").exists(), "a half-written chunk never has its final name"
+    assert (hidden / ".layers01-15.h5.partial").exists()
+    for finished in hidden.glob("*.h5"):
+        read_layer(finished, 30)  # anything under a final name is whole
+
+    # SIGKILL leaves Snakemake's lock behind; the user is told to unlock, then reruns the same command
+    locked = run_snakemake(tmp_path, small_config(), "--cores", "2")
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    assert run_snakemake(tmp_path, small_config(), "--unlock").returncode == 0
+    resumed = run_snakemake(tmp_path, small_config(), "--cores", "2")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    # same config, same machine: byte-identical results, the interruption left no trace
+    for name in ("results/accuracy.tsv", "results/tables/smollm2-135m_accuracy_by_layer.txt"):
+        assert (tmp_path / name).read_bytes() == (e2e_run / name).read_bytes(), name
+    assert not list(hidden.glob(".*.partial"))
