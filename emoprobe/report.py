@@ -45,6 +45,7 @@ def plot_accuracy_by_layer(table: pd.DataFrame, png: str, pdf: str) -> None:
 
     matplotlib.use("Agg")
     import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
 
     data = table.assign(token=table["position"].map(lambda p: f"{p}"))
     grid = sns.relplot(data=data, x="layer", y="accuracy", hue="token", col="model", kind="line", marker="o",
@@ -54,7 +55,10 @@ def plot_accuracy_by_layer(table: pd.DataFrame, png: str, pdf: str) -> None:
                    linewidth=1, label="chance")
         ax.set_title(model)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 1)
+        ax.text(1, table.loc[table["model"] == model, "chance"].iloc[0] + 0.01, "majority-class chance",
+                color="grey", fontsize=8)
     grid.set_ylabels("held-out probe accuracy")
     grid.figure.savefig(png, dpi=150, bbox_inches="tight")
     grid.figure.savefig(pdf, bbox_inches="tight", metadata={"CreationDate": None})

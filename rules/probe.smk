@@ -5,6 +5,7 @@ rule fit_probes:
         "results/probes/{model}/layer{layer}.tsv",
     params:
         probe=config["probe"],
+        n_classes=len(config["dataset"]["labels"]),
     log:
         "logs/fit_probes/{model}/layer{layer}.log",
     benchmark:
