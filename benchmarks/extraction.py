@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -109,8 +110,10 @@ def workflow_method(model_dir: str, prompts: list[str], threads: int, out: str, 
     n_layers = model.config.num_hidden_layers
     table = pd.DataFrame({"row_id": range(len(prompts)), "label_id": 0, "prompt": prompts})
     h5 = out + ".h5"
+    settings = yaml.safe_load((ROOT / "config.yaml").read_text())["extraction"]
     stats = extract_to_hdf5(model, tokenizer, table, h5, layers=range(1, n_layers + 1), positions=POSITIONS,
-                            batch_tokens=4096, max_batch_size=64, storage_dtype="float32", attrs={})
+                            batch_tokens=settings["batch_tokens"], max_batch_size=settings["max_batch_size"],
+                            max_padding=settings["max_padding"], storage_dtype="float32", attrs={})
     np.save(out, np.stack([read_layer(h5, layer)[0] for layer in range(1, n_layers + 1)], 1))
     embedding = model.get_input_embeddings().weight.numel()
     queue.put({**stats, "non_embedding_params": sum(p.numel() for p in model.parameters()) - embedding,

@@ -45,12 +45,14 @@ def check_positions(lengths: Sequence[int], positions: Sequence[int], row_ids: S
         )
 
 
-def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int) -> list[np.ndarray]:
+def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: int,
+                   max_padding: float) -> list[np.ndarray]:
     """Group prompt indices into batches of similar length, longest first.
 
     Each batch holds at most ``max_batch_size`` prompts and at most
-    ``batch_tokens`` padded tokens (its size times its longest prompt), except
-    that a single prompt longer than the budget gets a batch of its own.
+    ``batch_tokens`` padded tokens (its size times its longest prompt), and at
+    most a ``max_padding`` fraction of its padded tokens is padding; a single
+    prompt longer than the budget gets a batch of its own.
 
     Returns
     -------
@@ -58,14 +60,17 @@ def length_batches(lengths: Sequence[int], batch_tokens: int, max_batch_size: in
         Indices into ``lengths``; together they cover every index once.
     """
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    batches, current = [], []
+    batches, current, real = [], [], 0
     for index in order:
         # Sorted longest first, so the first prompt of a batch sets its padded width.
         width = lengths[current[0]] if current else lengths[index]
-        if current and (len(current) + 1 > max_batch_size or (len(current) + 1) * width > batch_tokens):
+        size = len(current) + 1
+        if current and (size > max_batch_size or size * width > batch_tokens
+                        or real + lengths[index] < (1 - max_padding) * size * width):
             batches.append(np.array(current, dtype=np.int64))
-            current = []
+            current, real = [], 0
         current.append(int(index))
+        real += lengths[index]
     if current:
         batches.append(np.array(current, dtype=np.int64))
     return batches
@@ -171,6 +176,7 @@ def iter_hidden_states(
     pad_id: int,
     batch_tokens: int,
     max_batch_size: int,
+    max_padding: float,
     share_prefix: bool = True,
 ) -> Iterator[tuple[np.ndarray, dict[int, np.ndarray]]]:
     """Yield ``(indices, states)`` batch by batch, in length-sorted order.
@@ -184,7 +190,7 @@ def iter_hidden_states(
     prefix = encode_prefix(model, token_ids[0][:prefix_length]) if prefix_length else None
     rest = [ids[prefix_length:] for ids in token_ids]
     with torch.inference_mode():
-        for batch in length_batches([len(ids) for ids in rest], batch_tokens, max_batch_size):
+        for batch in length_batches([len(ids) for ids in rest], batch_tokens, max_batch_size, max_padding):
             batch = np.sort(batch)
             states = hidden_states_batch(model, blocks, layers, positions, [rest[i] for i in batch], pad_id, prefix)
             yield batch, {layer: s.float().cpu().numpy() for layer, s in states.items()}
@@ -199,8 +205,8 @@ def padded_tokens(lengths: Sequence[int], batches: Sequence[np.ndarray]) -> int:
 
 
 def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], positions: Sequence[int],
-                    batch_tokens: int, max_batch_size: int, storage_dtype: str, attrs: dict,
-                    share_prefix: bool = True, log=None) -> dict:
+                    batch_tokens: int, max_batch_size: int, max_padding: float, storage_dtype: str,
+                    attrs: dict, share_prefix: bool = True, log=None) -> dict:
     """Run the prompts through ``model`` and stream the chosen layers' states into ``path``.
 
     Parameters
@@ -226,7 +232,8 @@ def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], p
     prefix = shared_prefix_length(token_ids, positions) if share_prefix else 0
     rest = [n - prefix for n in lengths]
     stats = {"n_texts": len(lengths), "tokens": int(sum(lengths)), "prefix_tokens": prefix,
-             "computed_tokens": prefix + padded_tokens(rest, length_batches(rest, batch_tokens, max_batch_size))}
+             "computed_tokens": prefix + padded_tokens(rest, length_batches(rest, batch_tokens, max_batch_size,
+                                                                                 max_padding))}
     start = time.perf_counter()
     with HiddenStateWriter(
         path, row_id=prompts["row_id"], label_id=prompts["label_id"], n_tokens=lengths, positions=positions,
@@ -235,7 +242,7 @@ def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], p
         done = 0
         for indices, states in iter_hidden_states(model, blocks, token_ids, layers, positions, pad_id=tokenizer.pad_token_id,
                                                   batch_tokens=batch_tokens, max_batch_size=max_batch_size,
-                                                  share_prefix=share_prefix):
+                                                  max_padding=max_padding, share_prefix=share_prefix):
             writer.write(indices, states)
             done += len(indices)
             if log is not None:

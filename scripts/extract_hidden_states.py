@@ -51,6 +51,7 @@ with reported_as_message():
     }
     stats = extract_to_hdf5(model, tokenizer, prompts, snakemake.output[0], layers=layers,
                             positions=snakemake.params.positions, batch_tokens=settings["batch_tokens"],
-                            max_batch_size=settings["max_batch_size"], storage_dtype=settings["storage_dtype"],
+                            max_batch_size=settings["max_batch_size"], max_padding=settings["max_padding"],
+                            storage_dtype=settings["storage_dtype"],
                             attrs=attrs, share_prefix=settings["share_prefix"], log=log)
 log.info("done: %s, %.0f tokens/s", stats, stats["tokens"] / stats["seconds"])

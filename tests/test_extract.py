@@ -26,13 +26,15 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_length_batches_cover_every_prompt_once_within_the_budget():
-    lengths = [5, 40, 12, 12, 33, 7, 90, 1, 20]
-    batches = extract.length_batches(lengths, batch_tokens=64, max_batch_size=3)
+    lengths = [5, 40, 12, 12, 33, 7, 90, 1, 20, 11, 10, 6]
+    batches = extract.length_batches(lengths, batch_tokens=64, max_batch_size=3, max_padding=0.2)
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert any(len(b) > 1 for b in batches)
     for batch in batches:
         width = max(lengths[i] for i in batch)
         assert len(batch) <= 3 and (len(batch) * width <= 64 or len(batch) == 1)
+        assert sum(lengths[i] for i in batch) >= 0.8 * len(batch) * width
     assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
     assert extract.padded_tokens(lengths, batches) < len(lengths) * max(lengths)
 
@@ -106,10 +108,15 @@ def test_batch_size_and_sorting_do_not_change_the_states(smollm2, tmp_path):
     model, tokenizer = smollm2
     prompts = pd.DataFrame({"row_id": [3, 1, 2], "label_id": [0, 1, 2], "prompt": PROMPTS})
     files = {}
-    for name, budget, size in (("one", 10_000, 1), ("many", 10_000, 16)):
+    for name, size in (("one", 1), ("many", 16)):
         files[name] = tmp_path / f"{name}.h5"
-        extract.extract_to_hdf5(model, tokenizer, prompts, files[name], layers=[5, 6], positions=POSITIONS,
-                                batch_tokens=budget, max_batch_size=size, storage_dtype="float32", attrs={"m": "x"})
+        # max_padding=0.99: the three prompts, of different lengths, do share one batch
+        stats = extract.extract_to_hdf5(model, tokenizer, prompts, files[name], layers=[5, 6], positions=POSITIONS,
+                                        batch_tokens=10_000, max_batch_size=size, max_padding=0.99,
+                                        storage_dtype="float32", attrs={"m": "x"})
+        own_tokens = stats["tokens"] - 3 * stats["prefix_tokens"]
+        padding = stats["computed_tokens"] - stats["prefix_tokens"] - own_tokens
+        assert (padding > 0) == (size > 1), "one batch of mixed lengths, or three unpadded batches"
     for layer in (5, 6):
         one, meta = read_layer(files["one"], layer)
         many, _ = read_layer(files["many"], layer)
@@ -174,7 +181,8 @@ def test_layer_chunks_and_the_shared_prefix_do_not_change_the_states(smollm2, tm
     def run(name, layers, share_prefix):
         path = tmp_path / f"{name}.h5"
         extract.extract_to_hdf5(model, tokenizer, prompts, path, layers=layers, positions=POSITIONS,
-                                batch_tokens=4096, max_batch_size=64, storage_dtype="float32", attrs={},
+                                batch_tokens=4096, max_batch_size=64, max_padding=0.1, storage_dtype="float32",
+                                attrs={},
                                 share_prefix=share_prefix)
         return path
 

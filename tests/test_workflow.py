@@ -105,3 +105,10 @@ def test_new_model_runs_only_that_models_jobs(e2e_run):
 def test_lint_is_clean():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_hub_token_never_reaches_an_output_or_a_log(e2e_run):
+    from conftest import TOKEN
+
+    leaked = [p for p in e2e_run.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leaked == []

@@ -1,0 +1,111 @@
+"""Benchmark: the workflow's probe trainer against the reference notebook's sklearn call.
+
+Reference (the course notebook): ``LogisticRegression(C=1.0, max_iter=1000)`` on raw
+hidden states, one probe at a time. It is slow, so it is timed on a sample of probes
+(``--reference-probes``, spread over the layers, all at position -1) and its time per
+probe is extrapolated to all probes of the model; the printout says so.
+Workflow: ``emoprobe.probes.probe_layer`` on every layer of the model, as the jobs run it.
+Accuracy check: per probe, the workflow's held-out accuracy minus that of a fully
+converged sklearn fit of the same objective (standardised features, ``tol=1e-6``,
+``max_iter=20000``) on the same split, for the layers in ``--converged-layers``.
+
+    .venv/bin/python benchmarks/probes.py --hidden results/hidden/smollm2-135m/layers01-30.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from joblib import Parallel, delayed
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from emoprobe.h5io import read_layer  # noqa: E402
+from emoprobe.probes import probe_layer, split_indices, standardise  # noqa: E402
+
+
+def sklearn_fit(x_train, y_train, x_test, y_test, **settings) -> tuple[float, int, float]:
+    """Held-out accuracy, iterations and seconds of one sklearn LogisticRegression."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start = time.perf_counter()
+        model = LogisticRegression(**settings).fit(x_train, y_train)
+        seconds = time.perf_counter() - start
+    return float(model.score(x_test, y_test)), int(np.max(model.n_iter_)), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", required=True, help="an HDF5 chunk file holding all layers of one model")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reference-probes", type=int, default=3)
+    parser.add_argument("--converged-layers", default="all", help="'all' or comma-separated 1-based layers")
+    parser.add_argument("--n-classes", type=int, default=13)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with h5py.File(args.hidden) as f:
+        layers = sorted(int(k.split("_")[1]) for k in f if k.startswith("layer_"))
+    states = {layer: read_layer(args.hidden, layer) for layer in layers}
+    label_id, positions = states[layers[0]][1]["label_id"], states[layers[0]][1]["positions"]
+    train, test = split_indices(label_id, 0.2, 42, stratify=False)
+    n_probes = len(layers) * len(positions)
+    print(f"{args.hidden}: {len(layers)} layers x {len(positions)} positions = {n_probes} probes, "
+          f"{len(train)} train / {len(test)} test rows, {args.threads} threads")
+
+    start = time.perf_counter()
+    ours = {layer: probe_layer(x, meta["label_id"], positions, C=1.0, max_iter=1000, tol=1e-4, test_size=0.2,
+                               seed=42, stratify=False, n_classes=args.n_classes)
+            for layer, (x, meta) in states.items()}
+    our_seconds = time.perf_counter() - start
+    iterations = [int(t["n_iter"].iloc[0]) for t in ours.values()]
+    print(f"workflow: all {n_probes} probes in {our_seconds:.1f} s = {our_seconds / n_probes:.2f} s/probe; "
+          f"L-BFGS iterations per layer {min(iterations)}-{max(iterations)}, "
+          f"converged {sum(t['converged'].sum() for t in ours.values())}/{n_probes}")
+
+    sample = [layers[i] for i in np.linspace(0, len(layers) - 1, args.reference_probes).round().astype(int)]
+    reference = []
+    for layer in sample:
+        x = states[layer][0][:, 0]
+        reference.append(sklearn_fit(x[train], label_id[train], x[test], label_id[test], C=1.0, max_iter=1000))
+        print(f"  reference probe layer {layer} position -1: accuracy {reference[-1][0]:.3f}, "
+              f"{reference[-1][1]} iterations, {reference[-1][2]:.1f} s")
+    per_probe = float(np.mean([r[2] for r in reference]))
+    print(f"reference: {per_probe:.1f} s/probe (timed on {len(sample)} probes, extrapolated: "
+          f"{per_probe * n_probes / 60:.1f} min for all {n_probes})")
+    print(f"speed-up per probe: {per_probe / (our_seconds / n_probes):.0f}x")
+
+    checked = layers if args.converged_layers == "all" else [int(v) for v in args.converged_layers.split(",")]
+    jobs = []
+    for layer in checked:
+        x_train, x_test = standardise(states[layer][0][train], states[layer][0][test])
+        for k, position in enumerate(positions):
+            jobs.append((layer, position, x_train[:, k], x_test[:, k]))
+    converged = Parallel(n_jobs=args.threads)(
+        delayed(sklearn_fit)(x_train, label_id[train], x_test, label_id[test], C=1.0, tol=1e-6, max_iter=20000)
+        for _, _, x_train, x_test in jobs)
+    differences = []
+    for (layer, position, _, _), (accuracy, n_iter, _) in zip(jobs, converged):
+        ours_accuracy = float(ours[layer].set_index("position").loc[position, "accuracy"])
+        differences.append(ours_accuracy - accuracy)
+        print(f"  layer {layer:>2} position {position}: workflow {ours_accuracy:.4f}, converged sklearn "
+              f"{accuracy:.4f} ({n_iter} iterations), difference {differences[-1]:+.4f}")
+    worst = float(np.abs(differences).max())
+    print(f"accuracy vs converged sklearn on {len(jobs)} probes: max |difference| {worst:.4f} "
+          f"({worst * len(test):.0f} test examples), mean {np.mean(differences):+.4f}")
+    if worst > 0.01:
+        raise SystemExit("a probe differs from the converged sklearn fit by more than 0.01")
+
+
+if __name__ == "__main__":
+    main()
