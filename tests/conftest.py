@@ -14,6 +14,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = (ROOT / "../shared/data/enVent_gen_Data.csv").resolve()
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# Every test run of the workflow sees this hub token; no output or log may ever contain it.
+TOKEN = "hf_SENTINELtokenNEVERtoBEwritten0123"
 
 
 def default_config() -> dict:
@@ -32,15 +34,17 @@ def small_config(limit: int = 144) -> dict:
     return config
 
 
-def snakemake_command(workdir: Path, config: dict, *args: str) -> tuple[list[str], dict]:
+def snakemake_command(workdir: Path, config: dict, *args: str,
+                      profile: Path = ROOT / "profiles/default") -> tuple[list[str], dict]:
     """Command line and environment running the workflow in ``workdir`` with ``config`` replacing config.yaml."""
     workdir.mkdir(parents=True, exist_ok=True)
     configfile = workdir / "config.test.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     command = SNAKEMAKE + ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-                           "--profile", str(ROOT / "profiles/default"), "--replace-workflow-config",
+                           "--profile", str(profile), "--replace-workflow-config",
                            "--configfile", str(configfile), *args]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # jobs must find emoprobe by themselves
+    env["HF_TOKEN"] = TOKEN
     return command, env
 
 
