@@ -60,8 +60,11 @@ class HiddenStateWriter:
                                           dtype=storage_dtype)
             ds.attrs["layer"] = layer
         for key, value in attrs.items():
-            # str() also turns str subclasses (Snakemake's params) into plain strings h5py can store
-            self.file.attrs[key] = str(value) if isinstance(value, str) else json.dumps(value)
+            if isinstance(value, str):
+                value = str(value)  # str subclasses (Snakemake's params) become plain strings h5py can store
+            elif not isinstance(value, int):
+                value = json.dumps(value)
+            self.file.attrs[key] = value
         self.file.attrs["complete"] = False
 
     def write(self, indices: np.ndarray, states: dict[int, np.ndarray]) -> None:

@@ -8,6 +8,7 @@ rule extract_hidden_states:
         model=lambda wc: config["models"][wc.model],
         positions=config["positions"],
         template=lambda wc: config["prompt"]["template"],
+        sample={key: config["dataset"][key] for key in ("limit", "seed")},
         extraction={k: v for k, v in config["extraction"].items() if k not in ("threads", "layer_chunk_size")},
     log:
         "logs/extract_hidden_states/{model}/layers{first}-{last}.log",

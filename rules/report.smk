@@ -4,6 +4,10 @@ rule aggregate_accuracy:
     output:
         table="results/accuracy.tsv",
         text=expand("results/tables/{model}_accuracy_by_layer.txt", model=MODELS),
+        config="results/config.yaml",
+    params:
+        # the complete config, defaults filled in: every seed and setting behind the table
+        config=lambda wc: config,
     log:
         "logs/aggregate_accuracy.log",
     benchmark:

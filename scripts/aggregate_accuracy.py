@@ -4,6 +4,7 @@ import os
 import re
 
 import pandas as pd
+import yaml
 
 from emoprobe.errors import log_to
 from emoprobe.report import accuracy_table, by_layer_text
@@ -21,4 +22,6 @@ for path in snakemake.output.text:
     model = re.search(r"tables/(.+)_accuracy_by_layer\.txt$", path).group(1)
     with open(path, "w") as out:
         out.write(by_layer_text(table, model))
+with open(snakemake.output.config, "w") as out:
+    yaml.safe_dump(dict(snakemake.params.config), out, sort_keys=False, allow_unicode=True)
 log.info("%d probes from %d models", len(table), table["model"].nunique())

@@ -40,6 +40,8 @@ with reported_as_message():
         "source": json.dumps({source: model_cfg[source]}),
         "revision": revision or getattr(model.config, "_commit_hash", None) or "",
         "prompt_template": snakemake.params.template,
+        "dataset_limit": int(snakemake.params.sample["limit"]),
+        "dataset_seed": int(snakemake.params.sample["seed"]),
         "dtype": settings["dtype"],
         "storage_dtype": settings["storage_dtype"],
         "device": str(device),

