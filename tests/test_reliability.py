@@ -45,3 +45,28 @@ def test_killed_run_resumes_to_the_uninterrupted_result(e2e_run, tmp_path):
     for name in ("results/accuracy.tsv", "results/tables/smollm2-135m_accuracy_by_layer.txt"):
         assert (tmp_path / name).read_bytes() == (e2e_run / name).read_bytes(), name
     assert not list(hidden.glob(".*.partial"))
+
+
+def test_batching_sorting_and_chunking_do_not_change_the_results(e2e_run, tmp_path):
+    """One prompt per batch, no shared prefix, ten 3-layer chunks: the same states and probe accuracies."""
+    import numpy as np
+    import pandas as pd
+
+    from conftest import with_changes
+
+    config = with_changes(small_config(), extraction__max_batch_size=1, extraction__share_prefix=False)
+    config["models"]["smollm2-135m"]["layer_chunk_size"] = 3
+    result = run_snakemake(tmp_path, config, "--cores", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(list((tmp_path / "results/hidden/smollm2-135m").glob("*.h5"))) == 10
+
+    for layer, chunk in ((1, "layers01-03"), (17, "layers16-18"), (30, "layers28-30")):
+        ours, _ = read_layer(tmp_path / f"results/hidden/smollm2-135m/{chunk}.h5", layer)
+        reference, _ = read_layer(e2e_run / f"results/hidden/smollm2-135m/layers{'01-15' if layer <= 15 else '16-30'}.h5",
+                                  layer)
+        assert np.abs(ours - reference).max() <= 1e-4 * np.linalg.norm(reference, axis=-1).max()
+
+    ours = pd.read_csv(tmp_path / "results/accuracy.tsv", sep="\t")
+    reference = pd.read_csv(e2e_run / "results/accuracy.tsv", sep="\t")
+    assert ours[["model", "layer", "position"]].equals(reference[["model", "layer", "position"]])
+    assert (np.abs(ours["accuracy"] - reference["accuracy"]) <= 1 / reference["n_test"] + 1e-9).all()
