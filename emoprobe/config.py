@@ -84,19 +84,23 @@ def layer_chunks(n_layers: int, size: int) -> list[tuple[int, int]]:
     return [(first, min(first + size - 1, n_layers)) for first in range(1, n_layers + 1, size)]
 
 
-def check_config(config: dict, workdir: Path) -> None:
-    """Raise :class:`ConfigError` on what the schema cannot express.
-
-    Checks the prompt template's fields, one source per model, local model paths,
-    the layer chunk sizes against each model's depth, and the label renaming.
-    """
-    template = config["prompt"]["template"]
+def check_template(template: str) -> None:
+    """Raise :class:`ConfigError` unless ``template`` has exactly one field, ``{text}``."""
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as err:
         raise ConfigError(f"prompt.template: {err} in {template!r}") from None
     if fields != ["text"]:
         raise ConfigError(f"prompt.template: must contain {{text}} exactly once and no other field, has {fields}")
+
+
+def check_config(config: dict, workdir: Path) -> None:
+    """Raise :class:`ConfigError` on what the schema cannot express.
+
+    Checks the prompt template's fields, one source per model, local model paths,
+    the layer chunk sizes against each model's depth, and the label renaming.
+    """
+    check_template(config["prompt"]["template"])
 
     dataset = config["dataset"]
     stray = sorted(set(dataset["rename"].values()) - set(dataset["labels"]))

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
-import string
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from emoprobe.config import check_template
 from emoprobe.errors import UserError
 
 
@@ -180,19 +180,9 @@ def stratified_subsample(corpus: pd.DataFrame, limit: int, seed: int) -> pd.Data
     return corpus.iloc[np.sort(kept)].reset_index(drop=True)
 
 
-def check_template(template: str) -> None:
-    """Raise ``ValueError`` unless ``template`` has exactly one field, ``{text}``."""
-    fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    if fields != ["text"]:
-        raise ValueError(
-            f"prompt template must contain the field {{text}} exactly once and no other field; "
-            f"it has {fields} in {template!r}"
-        )
-
-
 def build_prompts(corpus: pd.DataFrame, template: str) -> pd.DataFrame:
     """Add a ``prompt`` column: ``template`` with ``{text}`` replaced by each text."""
-    check_template(template)
+    check_template(template)  # before a user template can format anything else
     return corpus.assign(prompt=[template.format(text=t) for t in corpus["text"]])
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from conftest import CORPUS, default_config
 from emoprobe import corpus
+from emoprobe.config import ConfigError
 
 DATASET = default_config()["dataset"]
 TEMPLATE = default_config()["prompt"]["template"]
@@ -75,11 +76,11 @@ def test_stratified_subsample_is_seeded_proportional_and_in_file_order(real):
     assert corpus.stratified_subsample(real, 0, seed=42) is real
 
 
-def test_template_needs_exactly_one_text_field():
-    corpus.check_template("Context: {text} Answer:")
-    for bad in ["no field", "{text} {text}", "{text} {other}", "{}"]:
-        with pytest.raises(ValueError):
-            corpus.check_template(bad)
+def test_template_needs_exactly_one_text_field(real):
+    corpus.build_prompts(real.head(2), "Context: {text} Answer:")
+    for bad in ["no field", "{text} {text}", "{text} {other}", "{}", "{text"]:
+        with pytest.raises(ConfigError, match="prompt.template"):
+            corpus.build_prompts(real.head(2), bad)
 
 
 def test_braces_in_texts_are_kept_literally(real):
