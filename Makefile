@@ -8,16 +8,25 @@ VENV ?= .venv
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: run test install bench clean
+.PHONY: run report test install bench clean
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
 
+report: $(VENV)/.installed
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --report report.html
+
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
+# After `make run`: the benchmarks read its prepared models and HDF5 files.
 bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/extraction_and_probes.py
+	$(BIN)/python benchmarks/extraction.py --model resources/models/smollm2-135m --n-prompts 400
+	$(BIN)/python benchmarks/extraction.py --model resources/models/gemma3-270m --n-prompts 300
+	$(BIN)/python benchmarks/extraction.py --model resources/models/smollm2-135m --n-prompts 400 --template two_shot
+	$(BIN)/python benchmarks/probes.py --hidden results/hidden/smollm2-135m/layers01-30.h5 --converged-layers 1,5,10,15,20,25,30
+	$(BIN)/python benchmarks/probes.py --hidden results/hidden/gemma3-270m/layers01-18.h5 --converged-layers 1,6,12,18
+	$(BIN)/python benchmarks/scaling.py --config configs/paper.yaml
 
 install: $(VENV)/.installed
 
@@ -28,4 +37,4 @@ $(VENV)/.installed: requirements.txt requirements-models.txt
 	touch $@
 
 clean:
-	rm -rf results logs .snakemake
+	rm -rf results logs .snakemake report.html

@@ -5,10 +5,14 @@
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/corpus.smk"
 include: "rules/models.smk"
 include: "rules/extract.smk"
+include: "rules/answer.smk"
 include: "rules/probe.smk"
 include: "rules/report.smk"
 
@@ -16,15 +20,18 @@ include: "rules/report.smk"
 localrules:
     all,
     aggregate_accuracy,
+    record_config,
+    summarise_answers,
+    aggregate_appraisal,
     plot_accuracy,
+    plot_layer_position,
+    plot_appraisal,
+    plot_confusion,
 
 
 rule all:
     input:
-        "results/accuracy.tsv",
-        "results/figures/accuracy_by_layer.png",
-        "results/figures/accuracy_by_layer.pdf",
-        expand("results/tables/{model}_accuracy_by_layer.txt", model=MODELS),
+        all_targets(),
     default_target: True
 
 

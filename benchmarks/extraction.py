@@ -31,11 +31,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TEMPLATES = {
-    "zero_shot": "What are the inferred emotions in the following contexts? Context: {text} Answer:",
-    "two_shot": "What are the inferred emotions in the following contexts? Context: My first child was born. "
-    "Answer: joy Context: My dog died last week. Answer: sadness Context: {text} Answer:",
-}
+# The workflow's named templates, from the defaults of its config schema.
+TEMPLATES = yaml.safe_load((Path(__file__).resolve().parents[1] / "schemas/config.schema.yaml").read_text())[
+    "properties"]["prompt"]["properties"]["templates"]["default"]
 POSITIONS = [-1, -2, -3, -4, -5]
 
 
@@ -111,7 +109,8 @@ def workflow_method(model_dir: str, prompts: list[str], threads: int, out: str, 
     table = pd.DataFrame({"row_id": range(len(prompts)), "label_id": 0, "prompt": prompts})
     h5 = out + ".h5"
     settings = yaml.safe_load((ROOT / "config.yaml").read_text())["extraction"]
-    stats = extract_to_hdf5(model, tokenizer, table, h5, layers=range(1, n_layers + 1), positions=POSITIONS,
+    stats = extract_to_hdf5(model, tokenizer, table, h5, layers=range(1, n_layers + 1), locations=["residual"],
+                            positions=POSITIONS,
                             batch_tokens=settings["batch_tokens"], max_batch_size=settings["max_batch_size"],
                             max_padding=settings["max_padding"], storage_dtype="float32", attrs={})
     np.save(out, np.stack([read_layer(h5, layer)[0] for layer in range(1, n_layers + 1)], 1))

@@ -55,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     with h5py.File(args.hidden) as f:
-        layers = sorted(int(k.split("_")[1]) for k in f if k.startswith("layer_"))
+        layers = sorted(int(k.split("_")[1]) for k in f if k.startswith("residual_"))
     states = {layer: read_layer(args.hidden, layer) for layer in layers}
     label_id, positions = states[layers[0]][1]["label_id"], states[layers[0]][1]["positions"]
     train, test = split_indices(label_id, 0.2, 42, stratify=False)
@@ -64,8 +64,9 @@ def main() -> None:
           f"{len(train)} train / {len(test)} test rows, {args.threads} threads")
 
     start = time.perf_counter()
-    ours = {layer: probe_layer(x, meta["label_id"], positions, C=1.0, max_iter=1000, tol=1e-4, test_size=0.2,
-                               seed=42, stratify=False, n_classes=args.n_classes)
+    # the reference's single 80/20 split, no control: the same probes as the reference fits
+    ours = {layer: probe_layer(x, meta["label_id"], positions, C=1.0, max_iter=1000, tol=1e-4, folds=0, test_size=0.2,
+                               seed=42, stratify=False, n_classes=args.n_classes, control=False)
             for layer, (x, meta) in states.items()}
     our_seconds = time.perf_counter() - start
     iterations = [int(t["n_iter"].iloc[0]) for t in ours.values()]

@@ -84,6 +84,19 @@ def layer_chunks(n_layers: int, size: int) -> list[tuple[int, int]]:
     return [(first, min(first + size - 1, n_layers)) for first in range(1, n_layers + 1, size)]
 
 
+def count_records(path: str | Path) -> int | None:
+    """Number of records of a CSV file with a header row, or None when there is no such file.
+
+    Read as Latin-1, which decodes any byte, so this counts records whatever the file's encoding.
+    """
+    import csv
+
+    if not Path(path).is_file():
+        return None
+    with open(path, encoding="latin-1", newline="") as handle:
+        return max(sum(1 for row in csv.reader(handle) if row) - 1, 0)
+
+
 def check_template(template: str) -> None:
     """Raise :class:`ConfigError` unless ``template`` has exactly one field, ``{text}``."""
     try:
@@ -94,18 +107,41 @@ def check_template(template: str) -> None:
         raise ConfigError(f"prompt.template: must contain {{text}} exactly once and no other field, has {fields}")
 
 
+def prompt_template(prompt: dict) -> str:
+    """The template text of ``prompt.template``: the named entry of ``prompt.templates``, else the value itself."""
+    template = prompt["template"]
+    if template in prompt.get("templates", {}):
+        template = prompt["templates"][template]
+    elif "{" not in template:
+        raise ConfigError(
+            f"prompt.template: {template!r} is neither a name in prompt.templates "
+            f"{sorted(prompt.get('templates', {}))} nor a template with a {{text}} field"
+        )
+    check_template(template)
+    return template
+
+
 def check_config(config: dict, workdir: Path) -> None:
     """Raise :class:`ConfigError` on what the schema cannot express.
 
-    Checks the prompt template's fields, one source per model, local model paths,
-    the layer chunk sizes against each model's depth, and the label renaming.
+    Checks the prompt template, one source per model, local model paths, the
+    layer chunk sizes against each model's depth, the label renaming and answer
+    words, and that the model's answer can be read (position -1).
     """
-    check_template(config["prompt"]["template"])
+    prompt_template(config["prompt"])
+    if -1 not in config["positions"]:
+        raise ConfigError(f"positions: {config['positions']} must include -1, where the model's answer is read")
 
     dataset = config["dataset"]
     stray = sorted(set(dataset["rename"].values()) - set(dataset["labels"]))
     if stray:
         raise ConfigError(f"dataset.rename: renames to {stray}, which are not in dataset.labels")
+    stray = sorted(set(config["appraisal"]["positions"]) - set(config["positions"]))
+    if stray:
+        raise ConfigError(f"appraisal.positions: {stray} are not among the extracted positions {config['positions']}")
+    stray = sorted(set(config["answer"]["words"]) - set(dataset["labels"]))
+    if stray:
+        raise ConfigError(f"answer.words: {stray} are not in dataset.labels {dataset['labels']}")
     if 0 < dataset["limit"] < len(dataset["labels"]):
         raise ConfigError(
             f"dataset.limit: {dataset['limit']} is fewer than the {len(dataset['labels'])} labels; "

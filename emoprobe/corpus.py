@@ -110,16 +110,18 @@ def validate_corpus(
     label_column: str,
     labels: list[str],
     rename: dict[str, str],
+    appraisal_columns: list[str] = (),
 ) -> pd.DataFrame:
-    """Check the columns, labels, texts and ids, and return the tidy corpus.
+    """Check the columns, labels, texts, ids and appraisal ratings, and return the tidy corpus.
 
     Returns
     -------
     pandas.DataFrame
         Columns ``row_id`` (int64), ``label`` (str, after ``rename``), ``label_id``
-        (int64, index in ``sorted(labels)``) and ``text`` (str), in file order.
+        (int64, index in ``sorted(labels)``), ``text`` (str) and one float64 column
+        per appraisal, in file order.
     """
-    missing = [c for c in (id_column, text_column, label_column) if c not in table.columns]
+    missing = [c for c in (id_column, text_column, label_column, *appraisal_columns) if c not in table.columns]
     if missing:
         raise CorpusError(
             f"{path}: missing column(s) {missing}; the file has columns {list(table.columns)}"
@@ -153,6 +155,13 @@ def validate_corpus(
         raise CorpusError(
             f"{path}: column {text_column!r} is empty or whitespace-only in {empty.sum()} row(s): {where(empty)}"
         )
+    ratings = {}
+    for column in appraisal_columns:
+        values = pd.to_numeric(table[column].str.strip(), errors="coerce")
+        bad = ~np.isfinite(values.to_numpy(dtype=float))
+        if bad.any():
+            raise CorpusError(f"{path}: appraisal column {column!r} must hold numbers; not so on {where(bad)}")
+        ratings[column] = values.to_numpy(dtype=np.float64)
     order = sorted(labels)
     return pd.DataFrame(
         {
@@ -160,6 +169,7 @@ def validate_corpus(
             "label": label.to_numpy(),
             "label_id": label.map({name: i for i, name in enumerate(order)}).astype("int64").to_numpy(),
             "text": text.to_numpy(),
+            **ratings,
         }
     )
 

@@ -1,5 +1,11 @@
 """Hidden states of chosen decoder layers at the last tokens of each prompt.
 
+Three locations can be read in each block: ``residual``, the residual stream
+after the block (what the block returns); ``attention``, the output of its
+self-attention module; ``mlp``, the output of its MLP. The latter two are taken
+as their modules return them, before they are added to the residual stream (and,
+in Gemma's and OLMo-2's blocks, before the norm applied to them there).
+
 Prompts are tokenised whole (never truncated), sorted by length and cut into
 batches of at most ``batch_tokens`` padded tokens, padded on the left so that
 position -1 is every prompt's last real token. Forward hooks retain each wanted
@@ -24,6 +30,21 @@ import torch
 
 from emoprobe.config import ConfigError
 from emoprobe.nethook import RetainOutputs
+
+
+# Submodule of a decoder block holding each location's output; "" is the block itself.
+# These are the attribute names of every decoder in transformers that the workflow targets
+# (Llama, Mistral, Gemma 1-3, Phi-3, OLMo-2, Qwen).
+LOCATION_MODULES = {"residual": "", "attention": "self_attn", "mlp": "mlp"}
+
+
+def location_module(block: torch.nn.Module, location: str) -> torch.nn.Module:
+    """The module of ``block`` whose output is ``location`` (a key of :data:`LOCATION_MODULES`)."""
+    name = LOCATION_MODULES[location]
+    try:
+        return block.get_submodule(name) if name else block
+    except AttributeError:
+        raise ConfigError(f"locations: {type(block).__name__} has no {name!r} module to read {location!r} from") from None
 
 
 def tokenize(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
@@ -128,25 +149,27 @@ def left_pad(token_ids: Sequence[Sequence[int]], pad_id: int, offset: int = 0
 def hidden_states_batch(
     model: torch.nn.Module,
     blocks: torch.nn.ModuleList,
-    layers: Sequence[int],
+    keys: Sequence[tuple[str, int]],
     positions: Sequence[int],
     token_ids: Sequence[Sequence[int]],
     pad_id: int,
     prefix: SharedPrefix | None = None,
-) -> dict[int, torch.Tensor]:
-    """Residual stream after each of ``layers`` at ``positions``, for one batch.
+) -> dict[tuple[str, int], torch.Tensor]:
+    """States at each ``(location, layer)`` of ``keys`` and at ``positions``, for one batch.
 
     Parameters
     ----------
     model : the base decoder (no LM head).
-    blocks : its decoder blocks; ``layers`` are 1-based indices into them.
+    blocks : its decoder blocks; layers are 1-based indices into them.
+    keys : ``(location, layer)`` pairs, location a key of :data:`LOCATION_MODULES`.
     positions : negative offsets from the end of each prompt.
     token_ids : the prompts' tokens, without the first ``prefix.length`` when a prefix is given.
     prefix : the shared prefix whose keys and values precede every prompt of the batch.
 
     Returns
     -------
-    dict of layer -> torch.Tensor, shape [batch, len(positions), hidden], on the model's device and dtype.
+    dict of (location, layer) -> torch.Tensor, shape [batch, len(positions), hidden], on the model's
+    device and dtype.
     """
     device = next(model.parameters()).device
     offset = prefix.length if prefix is not None else 0
@@ -159,7 +182,7 @@ def hidden_states_batch(
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(len(token_ids))
     columns = torch.as_tensor([input_ids.shape[1] + p for p in positions], device=device)
-    with RetainOutputs({layer: blocks[layer - 1] for layer in layers},
+    with RetainOutputs({(location, layer): location_module(blocks[layer - 1], location) for location, layer in keys},
                        select=lambda h: h.index_select(1, columns), stop=True) as trace:
         model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
               past_key_values=cache, use_cache=prefix is not None)
@@ -170,7 +193,7 @@ def iter_hidden_states(
     model: torch.nn.Module,
     blocks: torch.nn.ModuleList,
     token_ids: Sequence[Sequence[int]],
-    layers: Sequence[int],
+    keys: Sequence[tuple[str, int]],
     positions: Sequence[int],
     *,
     pad_id: int,
@@ -181,8 +204,8 @@ def iter_hidden_states(
 ) -> Iterator[tuple[np.ndarray, dict[int, np.ndarray]]]:
     """Yield ``(indices, states)`` batch by batch, in length-sorted order.
 
-    ``indices`` (int64, ascending) index ``token_ids``; ``states[layer]`` is a
-    float32 array ``[len(indices), len(positions), hidden]`` in the same order.
+    ``indices`` (int64, ascending) index ``token_ids``; ``states[(location, layer)]``
+    is a float32 array ``[len(indices), len(positions), hidden]`` in the same order.
     Memory stays bounded by one batch whatever the number of prompts.
     With ``share_prefix`` the tokens common to all prompts are computed once.
     """
@@ -192,8 +215,8 @@ def iter_hidden_states(
     with torch.inference_mode():
         for batch in length_batches([len(ids) for ids in rest], batch_tokens, max_batch_size, max_padding):
             batch = np.sort(batch)
-            states = hidden_states_batch(model, blocks, layers, positions, [rest[i] for i in batch], pad_id, prefix)
-            yield batch, {layer: s.float().cpu().numpy() for layer, s in states.items()}
+            states = hidden_states_batch(model, blocks, keys, positions, [rest[i] for i in batch], pad_id, prefix)
+            yield batch, {key: s.float().cpu().numpy() for key, s in states.items()}
 
 
 def padded_tokens(lengths: Sequence[int], batches: Sequence[np.ndarray]) -> int:
@@ -203,8 +226,8 @@ def padded_tokens(lengths: Sequence[int], batches: Sequence[np.ndarray]) -> int:
 
 
 
-
-def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], positions: Sequence[int],
+def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], locations: Sequence[str],
+                    positions: Sequence[int],
                     batch_tokens: int, max_batch_size: int, max_padding: float, storage_dtype: str,
                     attrs: dict, share_prefix: bool = True, log=None) -> dict:
     """Run the prompts through ``model`` and stream the chosen layers' states into ``path``.
@@ -213,6 +236,7 @@ def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], p
     ----------
     prompts : pandas.DataFrame with ``row_id``, ``label_id`` and ``prompt`` columns.
     layers : 1-based decoder layers to keep.
+    locations : where in each of them to read, keys of :data:`LOCATION_MODULES`.
     attrs : recorded as file attributes (model source, template, versions ...).
 
     Returns
@@ -226,6 +250,7 @@ def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], p
     from emoprobe.models import decoder_layers
 
     blocks = decoder_layers(model)
+    keys = [(location, layer) for layer in layers for location in locations]
     token_ids = tokenize(tokenizer, prompts["prompt"])
     lengths = [len(ids) for ids in token_ids]
     check_positions(lengths, positions, prompts["row_id"].tolist())
@@ -237,10 +262,10 @@ def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], p
     start = time.perf_counter()
     with HiddenStateWriter(
         path, row_id=prompts["row_id"], label_id=prompts["label_id"], n_tokens=lengths, positions=positions,
-        layers=layers, hidden_size=model.config.hidden_size, storage_dtype=storage_dtype, attrs=attrs,
+        keys=keys, hidden_size=model.config.hidden_size, storage_dtype=storage_dtype, attrs=attrs,
     ) as writer:
         done = 0
-        for indices, states in iter_hidden_states(model, blocks, token_ids, layers, positions, pad_id=tokenizer.pad_token_id,
+        for indices, states in iter_hidden_states(model, blocks, token_ids, keys, positions, pad_id=tokenizer.pad_token_id,
                                                   batch_tokens=batch_tokens, max_batch_size=max_batch_size,
                                                   max_padding=max_padding, share_prefix=share_prefix):
             writer.write(indices, states)

@@ -6,7 +6,11 @@ Layout::
     /label_id   int64   [n_texts]            index into attrs["labels"]
     /n_tokens   int64   [n_texts]            prompt length in tokens
     /positions  int64   [n_positions]        negative offsets from the prompt end
-    /layer_NN   float   [n_texts, n_positions, hidden_size]   residual stream after block NN (1-based)
+    /residual_NN   float   [n_texts, n_positions, hidden_size]   residual stream after block NN (1-based)
+    /attention_NN  float   [n_texts, n_positions, hidden_size]   attention output of block NN
+    /mlp_NN        float   [n_texts, n_positions, hidden_size]   MLP output of block NN
+
+Only the locations asked for are stored.
 
 File attributes record the model source and revision, the prompt template, the
 compute and storage dtypes, library versions and ``complete = True``, which is
@@ -29,9 +33,9 @@ class HiddenFileError(UserError):
     """An HDF5 hidden-state file is missing, truncated, incomplete or of the wrong shape."""
 
 
-def layer_key(layer: int) -> str:
-    """Dataset name of a 1-based layer index."""
-    return f"layer_{layer:02d}"
+def dataset_key(location: str, layer: int) -> str:
+    """Dataset name of a location in a 1-based layer."""
+    return f"{location}_{layer:02d}"
 
 
 class HiddenStateWriter:
@@ -41,24 +45,26 @@ class HiddenStateWriter:
     moved to ``path``; on an exception the temporary file is removed.
     """
 
-    def __init__(self, path, *, row_id, label_id, n_tokens, positions, layers, hidden_size,
+    def __init__(self, path, *, row_id, label_id, n_tokens, positions, keys, hidden_size,
                  storage_dtype: str, attrs: dict):
+        """``keys``: the ``(location, layer)`` pairs to store."""
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.partial")
-        self.layers = list(layers)
+        self.keys = list(keys)
         n_texts, n_positions = len(row_id), len(positions)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = h5py.File(self.tmp, "w")
         for name, values in (("row_id", row_id), ("label_id", label_id), ("n_tokens", n_tokens),
                              ("positions", positions)):
             self.file.create_dataset(name, data=np.asarray(values, dtype=np.int64))
-        for layer in self.layers:
+        for location, layer in self.keys:
             # Contiguous, not chunked: batches come in length order, so their rows are
             # scattered over the file, and writing them into chunks rewrites each chunk
             # many times (15x slower here).
-            ds = self.file.create_dataset(layer_key(layer), shape=(n_texts, n_positions, hidden_size),
+            ds = self.file.create_dataset(dataset_key(location, layer), shape=(n_texts, n_positions, hidden_size),
                                           dtype=storage_dtype)
             ds.attrs["layer"] = layer
+            ds.attrs["location"] = location
         for key, value in attrs.items():
             if isinstance(value, str):
                 value = str(value)  # str subclasses (Snakemake's params) become plain strings h5py can store
@@ -67,10 +73,21 @@ class HiddenStateWriter:
             self.file.attrs[key] = value
         self.file.attrs["complete"] = False
 
-    def write(self, indices: np.ndarray, states: dict[int, np.ndarray]) -> None:
-        """Store ``states[layer]`` (``[len(indices), n_positions, hidden]``) at rows ``indices`` (ascending)."""
-        for layer in self.layers:
-            self.file[layer_key(layer)][indices] = states[layer]
+    def write(self, indices: np.ndarray, states: dict[tuple[str, int], np.ndarray]) -> None:
+        """Store ``states[(location, layer)]`` (``[len(indices), n_positions, hidden]``) at rows ``indices`` (ascending).
+
+        Raises :class:`HiddenFileError` when a state does not fit the storage dtype (float16 tops out
+        at 65504, which some models' residual streams exceed), rather than storing infinities.
+        """
+        for location, layer in self.keys:
+            dataset = self.file[dataset_key(location, layer)]
+            values = states[(location, layer)]
+            if dataset.dtype == np.float16 and np.abs(values).max() > np.finfo(np.float16).max:
+                raise HiddenFileError(
+                    f"{self.path}: {location} states of layer {layer} reach {np.abs(values).max():.4g}, beyond "
+                    f"float16's range; set storage_dtype: float32 (for this model or in extraction)"
+                )
+            dataset[indices] = values
 
     def __enter__(self) -> HiddenStateWriter:
         return self
@@ -85,8 +102,11 @@ class HiddenStateWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-def read_layer(path, layer: int) -> tuple[np.ndarray, dict]:
-    """Read one layer's states and the row metadata, refusing anything not whole.
+def read_layer(path, layer: int, location: str = "residual", positions: list[int] | None = None
+               ) -> tuple[np.ndarray, dict]:
+    """Read one location of one layer and the row metadata, refusing anything not whole.
+
+    ``positions``, when given, selects those positions (in that order) instead of all.
 
     Returns
     -------
@@ -100,20 +120,27 @@ def read_layer(path, layer: int) -> tuple[np.ndarray, dict]:
             attrs = dict(f.attrs)
             if not attrs.get("complete", False):
                 raise HiddenFileError(f"{path}: not marked complete; it was not finished, delete it and rerun")
-            key = layer_key(layer)
+            key = dataset_key(location, layer)
             if key not in f:
-                raise HiddenFileError(f"{path}: no dataset {key!r}; it holds {sorted(k for k in f if k.startswith('layer_'))}")
-            row_id, label_id, positions = f["row_id"][:], f["label_id"][:], f["positions"][:]
+                held = sorted(k for k in f if f[k].ndim == 3)
+                raise HiddenFileError(f"{path}: no dataset {key!r}; it holds {held}")
+            row_id, label_id, stored = f["row_id"][:], f["label_id"][:], f["positions"][:].tolist()
             states = f[key][:]
     except OSError as err:
         raise HiddenFileError(f"{path}: unreadable HDF5 file ({err}); it is truncated or corrupt, delete it and rerun") from None
-    expected = (len(row_id), len(positions))
+    expected = (len(row_id), len(stored))
     if states.ndim != 3 or states.shape[:2] != expected or len(label_id) != len(row_id):
         raise HiddenFileError(
-            f"{path}: dataset {layer_key(layer)!r} has shape {states.shape}, expected "
+            f"{path}: dataset {key!r} has shape {states.shape}, expected "
             f"({expected[0]}, {expected[1]}, hidden_size) to match row_id and positions"
         )
+    if positions is not None:
+        missing = sorted(set(positions) - set(stored))
+        if missing:
+            raise HiddenFileError(f"{path}: positions {missing} were not extracted; it holds {stored}")
+        states = states[:, [stored.index(p) for p in positions]]
+        stored = list(positions)
     if not np.isfinite(states).all():
-        raise HiddenFileError(f"{path}: dataset {layer_key(layer)!r} holds non-finite values")
-    meta = {"row_id": row_id, "label_id": label_id, "positions": positions.tolist(), "attrs": attrs}
+        raise HiddenFileError(f"{path}: dataset {key!r} holds non-finite values")
+    meta = {"row_id": row_id, "label_id": label_id, "positions": stored, "attrs": attrs}
     return states.astype(np.float32, copy=False), meta

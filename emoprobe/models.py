@@ -119,24 +119,25 @@ def pick_device(name: str) -> torch.device:
 
 
 def load_decoder(path_or_id: str, *, revision: str | None, dtype: str, device: torch.device,
-                 trust_remote_code: bool, local_only: bool):
-    """Load the base decoder (no LM head) and its tokenizer, padded on the left.
+                 trust_remote_code: bool, local_only: bool, head: bool = False):
+    """Load the base decoder (without the LM head unless ``head``) and its tokenizer, padded on the left.
 
     Returns
     -------
     model : transformers.PreTrainedModel
-        The base model (e.g. ``LlamaModel``) in eval mode on ``device``.
+        The base model (e.g. ``LlamaModel``), or with ``head`` the causal LM (e.g.
+        ``LlamaForCausalLM``), in eval mode on ``device``.
     tokenizer : transformers.PreTrainedTokenizerBase
         With ``padding_side == "left"`` and a pad token (the EOS token if the model has none).
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     common = dict(revision=revision, trust_remote_code=trust_remote_code, local_files_only=local_only)
     tokenizer = AutoTokenizer.from_pretrained(path_or_id, **common)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModel.from_pretrained(path_or_id, dtype=DTYPES[dtype], use_safetensors=True, **common)
+    model = (AutoModelForCausalLM if head else AutoModel).from_pretrained(path_or_id, dtype=DTYPES[dtype], use_safetensors=True, **common)
     return model.to(device).eval(), tokenizer
 
 

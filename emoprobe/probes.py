@@ -1,7 +1,8 @@
 """Linear probes: multinomial logistic regression from hidden states to emotion labels.
 
-One probe per (layer, position), all sharing one train/test split. Features are
-standardised with training-split statistics. Each probe minimises exactly
+One probe per (layer, position), scored over stratified k folds (or the
+reference's single train/test split), all positions sharing the folds. Features
+are standardised with each fold's training statistics. Each probe minimises exactly
 scikit-learn's objective for ``LogisticRegression(C=C)`` (multinomial, L2 on the
 weights, intercept free)::
 
@@ -9,17 +10,21 @@ weights, intercept free)::
 
 All positions of a layer are fitted at once with L-BFGS in torch, on gradients
 written out by hand, after a change of variables ``W = M Q`` with
-``Q = (cov + shrinkage I)^(-1/2)``: the objective and its optimum are unchanged,
+``Q = L^-1``, ``L L^T = cov + shrinkage I``: the objective and its optimum are unchanged,
 but the residual stream's strongly correlated features no longer make the problem
 ill-conditioned, so L-BFGS needs a few hundred iterations instead of thousands.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import train_test_split
+from scipy import stats
+from sklearn.metrics import f1_score
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 # Ridge added to the feature covariance in the preconditioner Q. It only changes how
 # fast L-BFGS converges, not where to; 0.2 (on standardised features) was fastest on
@@ -39,6 +44,48 @@ def split_indices(label_id: np.ndarray, test_size: float, seed: int, stratify: b
         rows, test_size=test_size, random_state=seed, stratify=label_id if stratify else None
     )
     return train, test
+
+
+def fold_indices(label_id: np.ndarray, *, folds: int, test_size: float, seed: int, stratify: bool
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` row indices of each fold: stratified k-fold, or with ``folds=0`` one
+    :func:`split_indices` split. Labels with fewer than ``folds`` texts are spread as far as they go;
+    when no label has ``folds`` texts (a small subset), the folds are not stratified."""
+    if folds == 0:
+        return [split_indices(label_id, test_size, seed, stratify)]
+    if np.bincount(label_id).max() < folds:
+        return list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(label_id))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(label_id, label_id))
+
+
+def interval(values: np.ndarray, n_test: int) -> tuple[float, float]:
+    """95 % interval of a mean accuracy.
+
+    Over k > 1 folds: Student's t interval of the fold accuracies, clipped to [0, 1].
+    Over one split: the Wilson score interval of ``n_test`` binary outcomes.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) > 1:
+        half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+        return max(float(values.mean() - half), 0.0), min(float(values.mean() + half), 1.0)
+    p, z = float(values[0]), stats.norm.ppf(0.975)
+    centre = (p + z * z / (2 * n_test)) / (1 + z * z / n_test)
+    half = z * np.sqrt(p * (1 - p) / n_test + z * z / (4 * n_test * n_test)) / (1 + z * z / n_test)
+    return centre - half, centre + half
+
+
+def subset_rows(subset: str, row_id: np.ndarray, answers: pd.DataFrame | None) -> np.ndarray:
+    """Indices into ``row_id`` of the texts in ``subset``: ``all``, or ``model_correct`` (the texts whose
+    ``answers`` row, as written by :func:`emoprobe.answers.answer_table`, is correct)."""
+    if subset == "all":
+        return np.arange(len(row_id))
+    correct = answers.set_index("row_id")["correct"]
+    missing = np.setdiff1d(row_id, correct.index.to_numpy())
+    if len(missing):
+        raise ValueError(f"the answers have no row for row_id(s) {missing[:5].tolist()}")
+    return np.flatnonzero(correct.loc[row_id].to_numpy(dtype=bool))
 
 
 def majority_baseline(y_train: np.ndarray, y_test: np.ndarray) -> float:
@@ -65,11 +112,16 @@ def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def preconditioner(x: torch.Tensor, shrinkage: float) -> torch.Tensor:
-    """``(cov + shrinkage I)^(-1/2)`` per position, from standardised features ``x`` ``[P, n, d]``; ``[P, d, d]``."""
+    """``L^-1`` with ``L L^T = cov + shrinkage I`` per position, from standardised features ``x`` ``[P, n, d]``.
+
+    Returns ``[P, d, d]``, lower triangular; ``L^-1 cov L^-T`` is close to the identity, which is all
+    the change of variables needs (a Cholesky factor costs a fraction of an eigendecomposition).
+    """
     cov = (x.transpose(1, 2) @ x).double() / x.shape[1]
-    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
-    scale = (eigenvalues.clamp(min=0) + shrinkage).rsqrt()
-    return ((eigenvectors * scale.unsqueeze(1)) @ eigenvectors.transpose(1, 2)).to(x.dtype)
+    cov.diagonal(dim1=1, dim2=2).add_(shrinkage)
+    factor = torch.linalg.cholesky(cov)
+    identity = torch.eye(cov.shape[-1], dtype=cov.dtype).expand_as(cov)
+    return torch.linalg.solve_triangular(factor, identity, upper=False).to(x.dtype)
 
 
 def fit_multinomial(x: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, max_iter: int, tol: float
@@ -90,6 +142,15 @@ def fit_multinomial(x: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, m
     converged : bool, whether the gradient tolerance was reached
     """
     features = torch.from_numpy(np.ascontiguousarray(x))
+    basis = None
+    if features.shape[1] < features.shape[2]:
+        # With an L2 penalty the optimal weights lie in the span of the training rows: fitting in
+        # that n_rows-dimensional span gives the same optimum, far cheaper when texts are few. The
+        # problem is then small, so it is solved in float64, where float32 rounding would stop
+        # L-BFGS short of the tolerance on a few dozen texts.
+        features = features.double()
+        basis = torch.linalg.svd(features, full_matrices=False)[2].transpose(1, 2)  # [P, d, n_rows]
+        features = features @ basis
     n_positions, n_rows, width = features.shape
     q = preconditioner(features, PRECONDITIONER_SHRINKAGE)
     onehot = torch.nn.functional.one_hot(torch.from_numpy(y).long(), n_classes).to(features.dtype)
@@ -105,7 +166,7 @@ def fit_multinomial(x: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, m
             log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
             loss = (log_norm.sum() - (logits * onehot).sum()) / n_rows + 0.5 * penalty * (weights * weights).sum()
             residual = (torch.exp(logits - log_norm) - onehot) / n_rows
-            m.grad = (torch.bmm(residual.transpose(1, 2), features) + penalty * weights) @ q
+            m.grad = (torch.bmm(residual.transpose(1, 2), features) + penalty * weights) @ q.transpose(1, 2)
             b.grad = residual.sum(dim=1)
         return loss
 
@@ -114,43 +175,75 @@ def fit_multinomial(x: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, m
     optimizer.step(objective)
     objective()
     converged = max(float(m.grad.abs().max()), float(b.grad.abs().max())) <= tol
-    return (m @ q).detach().numpy(), b.detach().numpy(), optimizer.state[m]["n_iter"], converged
+    weights = m.detach() @ q if basis is None else m.detach() @ q @ basis.transpose(1, 2)
+    return weights.float().numpy(), b.detach().float().numpy(), optimizer.state[m]["n_iter"], converged
 
 
-def accuracy(x: np.ndarray, y: np.ndarray, weights: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
-    """Accuracy of each position's probe; ``x`` ``[P, n, d]`` -> ``[P]``."""
-    predicted = (np.einsum("pnd,pkd->pnk", x, weights) + intercepts[:, None, :]).argmax(-1)
-    return (predicted == y[None, :]).mean(axis=1)
+def predict(x: np.ndarray, weights: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
+    """Predicted label of each row by each position's probe; ``x`` ``[P, n, d]`` -> int64 ``[P, n]``."""
+    return (np.einsum("pnd,pkd->pnk", x, weights) + intercepts[:, None, :]).argmax(-1)
 
 
-def probe_layer(states: np.ndarray, label_id: np.ndarray, positions: list[int], *, C: float, max_iter: int,
-                tol: float, test_size: float, seed: int, stratify: bool, n_classes: int) -> pd.DataFrame:
-    """Fit a probe at every position of one layer.
+def probe_layer(states: np.ndarray, label_id: np.ndarray, positions: list[int], *, n_classes: int, C: float,
+                max_iter: int, tol: float, folds: int, test_size: float, seed: int, stratify: bool,
+                control: bool) -> pd.DataFrame:
+    """Fit and score a probe at every position of one layer, over every fold.
 
     Parameters
     ----------
     states : numpy.ndarray of float32, shape [n_texts, len(positions), hidden_size]
     label_id : numpy.ndarray of int64, shape [n_texts]
     n_classes : number of labels (ids are ``0..n_classes-1``)
+    folds, test_size, stratify, seed : see :func:`fold_indices`
+    control : also fit each fold on labels shuffled once with ``seed`` (same rows, same settings)
 
     Returns
     -------
     pandas.DataFrame
-        One row per position: ``position, accuracy, train_accuracy, n_train, n_test,
-        chance, n_iter, converged``.
+        One row per position: ``position, accuracy`` (mean over folds), ``ci_low, ci_high`` (see
+        :func:`interval`), ``macro_f1, train_accuracy, control_accuracy, selectivity`` (accuracy minus
+        control accuracy; NaN without control), ``chance`` (majority-class accuracy), ``n_texts, n_train,
+        n_test`` (per fold, the first fold's), ``folds, n_iter`` (the most over fits), ``converged`` (all fits).
     """
-    train, test = split_indices(label_id, test_size, seed, stratify)
-    x_train, x_test = standardise(states[train], states[test])
-    x_train, x_test = x_train.transpose(1, 0, 2), x_test.transpose(1, 0, 2)
-    weights, intercepts, n_iter, converged = fit_multinomial(x_train, label_id[train], n_classes, C=C,
-                                                             max_iter=max_iter, tol=tol)
-    return pd.DataFrame({
-        "position": positions,
-        "accuracy": accuracy(x_test, label_id[test], weights, intercepts),
-        "train_accuracy": accuracy(x_train, label_id[train], weights, intercepts),
-        "n_train": len(train),
-        "n_test": len(test),
-        "chance": majority_baseline(label_id[train], label_id[test]),
-        "n_iter": n_iter,
-        "converged": converged,
-    })
+    columns = ["position", "accuracy", "ci_low", "ci_high", "macro_f1", "train_accuracy", "control_accuracy",
+               "selectivity", "chance", "n_texts", "n_train", "n_test", "folds", "n_iter", "converged"]
+    if len(label_id) < max(folds, 2) or len(np.unique(label_id)) < 2:
+        # Too few texts (or one label only) to fit and score a probe: a row of NaN says so.
+        return pd.DataFrame({"position": positions, "n_texts": len(label_id), "converged": False},
+                            columns=columns)
+    splits = fold_indices(label_id, folds=folds, test_size=test_size, seed=seed, stratify=stratify)
+    shuffled = np.random.default_rng(seed).permutation(label_id)
+    fit = dict(C=C, max_iter=max_iter, tol=tol)
+    scores = {key: [] for key in ("accuracy", "macro_f1", "train_accuracy", "control_accuracy", "chance")}
+    n_iters, converged = [], []
+    for train, test in splits:
+        x_train, x_test = standardise(states[train], states[test])
+        x_train, x_test = x_train.transpose(1, 0, 2), x_test.transpose(1, 0, 2)
+        weights, intercepts, n_iter, ok = fit_multinomial(x_train, label_id[train], n_classes, **fit)
+        predicted = predict(x_test, weights, intercepts)
+        scores["accuracy"].append((predicted == label_id[test]).mean(axis=1))
+        scores["macro_f1"].append([f1_score(label_id[test], p, average="macro") for p in predicted])
+        scores["train_accuracy"].append((predict(x_train, weights, intercepts) == label_id[train]).mean(axis=1))
+        scores["chance"].append(np.full(len(positions), majority_baseline(label_id[train], label_id[test])))
+        n_iters.append(n_iter)
+        converged.append(ok)
+        if control:
+            weights, intercepts, n_iter, ok = fit_multinomial(x_train, shuffled[train], n_classes, **fit)
+            scores["control_accuracy"].append((predict(x_test, weights, intercepts) == shuffled[test]).mean(axis=1))
+            n_iters.append(n_iter)
+            converged.append(ok)
+        else:
+            scores["control_accuracy"].append(np.full(len(positions), np.nan))
+    per_fold = {key: np.asarray(values) for key, values in scores.items()}  # each [n_folds, P]
+    table = pd.DataFrame({"position": positions, **{key: v.mean(axis=0) for key, v in per_fold.items()}})
+    bounds = [interval(per_fold["accuracy"][:, p], len(splits[0][1])) for p in range(len(positions))]
+    table.insert(2, "ci_low", [low for low, _ in bounds])
+    table.insert(3, "ci_high", [high for _, high in bounds])
+    table["selectivity"] = table["accuracy"] - table["control_accuracy"]
+    table["n_texts"] = len(label_id)
+    table["n_train"] = len(splits[0][0])
+    table["n_test"] = len(splits[0][1])
+    table["folds"] = len(splits)
+    table["n_iter"] = max(n_iters)
+    table["converged"] = all(converged)
+    return table[columns]

@@ -16,9 +16,11 @@ from emoprobe.config import (
     ConfigError,
     check_config,
     chunk_size,
+    count_records,
     duplicate_keys,
     layer_chunks,
     model_source,
+    prompt_template,
     schema_errors,
 )
 
@@ -35,17 +37,27 @@ try:
 except ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 
+TEMPLATE = prompt_template(config["prompt"])
 MODELS = list(config["models"])
 GGUF_MODELS = [m for m in MODELS if model_source(m, config["models"][m]) == "gguf"]
 LAYERS = {m: list(range(1, config["models"][m]["n_layers"] + 1)) for m in MODELS}
 CHUNKS = {m: layer_chunks(config["models"][m]["n_layers"], chunk_size(config, m)) for m in MODELS}
+# Layers per probe job: probe.layers_per_job of the same chunk file, else the whole chunk.
+PROBE_GROUPS = {
+    m: [
+        (first + a - 1, first + b - 1)
+        for first, last in CHUNKS[m]
+        for a, b in layer_chunks(last - first + 1, config["probe"].get("layers_per_job", last - first + 1))
+    ]
+    for m in MODELS
+}
 
 
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
     first=r"\d+",
     last=r"\d+",
-    layer=r"\d+",
+    location="|".join(config["locations"]),
 
 
 def corpus_csv():
@@ -58,6 +70,11 @@ def corpus_csv():
     return f"resources/corpus/{os.path.basename(path)}"
 
 
+# Texts in the run, for resource estimates: the sample size, else the corpus's records, else (the
+# corpus is yet to be downloaded) the configured guess.
+N_TEXTS = config["dataset"]["limit"] or count_records(config["dataset"]["path"]) or config["dataset"]["texts_guess"]
+
+
 def chunk_file(model, first, last):
     return f"results/hidden/{model}/layers{int(first):02d}-{int(last):02d}.h5"
 
@@ -66,14 +83,33 @@ def chunk_files(model):
     return [chunk_file(model, first, last) for first, last in CHUNKS[model]]
 
 
-def chunk_of_layer(wildcards):
-    layer = int(wildcards.layer)
-    first, last = next(c for c in CHUNKS[wildcards.model] if c[0] <= layer <= c[1])
-    return chunk_file(wildcards.model, first, last)
+def chunk_of_layer(model, layer):
+    first, last = next(c for c in CHUNKS[model] if c[0] <= int(layer) <= c[1])
+    return chunk_file(model, first, last)
+
+
+def last_chunk_file(wildcards):
+    """The chunk holding the last layer, from which the model's answers are read."""
+    return chunk_of_layer(wildcards.model, LAYERS[wildcards.model][-1])
+
+
+def probe_inputs(wildcards):
+    inputs = {"states": chunk_of_layer(wildcards.model, wildcards.first)}
+    if "model_correct" in config["probe"]["subsets"]:
+        inputs["answers"] = f"results/answers/{wildcards.model}.tsv"
+    return inputs
 
 
 def probe_files(model):
-    return [f"results/probes/{model}/layer{layer:02d}.tsv" for layer in LAYERS[model]]
+    return [
+        f"results/probes/{model}/{location}/layers{first:02d}-{last:02d}.tsv"
+        for location in config["locations"]
+        for first, last in PROBE_GROUPS[model]
+    ]
+
+
+def appraisal_files():
+    return [f"results/appraisal/{model}.tsv" for model in MODELS] if config["dataset"]["appraisal_columns"] else []
 
 
 def model_inputs(wildcards):
@@ -85,6 +121,28 @@ def model_inputs(wildcards):
     if source == "local":
         return {"model_dir": model["local"]}
     return {}
+
+
+def extraction_settings(model):
+    """The extraction settings that decide a model's states (not threads or chunking)."""
+    settings = {k: v for k, v in config["extraction"].items() if k not in ("threads", "layer_chunk_size")}
+    settings["storage_dtype"] = config["models"][model].get("storage_dtype", settings["storage_dtype"])
+    return settings
+
+
+# For runtime requests: tokens per prompt (the two-shot prompts average 58 with SmolLM2's
+# tokenizer, benchmarks/scaling.py) and a rate well below what a job reaches in float32 on CPUs
+# (this 2-core laptop: about 200 GFLOP/s) and in 16-bit on a GPU (an H100: hundreds of TFLOP/s).
+TOKENS_PER_TEXT = 64
+FLOP_RATE = {"float32": 5e10, "bfloat16": 2e13, "float16": 2e13}
+
+
+def extraction_runtime(wildcards, attempt):
+    """Minutes: 2 x parameters x tokens through the chunk's last layer, at FLOP_RATE, plus loading."""
+    model = config["models"][wildcards.model]
+    params = model.get("compute_params_m", model["params_m"]) * 1e6 * int(wildcards.last) / model["n_layers"]
+    seconds = 2 * params * N_TEXTS * TOKENS_PER_TEXT / FLOP_RATE[config["extraction"]["dtype"]]
+    return int(15 + seconds / 60) * attempt
 
 
 def model_bytes_per_param():
@@ -99,8 +157,41 @@ def extraction_mem_mb(wildcards, attempt):
     return int((weights * 1.5 + activations) / 2**20 + 1024) * attempt
 
 
-def probe_mem_mb(wildcards, input, attempt):
-    """One layer of the chunk file in float32, plus standardised float64 copies of one position."""
-    first, last = next(c for c in CHUNKS[wildcards.model] if c[0] <= int(wildcards.layer) <= c[1])
-    layer_mb = input.size_mb / (last - first + 1)
-    return int(layer_mb * 4 + 1024) * attempt
+# Measured on the bundled models (2-core laptop, one thread): see README, "Benchmarks".
+PROBE_SECONDS = 0.1
+
+
+def layer_mb(model):
+    """Size in float32 of one location of one layer: texts x positions x width."""
+    return N_TEXTS * len(config["positions"]) * config["models"][model]["hidden_size"] * 4 / 2**20
+
+
+def probe_mem_mb(wildcards, attempt):
+    """One layer in float32, its standardised train/test copies and float64 statistics, and the libraries."""
+    return int(layer_mb(wildcards.model) * 5 + 1024) * attempt
+
+
+def probe_runtime(wildcards, attempt):
+    """Minutes: PROBE_SECONDS per fit of a million (text x feature) values of all positions, on one CPU thread."""
+    fits = max(config["probe"]["folds"], 1) * (2 if config["probe"]["control"] else 1) * len(config["probe"]["subsets"])
+    values = layer_mb(wildcards.model) * 2**20 / 4
+    seconds = PROBE_SECONDS * fits * values / 1e6 * (int(wildcards.last) - int(wildcards.first) + 1)
+    return int(10 + seconds / 60) * attempt
+
+
+def appraisal_mem_mb(wildcards, attempt):
+    """As a probe, plus the ridge's Gram matrix."""
+    width = config["models"][wildcards.model]["hidden_size"]
+    return int(layer_mb(wildcards.model) * 5 + width * width * 8 * 3 / 2**20 + 1024) * attempt
+
+
+def all_targets():
+    """Every table and figure of the configured run."""
+    figures = ["accuracy_by_layer", "accuracy_by_depth"]
+    figures += [f"{kind}/{model}" for kind in ("layer_position", "confusion") for model in MODELS]
+    tables = ["results/accuracy.tsv", "results/answers.tsv", "results/config.yaml"]
+    tables += expand("results/tables/{model}_accuracy_by_layer.txt", model=MODELS)
+    if config["dataset"]["appraisal_columns"]:
+        figures += [f"appraisal_r2/{model}" for model in MODELS]
+        tables.append("results/appraisal_r2.tsv")
+    return tables + [f"results/figures/{figure}.{suffix}" for figure in figures for suffix in ("png", "pdf")]

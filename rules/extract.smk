@@ -7,9 +7,10 @@ rule extract_hidden_states:
     params:
         model=lambda wc: config["models"][wc.model],
         positions=config["positions"],
-        template=lambda wc: config["prompt"]["template"],
+        locations=config["locations"],
+        template=lambda wc: TEMPLATE,
         sample={key: config["dataset"][key] for key in ("limit", "seed")},
-        extraction={k: v for k, v in config["extraction"].items() if k not in ("threads", "layer_chunk_size")},
+        extraction=lambda wc: extraction_settings(wc.model),
     log:
         "logs/extract_hidden_states/{model}/layers{first}-{last}.log",
     benchmark:
@@ -17,7 +18,7 @@ rule extract_hidden_states:
     threads: config["extraction"]["threads"]
     resources:
         mem_mb=extraction_mem_mb,
-        runtime=lambda wc, attempt: 120 * attempt,
+        runtime=extraction_runtime,
     conda:
         "../envs/torch.yaml"
     script:

@@ -3,18 +3,13 @@
 import os
 import re
 
-import pandas as pd
-import yaml
-
 from emoprobe.errors import log_to
-from emoprobe.report import accuracy_table, by_layer_text
+from emoprobe.report import accuracy_table, by_layer_text, read_probe_table
 
 log = log_to(snakemake.log[0])
-tables = {}
-for path in snakemake.input:
-    model, layer = re.search(r"probes/(.+)/layer(\d+)\.tsv$", path).groups()
-    tables[(model, int(layer))] = pd.read_csv(path, sep="\t")
-table = accuracy_table(tables)
+order = snakemake.params.order
+table = accuracy_table([read_probe_table(path) for path in snakemake.input], order["models"], order["locations"],
+                       order["subsets"])
 partial = snakemake.output.table + ".partial"
 table.to_csv(partial, sep="\t", index=False, float_format="%.6f")
 os.replace(partial, snakemake.output.table)
@@ -22,6 +17,4 @@ for path in snakemake.output.text:
     model = re.search(r"tables/(.+)_accuracy_by_layer\.txt$", path).group(1)
     with open(path, "w") as out:
         out.write(by_layer_text(table, model))
-with open(snakemake.output.config, "w") as out:
-    yaml.safe_dump(dict(snakemake.params.config), out, sort_keys=False, allow_unicode=True)
 log.info("%d probes from %d models", len(table), table["model"].nunique())

@@ -40,6 +40,7 @@ with reported_as_message():
         "source": json.dumps({source: model_cfg[source]}),
         "revision": revision or getattr(model.config, "_commit_hash", None) or "",
         "prompt_template": snakemake.params.template,
+        "locations": list(snakemake.params.locations),
         "dataset_limit": int(snakemake.params.sample["limit"]),
         "dataset_seed": int(snakemake.params.sample["seed"]),
         "dtype": settings["dtype"],
@@ -52,6 +53,7 @@ with reported_as_message():
         "python_version": platform.python_version(),
     }
     stats = extract_to_hdf5(model, tokenizer, prompts, snakemake.output[0], layers=layers,
+                            locations=snakemake.params.locations,
                             positions=snakemake.params.positions, batch_tokens=settings["batch_tokens"],
                             max_batch_size=settings["max_batch_size"], max_padding=settings["max_padding"],
                             storage_dtype=settings["storage_dtype"],

@@ -1,28 +1,35 @@
-"""Fit one probe per token position on one layer's hidden states."""
+"""Fit one probe per token position on one location of each layer of a chunk, for every subset of texts."""
 
 import os
 
+import pandas as pd
 import torch
 
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import read_layer
-from emoprobe.probes import probe_layer
+from emoprobe.probes import probe_layer, subset_rows
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-layer = int(snakemake.wildcards.layer)
+location, first, last = snakemake.wildcards.location, int(snakemake.wildcards.first), int(snakemake.wildcards.last)
 settings = snakemake.params.probe
+fit = {key: settings[key] for key in ("C", "max_iter", "tol", "folds", "test_size", "seed", "stratify", "control")}
 with reported_as_message():
-    states, meta = read_layer(snakemake.input[0], layer)
-log.info("layer %d: states %s from %s", layer, states.shape, snakemake.input[0])
-table = probe_layer(states, meta["label_id"], meta["positions"], C=settings["C"], max_iter=settings["max_iter"],
-                    tol=settings["tol"], test_size=settings["test_size"], seed=settings["seed"],
-                    stratify=settings["stratify"], n_classes=snakemake.params.n_classes)
-log.info("\n%s", table.to_string(index=False))
-not_converged = table.loc[~table["converged"], "position"].tolist()
-if not_converged:
-    log.warning("L-BFGS stopped after %d iterations without reaching tol=%g at positions %s",
-                table["n_iter"].iloc[0], settings["tol"], not_converged)
+    answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
+tables = []
+for layer in range(first, last + 1):
+    with reported_as_message():
+        states, meta = read_layer(snakemake.input.states, layer, location)
+    for subset in settings["subsets"]:
+        rows = subset_rows(subset, meta["row_id"], answers)
+        table = probe_layer(states[rows], meta["label_id"][rows], meta["positions"],
+                            n_classes=snakemake.params.n_classes, **fit)
+        tables.append(table.assign(layer=layer, subset=subset))
+        best = table.loc[table["accuracy"].idxmax()]
+        log.info("%s layer %d, %s (%d texts): best %.3f at token %d, %d iterations%s", location, layer, subset,
+                 len(rows), best.accuracy, best.position, table["n_iter"].max(),
+                 "" if table["converged"].all() else f", NOT converged to tol={settings['tol']:g}")
+table = pd.concat(tables, ignore_index=True)
 partial = snakemake.output[0] + ".partial"
 table.to_csv(partial, sep="\t", index=False, float_format="%.6f")
 os.replace(partial, snakemake.output[0])

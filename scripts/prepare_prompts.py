@@ -17,6 +17,7 @@ with reported_as_message():
         label_column=dataset["label_column"],
         labels=dataset["labels"],
         rename=dataset["rename"],
+        appraisal_columns=dataset["appraisal_columns"],
     )
     sample = corpus.stratified_subsample(tidy, dataset["limit"], dataset["seed"])
     prompts = corpus.build_prompts(sample, snakemake.params.template)

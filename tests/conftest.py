@@ -19,9 +19,12 @@ TOKEN = "hf_SENTINELtokenNEVERtoBEwritten0123"
 
 
 def default_config() -> dict:
-    """The workflow's config.yaml, with the corpus path made absolute."""
+    """The workflow's config.yaml with the schema's defaults filled in, the corpus path made absolute."""
+    from snakemake.utils import validate
+
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["dataset"]["path"] = str(CORPUS)
+    validate(config, str(ROOT / "schemas/config.schema.yaml"))
     return config
 
 

@@ -65,7 +65,16 @@ def no_source():
         (with_changes(default_config(), probe__test_size=0), "probe.test_size: 0 is less than or equal to the minimum of 0"),
         (with_changes(default_config(), probe__test_size=1), "probe.test_size: 1 is greater than or equal to the maximum of 1"),
         (with_changes(default_config(), prompt__template="Context: {text} {text}"), "prompt.template: must contain {text} exactly once"),
-        (with_changes(default_config(), prompt__template="Context: {txt}"), "prompt.template: 'Context: {txt}' does not match"),
+        (with_changes(default_config(), prompt__template="Context: {txt}"), "prompt.template: must contain {text} exactly once and no other field, has ['txt']"),
+        (with_changes(default_config(), prompt__template="three_shot"), "prompt.template: 'three_shot' is neither a name in prompt.templates ['two_shot', 'zero_shot'] nor a template with a {text} field"),
+        (with_changes(default_config(), positions=[-2, -3]), "positions: [-2, -3] must include -1, where the model's answer is read"),
+        (with_changes(default_config(), locations=["mlp"]), "locations: ['mlp'] does not contain items matching the given schema"),
+        (with_changes(default_config(), locations=["residual", "ffn"]), "locations.1: 'ffn' is not one of ['residual', 'attention', 'mlp']"),
+        (with_changes(default_config(), probe__folds=1), "probe.folds: 1 should not be valid under {'const': 1}"),
+        (with_changes(default_config(), probe__subsets=["correct"]), "probe.subsets.0: 'correct' is not one of ['all', 'model_correct']"),
+        (with_changes(default_config(), appraisal__positions=[-7]), "appraisal.positions: [-7] are not among the extracted positions"),
+        (with_changes(default_config(), answer__words={"calm": "calm"}), "answer.words: ['calm'] are not in dataset.labels"),
+        (with_changes(default_config(), appraisal__alpha=0), "appraisal.alpha: 0 is less than or equal to the minimum of 0"),
         (with_changes(default_config(), dataset__limit=5), "dataset.limit: 5 is fewer than the 13 labels"),
         (with_changes(default_config(), dataset__rename={"no-emotion": "calm"}), "dataset.rename: renames to ['calm']"),
         (with_changes(default_config(), extraction__dtype="int8"), "extraction.dtype: 'int8' is not one of"),
@@ -89,6 +98,17 @@ def test_duplicate_keys_in_the_config_file_are_found(tmp_path):
     assert duplicate_keys(path) == ["'m' (line 4)"]
 
 
+def test_templates_by_name_or_given_whole():
+    from emoprobe.config import prompt_template
+
+    prompt = default_config()["prompt"]
+    assert prompt_template(prompt) == prompt["templates"]["zero_shot"]
+    assert prompt_template(dict(prompt, template="two_shot")).startswith(
+        "What are the inferred emotions in the following contexts? Context: My first child was born. Answer: joy "
+        "Context: My dog died last week. Answer: sadness Context: {text} Answer:")
+    assert prompt_template(dict(prompt, template="Text: {text} Emotion:")) == "Text: {text} Emotion:"
+
+
 def test_layer_chunks_cover_every_layer():
     assert layer_chunks(30, 15) == [(1, 15), (16, 30)]
     assert layer_chunks(18, 4) == [(1, 4), (5, 8), (9, 12), (13, 16), (17, 18)]
@@ -108,3 +128,14 @@ def test_snakemake_stops_at_parse_time_with_the_message(tmp_path, config, expect
     assert result.returncode != 0
     assert all(line in output for line in expected), output
     assert "Traceback" not in output and "Building DAG" not in output
+
+
+def test_records_are_counted_whatever_the_encoding(tmp_path):
+    from conftest import CORPUS
+    from emoprobe.config import count_records
+
+    assert count_records(CORPUS) == 6600
+    path = tmp_path / "quoted.csv"
+    path.write_bytes(b'id,text\r\n1,"two\r\nlines \x92"\r\n2,plain\r\n')
+    assert count_records(path) == 2
+    assert count_records(tmp_path / "missing.csv") is None

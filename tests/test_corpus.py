@@ -10,14 +10,14 @@ from emoprobe import corpus
 from emoprobe.config import ConfigError
 
 DATASET = default_config()["dataset"]
-TEMPLATE = default_config()["prompt"]["template"]
+TEMPLATE = default_config()["prompt"]["templates"]["zero_shot"]
 
 
 def tidy(path):
     table = corpus.read_corpus_table(path)
     return corpus.validate_corpus(table, path, id_column=DATASET["id_column"], text_column=DATASET["text_column"],
                                   label_column=DATASET["label_column"], labels=DATASET["labels"],
-                                  rename=DATASET["rename"])
+                                  rename=DATASET["rename"], appraisal_columns=DATASET["appraisal_columns"])
 
 
 @pytest.fixture(scope="module")
@@ -150,4 +150,20 @@ def test_duplicate_ids_are_named(tmp_path):
     path = tmp_path / "dup.csv"
     table.to_csv(path, index=False)
     with pytest.raises(corpus.CorpusError, match=rf"duplicate ids \[{table.loc[1, 'text_id']}\] on line\(s\) 3, 5"):
+        tidy(path)
+
+
+def test_appraisal_ratings_are_read_as_numbers(real):
+    assert len(DATASET["appraisal_columns"]) == 21
+    ratings = real[DATASET["appraisal_columns"]]
+    assert ratings.dtypes.unique().tolist() == [np.float64]
+    assert ratings.min().min() == 1 and ratings.max().max() == 5
+
+
+def test_a_rating_that_is_not_a_number_is_located(tmp_path):
+    table = corpus.read_corpus_table(CORPUS).head(6)
+    table.loc[2, "urgency"] = "high"
+    path = tmp_path / "rating.csv"
+    table.to_csv(path, index=False)
+    with pytest.raises(corpus.CorpusError, match=r"appraisal column 'urgency' must hold numbers; not so on line\(s\) 4"):
         tidy(path)

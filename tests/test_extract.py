@@ -56,13 +56,13 @@ def test_padded_batch_equals_each_prompt_alone(smollm2):
     blocks = decoder_layers(model)
     token_ids = extract.tokenize(tokenizer, PROMPTS)
     assert len({len(t) for t in token_ids}) == 3, "prompts of different lengths, so padding is exercised"
-    layers = [1, 15, 30]
+    keys = [(location, layer) for layer in (1, 15, 30) for location in ("residual", "attention", "mlp")]
     with torch.inference_mode():
-        batched = extract.hidden_states_batch(model, blocks, layers, POSITIONS, token_ids, tokenizer.pad_token_id)
+        batched = extract.hidden_states_batch(model, blocks, keys, POSITIONS, token_ids, tokenizer.pad_token_id)
         for row, ids in enumerate(token_ids):
-            alone = extract.hidden_states_batch(model, blocks, layers, POSITIONS, [ids], tokenizer.pad_token_id)
-            for layer in layers:
-                assert relative_error(batched[layer][row].numpy(), alone[layer][0].numpy()) <= 1e-4
+            alone = extract.hidden_states_batch(model, blocks, keys, POSITIONS, [ids], tokenizer.pad_token_id)
+            for key in keys:
+                assert relative_error(batched[key][row].numpy(), alone[key][0].numpy()) <= 1e-4, key
 
 
 def test_states_are_the_block_outputs_at_the_last_tokens(smollm2):
@@ -70,13 +70,13 @@ def test_states_are_the_block_outputs_at_the_last_tokens(smollm2):
     model, tokenizer = smollm2
     ids = extract.tokenize(tokenizer, PROMPTS[:1])
     with torch.inference_mode():
-        ours = extract.hidden_states_batch(model, decoder_layers(model), [3, 30], POSITIONS, ids,
-                                           tokenizer.pad_token_id)
+        ours = extract.hidden_states_batch(model, decoder_layers(model), [("residual", 3), ("residual", 30)],
+                                           POSITIONS, ids, tokenizer.pad_token_id)
         reference = model(torch.tensor(ids), output_hidden_states=True).hidden_states
     assert tokenizer.convert_ids_to_tokens(ids[0][-2:]) == ["\u0120Answer", ":"]
     # hidden_states[0] is the embedding; the last entry is after the final norm, so compare layer 3 only
     expected = reference[3][0, [-1, -2, -3, -4, -5]].numpy()
-    assert relative_error(ours[3][0].numpy(), expected) <= 1e-5
+    assert relative_error(ours[("residual", 3)][0].numpy(), expected) <= 1e-5
 
 
 def test_forward_pass_stops_after_the_last_wanted_layer(smollm2):
@@ -87,8 +87,8 @@ def test_forward_pass_stops_after_the_last_wanted_layer(smollm2):
     handles = [b.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, b in enumerate(blocks, 1)]
     try:
         with torch.inference_mode():
-            extract.hidden_states_batch(model, blocks, [2, 4], POSITIONS, extract.tokenize(tokenizer, PROMPTS),
-                                        tokenizer.pad_token_id)
+            extract.hidden_states_batch(model, blocks, [("mlp", 2), ("residual", 4)], POSITIONS,
+                                        extract.tokenize(tokenizer, PROMPTS), tokenizer.pad_token_id)
     finally:
         for handle in handles:
             handle.remove()
@@ -111,7 +111,8 @@ def test_batch_size_and_sorting_do_not_change_the_states(smollm2, tmp_path):
     for name, size in (("one", 1), ("many", 16)):
         files[name] = tmp_path / f"{name}.h5"
         # max_padding=0.99: the three prompts, of different lengths, do share one batch
-        stats = extract.extract_to_hdf5(model, tokenizer, prompts, files[name], layers=[5, 6], positions=POSITIONS,
+        stats = extract.extract_to_hdf5(model, tokenizer, prompts, files[name], layers=[5, 6],
+                                        locations=["residual"], positions=POSITIONS,
                                         batch_tokens=10_000, max_batch_size=size, max_padding=0.99,
                                         storage_dtype="float32", attrs={"m": "x"})
         own_tokens = stats["tokens"] - 3 * stats["prefix_tokens"]
@@ -128,21 +129,36 @@ def test_batch_size_and_sorting_do_not_change_the_states(smollm2, tmp_path):
 
 
 def write_chunk(path, n=4, layers=(1, 2)):
+    keys = [("residual", layer) for layer in layers]
     with HiddenStateWriter(path, row_id=range(n), label_id=[0] * n, n_tokens=[9] * n, positions=[-1, -2],
-                           layers=layers, hidden_size=3, storage_dtype="float32", attrs={"model": "m"}) as writer:
-        writer.write(np.arange(n), {layer: np.full((n, 2, 3), layer, np.float32) for layer in layers})
+                           keys=keys, hidden_size=3, storage_dtype="float32", attrs={"model": "m"}) as writer:
+        writer.write(np.arange(n), {key: np.full((n, 2, 3), key[1], np.float32) for key in keys})
 
 
 def test_writer_is_atomic(tmp_path):
     path = tmp_path / "chunk.h5"
     with pytest.raises(RuntimeError):
-        with HiddenStateWriter(path, row_id=[1], label_id=[0], n_tokens=[3], positions=[-1], layers=[1],
-                               hidden_size=3, storage_dtype="float32", attrs={}):
+        with HiddenStateWriter(path, row_id=[1], label_id=[0], n_tokens=[3], positions=[-1],
+                               keys=[("residual", 1)], hidden_size=3, storage_dtype="float32", attrs={}):
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
     write_chunk(path)
     states, meta = read_layer(path, 2)
     assert states.shape == (4, 2, 3) and (states == 2).all() and meta["positions"] == [-1, -2]
+    states, meta = read_layer(path, 2, positions=[-2])
+    assert states.shape == (4, 1, 3) and meta["positions"] == [-2]
+    with pytest.raises(HiddenFileError, match=r"positions \[-3\] were not extracted"):
+        read_layer(path, 2, positions=[-3])
+
+
+def test_float16_storage_refuses_states_beyond_its_range(tmp_path):
+    """Gemma's residual stream exceeds 65504 in some layers: an error, never a file of infinities."""
+    path = tmp_path / "chunk.h5"
+    with pytest.raises(HiddenFileError, match=r"residual states of layer 3 reach 1e\+05, beyond float16's range"):
+        with HiddenStateWriter(path, row_id=[1], label_id=[0], n_tokens=[3], positions=[-1], keys=[("residual", 3)],
+                               hidden_size=2, storage_dtype="float16", attrs={}) as writer:
+            writer.write(np.array([0]), {("residual", 3): np.array([[[1.0, 1e5]]], np.float32)})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_truncated_file_is_refused(tmp_path):
@@ -159,11 +175,11 @@ def test_incomplete_or_misshapen_file_is_refused(tmp_path):
     path = tmp_path / "chunk.h5"
     write_chunk(path)
     with h5py.File(path, "a") as f:
-        del f["layer_02"]
-        f.create_dataset("layer_02", data=np.zeros((3, 2, 3), np.float32))
+        del f["residual_02"]
+        f.create_dataset("residual_02", data=np.zeros((3, 2, 3), np.float32))
     with pytest.raises(HiddenFileError, match=r"shape \(3, 2, 3\), expected \(4, 2, hidden_size\)"):
         read_layer(path, 2)
-    with pytest.raises(HiddenFileError, match="no dataset 'layer_07'"):
+    with pytest.raises(HiddenFileError, match="no dataset 'residual_07'"):
         read_layer(path, 7)
     with h5py.File(path, "a") as f:
         f.attrs["complete"] = False
@@ -180,7 +196,8 @@ def test_layer_chunks_and_the_shared_prefix_do_not_change_the_states(smollm2, tm
 
     def run(name, layers, share_prefix):
         path = tmp_path / f"{name}.h5"
-        extract.extract_to_hdf5(model, tokenizer, prompts, path, layers=layers, positions=POSITIONS,
+        extract.extract_to_hdf5(model, tokenizer, prompts, path, layers=layers, locations=["residual"],
+                                positions=POSITIONS,
                                 batch_tokens=4096, max_batch_size=64, max_padding=0.1, storage_dtype="float32",
                                 attrs={},
                                 share_prefix=share_prefix)
@@ -200,3 +217,25 @@ def test_shared_prefix_leaves_the_read_positions_in_every_prompt():
     assert extract.shared_prefix_length(ids, [-1]) == 3
     assert extract.shared_prefix_length(ids, [-1, -2, -3, -4]) == 2  # the 6-token prompt keeps its last 4
     assert extract.shared_prefix_length([[5, 6], [7, 8]], [-1]) == 0
+
+
+def test_attention_and_mlp_outputs_add_up_to_the_residual_stream(smollm2, tmp_path):
+    """In a Llama block the residual stream grows by exactly the attention output plus the MLP output."""
+    model, tokenizer = smollm2
+    prompts = pd.DataFrame({"row_id": [1, 2, 3], "label_id": [0, 1, 2], "prompt": PROMPTS})
+    path = tmp_path / "locations.h5"
+    extract.extract_to_hdf5(model, tokenizer, prompts, path, layers=[3, 4], locations=["residual", "attention", "mlp"],
+                            positions=POSITIONS, batch_tokens=4096, max_batch_size=64, max_padding=0.1,
+                            storage_dtype="float32", attrs={})
+    before, _ = read_layer(path, 3, "residual")
+    after, _ = read_layer(path, 4, "residual")
+    attention, _ = read_layer(path, 4, "attention")
+    mlp, _ = read_layer(path, 4, "mlp")
+    assert relative_error(before + attention + mlp, after) <= 1e-5
+    scale = np.linalg.norm(after, axis=-1).max()
+    assert np.linalg.norm(attention, axis=-1).max() > 0.01 * scale and np.linalg.norm(mlp, axis=-1).max() > 0.01 * scale
+
+
+def test_an_unknown_block_layout_is_named():
+    with pytest.raises(ConfigError, match="Linear has no 'mlp' module to read 'mlp' from"):
+        extract.location_module(torch.nn.Linear(2, 2), "mlp")

@@ -54,7 +54,8 @@ def test_batching_sorting_and_chunking_do_not_change_the_results(e2e_run, tmp_pa
 
     from conftest import with_changes
 
-    config = with_changes(small_config(), extraction__max_batch_size=1, extraction__share_prefix=False)
+    config = with_changes(small_config(), extraction__max_batch_size=1, extraction__share_prefix=False,
+                          locations=["residual"], probe__subsets=["all"])
     config["models"]["smollm2-135m"]["layer_chunk_size"] = 3
     result = run_snakemake(tmp_path, config, "--cores", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -67,6 +68,7 @@ def test_batching_sorting_and_chunking_do_not_change_the_results(e2e_run, tmp_pa
         assert np.abs(ours - reference).max() <= 1e-4 * np.linalg.norm(reference, axis=-1).max()
 
     ours = pd.read_csv(tmp_path / "results/accuracy.tsv", sep="\t")
-    reference = pd.read_csv(e2e_run / "results/accuracy.tsv", sep="\t")
+    reference = pd.read_csv(e2e_run / "results/accuracy.tsv", sep="\t").query("location == 'residual' and subset == 'all'")
+    reference = reference.reset_index(drop=True)
     assert ours[["model", "layer", "position"]].equals(reference[["model", "layer", "position"]])
     assert (np.abs(ours["accuracy"] - reference["accuracy"]) <= 1 / reference["n_test"] + 1e-9).all()

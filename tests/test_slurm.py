@@ -18,7 +18,8 @@ import yaml
 from conftest import ROOT, small_config, snakemake_command
 from slurm_cluster import slurm_cluster, slurmctld_path
 
-RESULTS = ("results/accuracy.tsv", "results/tables/smollm2-135m_accuracy_by_layer.txt")
+RESULTS = ("results/accuracy.tsv", "results/tables/smollm2-135m_accuracy_by_layer.txt", "results/answers.tsv",
+           "results/answers/smollm2-135m.tsv", "results/appraisal_r2.tsv")
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
 
 
@@ -70,8 +71,9 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
     assert sorted(submitted, key=int) == sorted(states, key=int), (submitted, states)
     assert all(state == "COMPLETED" for state, _, _ in states.values()), states
     rules = Counter(re.sub(r"_wildcards_.*", "", comment).removeprefix("rule_") for _, comment, _ in states.values())
-    # everything but the local rules (all, aggregate_accuracy, plot_accuracy) ran as a SLURM job, once
-    assert rules == {"prepare_prompts": 1, "prepare_gguf_model": 1, "extract_hidden_states": 2, "fit_probes": 30}
+    # everything but the local rules (all, aggregating and plotting) ran as a SLURM job, once
+    assert rules == {"prepare_prompts": 1, "prepare_gguf_model": 1, "extract_hidden_states": 2, "answer_emotions": 1,
+                     "fit_probes": 6, "fit_appraisal_probes": 1}
     assert all("gpu" in gres for _, comment, gres in states.values() if "extract_hidden_states" in comment)
 
     for name in RESULTS:

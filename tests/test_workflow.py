@@ -31,8 +31,10 @@ def test_hdf5_layout(e2e_run):
     assert [first.name, second.name] == ["layers01-15.h5", "layers16-30.h5"]
     prompts = pd.read_csv(e2e_run / "results/corpus/prompts.tsv", sep="\t", keep_default_na=False)
     with h5py.File(second) as f:
-        assert sorted(k for k in f if k.startswith("layer_")) == [f"layer_{i}" for i in range(16, 31)]
-        assert f["layer_30"].shape == (144, 5, 576) and f["layer_30"].dtype == np.float32
+        assert sorted(k for k in f if f[k].ndim == 3) == sorted(
+            f"{location}_{i}" for location in ("residual", "attention", "mlp") for i in range(16, 31))
+        assert f["residual_30"].shape == (144, 5, 576) and f["residual_30"].dtype == np.float32
+        assert f["mlp_17"].attrs["location"] == "mlp" and f["mlp_17"].attrs["layer"] == 17
         assert f["positions"][:].tolist() == [-1, -2, -3, -4, -5]
         assert f["row_id"][:].tolist() == prompts["row_id"].tolist()
         assert f["label_id"][:].tolist() == prompts["label_id"].tolist()
@@ -43,23 +45,62 @@ def test_hdf5_layout(e2e_run):
         assert attrs["prompt_template"].endswith("Context: {text} Answer:")
         assert {"torch_version", "transformers_version", "h5py_version"} <= set(attrs)
         assert attrs["dataset_limit"] == 144 and attrs["dataset_seed"] == 42
-        assert np.isfinite(f["layer_16"][:]).all() and np.abs(f["layer_16"][:]).max() > 0
+        assert np.isfinite(f["attention_16"][:]).all() and np.abs(f["attention_16"][:]).max() > 0
 
 
 def test_accuracy_table_shape_and_ranges(e2e_run):
     table = pd.read_csv(e2e_run / "results/accuracy.tsv", sep="\t")
-    assert list(table.columns[:7]) == ["model", "layer", "position", "accuracy", "n_train", "n_test", "chance"]
-    assert len(table) == 30 * 5 and set(table["model"]) == {"smollm2-135m"}
+    assert list(table.columns[:9]) == ["model", "location", "subset", "layer", "position", "accuracy", "ci_low",
+                                       "ci_high", "macro_f1"]
+    assert len(table) == 3 * 2 * 30 * 5 and set(table["model"]) == {"smollm2-135m"}
+    assert table.groupby(["location", "subset"]).size().to_dict() == {
+        (location, subset): 150 for location in ("attention", "mlp", "residual") for subset in ("all", "model_correct")}
     assert sorted(set(table["layer"])) == list(range(1, 31)) and set(table["position"]) == {-1, -2, -3, -4, -5}
-    assert table["accuracy"].between(0, 1).all() and table["chance"].between(0, 1).all()
-    assert (table["n_train"] == 115).all() and (table["n_test"] == 29).all()
-    assert table["converged"].all()
-    # a probe on a real model beats always answering the majority label somewhere
-    assert table["accuracy"].max() > table["chance"].iloc[0] + 0.1
+    for column in ("accuracy", "ci_low", "ci_high", "macro_f1", "train_accuracy", "control_accuracy", "chance"):
+        assert table[column].between(0, 1).all(), column
+    assert (table["ci_low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["ci_high"]).all()
+    assert np.allclose(table["selectivity"], table["accuracy"] - table["control_accuracy"], atol=2e-6)
+    every = table[table["subset"] == "all"]
+    assert (every["n_texts"] == 144).all() and (every["folds"] == 5).all()
+    assert every["n_train"].isin([115, 116]).all() and every["n_test"].isin([28, 29]).all()
+    assert every["converged"].all()
+    answers = pd.read_csv(e2e_run / "results/answers/smollm2-135m.tsv", sep="\t")
+    correct = table[table["subset"] == "model_correct"]
+    assert (correct["n_texts"] == answers["correct"].sum()).all() and 0 < answers["correct"].sum() < 144
+    # a probe on a real model beats always answering the majority label, and its shuffled-label control
+    residual = every[(every["location"] == "residual") & (every["position"] == -1)]
+    assert residual["accuracy"].max() > every["chance"].iloc[0] + 0.1
+    assert residual["selectivity"].max() > 0.1 and every["control_accuracy"].mean() < 0.15
     text = (e2e_run / "results/tables/smollm2-135m_accuracy_by_layer.txt").read_text()
-    assert "token -1" in text and "peak:" in text and len(text.splitlines()) == 30 + 3
-    for suffix in ("png", "pdf"):
-        assert (e2e_run / f"results/figures/accuracy_by_layer.{suffix}").stat().st_size > 10_000
+    assert "token -1" in text and text.count("peak ") == 6 and "selectivity" in text
+
+
+def test_answers_and_appraisal_tables(e2e_run):
+    summary = pd.read_csv(e2e_run / "results/answers.tsv", sep="\t")
+    answers = pd.read_csv(e2e_run / "results/answers/smollm2-135m.tsv", sep="\t")
+    assert summary["model"].tolist() == ["smollm2-135m"] and summary["n_texts"].tolist() == [144]
+    assert summary["accuracy"][0] == pytest.approx(answers["correct"].mean(), abs=1e-6)
+    assert len(answers) == 144 and len([c for c in answers.columns if c.startswith("logit_")]) == 13
+    r2 = pd.read_csv(e2e_run / "results/appraisal_r2.tsv", sep="\t")
+    assert list(r2.columns) == ["model", "layer", "position", "appraisal", "r2"]
+    assert len(r2) == 30 * 21 and set(r2["position"]) == {-1} and r2["r2"].le(1).all()
+
+
+def test_every_figure_is_drawn(e2e_run):
+    figures = ["accuracy_by_layer", "accuracy_by_depth", "layer_position/smollm2-135m", "confusion/smollm2-135m",
+               "appraisal_r2/smollm2-135m"]
+    for figure in figures:
+        for suffix in ("png", "pdf"):
+            assert (e2e_run / f"results/figures/{figure}.{suffix}").stat().st_size > 10_000, figure
+
+
+def test_report_holds_every_figure_and_table(e2e_run):
+    result = run_snakemake(e2e_run, small_config(), "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (e2e_run / "report.html").read_text()
+    for name in ("accuracy_by_layer.png", "accuracy_by_depth.png", "accuracy.tsv", "answers.tsv", "appraisal_r2.tsv",
+                 "shuffled-label control", "normalised depth"):
+        assert name in html, name
 
 
 def test_the_complete_config_is_recorded_with_the_results(e2e_run):
@@ -73,7 +114,8 @@ def test_the_complete_config_is_recorded_with_the_results(e2e_run):
 
 def test_logs_and_benchmarks_are_written(e2e_run):
     assert "prompts/s" in (e2e_run / "logs/extract_hidden_states/smollm2-135m/layers16-30.log").read_text()
-    assert (e2e_run / "logs/benchmarks/fit_probes/smollm2-135m/layer07.tsv").is_file()
+    assert (e2e_run / "logs/benchmarks/fit_probes/smollm2-135m/mlp/layers01-15.tsv").is_file()
+    assert "answer tokens" in (e2e_run / "logs/answer_emotions/smollm2-135m.log").read_text()
 
 
 def test_unchanged_config_plans_nothing(e2e_run):
@@ -82,20 +124,51 @@ def test_unchanged_config_plans_nothing(e2e_run):
 
 def test_new_probe_parameter_reruns_probes_and_aggregation_only(e2e_run):
     jobs = dry_run(e2e_run, with_changes(small_config(), probe__C=0.5))
-    assert jobs == {"fit_probes": 30, "aggregate_accuracy": 1, "plot_accuracy": 1, "all": 1}
+    assert jobs == {"fit_probes": 6, "aggregate_accuracy": 1, "plot_accuracy": 1, "plot_layer_position": 1,
+                    "record_config": 1, "all": 1}
+
+
+def test_new_appraisal_penalty_reruns_the_appraisal_probes_only(e2e_run):
+    jobs = dry_run(e2e_run, with_changes(small_config(), appraisal__alpha=1.0))
+    assert jobs == {"fit_appraisal_probes": 1, "aggregate_appraisal": 1, "plot_appraisal": 1, "record_config": 1,
+                    "all": 1}
 
 
 def test_new_positions_rerun_extraction_but_not_the_corpus(e2e_run):
     jobs = dry_run(e2e_run, with_changes(small_config(), positions=[-1, -2, -3]))
-    assert jobs["extract_hidden_states"] == 2 and jobs["fit_probes"] == 30
+    assert jobs["extract_hidden_states"] == 2 and jobs["fit_probes"] == 6 and jobs["answer_emotions"] == 1
     assert "prepare_prompts" not in jobs and "prepare_gguf_model" not in jobs
 
 
-def test_new_prompt_reruns_prompts_and_extraction(e2e_run):
-    template = "Which emotion does the writer feel? Text: {text} Emotion:"
+@pytest.mark.parametrize("template", ["two_shot", "Which emotion does the writer feel? Text: {text} Emotion:"])
+def test_new_prompt_reruns_prompts_and_extraction(e2e_run, template):
     jobs = dry_run(e2e_run, with_changes(small_config(), prompt__template=template))
-    assert jobs["prepare_prompts"] == 1 and jobs["extract_hidden_states"] == 2
+    assert jobs["prepare_prompts"] == 1 and jobs["extract_hidden_states"] == 2 and jobs["answer_emotions"] == 1
     assert "prepare_gguf_model" not in jobs
+
+
+def test_the_template_named_is_the_template_used(e2e_run):
+    with h5py.File(e2e_run / "results/hidden/smollm2-135m/layers01-15.h5") as f:
+        assert f.attrs["prompt_template"] == small_config()["prompt"]["templates"]["zero_shot"]
+
+
+def test_paper_config_plans_every_job_with_sane_resources(tmp_path):
+    """The paper's ten hub models cannot run here, but their DAG is planned whole."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "configs/paper.yaml").read_text())
+    config["dataset"]["path"] = small_config()["dataset"]["path"]
+    result = run_snakemake(tmp_path, config, "--dry-run")
+    jobs = planned_jobs(result)
+    layers = [model["n_layers"] for model in config["models"].values()]
+    per_job = config["probe"]["layers_per_job"]
+    assert len(layers) == 10 and jobs["extract_hidden_states"] == 10 and jobs["answer_emotions"] == 10
+    assert jobs["fit_probes"] == 3 * sum(-(-n // per_job) for n in layers)
+    assert jobs["fit_appraisal_probes"] == 10 and "prepare_gguf_model" not in jobs
+    memory = [int(m) for m in re.findall(r"rule extract_hidden_states:.*?mem_mb=(\d+)", result.stdout, flags=re.S)]
+    assert len(memory) == 10 and 4_000 < min(memory) and max(memory) < 64_000
+    runtime = [int(m) for m in re.findall(r"rule fit_probes:.*?runtime=(\d+)", result.stdout, flags=re.S)]
+    assert len(runtime) == jobs["fit_probes"] and 10 < min(runtime) and max(runtime) < 6 * 60
 
 
 def test_new_model_runs_only_that_models_jobs(e2e_run):
@@ -105,8 +178,10 @@ def test_new_model_runs_only_that_models_jobs(e2e_run):
     config["models"]["gemma3-270m"] = default_config()["models"]["gemma3-270m"]
     result = run_snakemake(e2e_run, config, "--dry-run")
     jobs = planned_jobs(result)
-    assert jobs == {"prepare_gguf_model": 1, "extract_hidden_states": 1, "fit_probes": 18,
-                    "aggregate_accuracy": 1, "plot_accuracy": 1, "all": 1}
+    assert jobs == {"prepare_gguf_model": 1, "extract_hidden_states": 1, "answer_emotions": 1, "fit_probes": 3,
+                    "fit_appraisal_probes": 1, "aggregate_accuracy": 1, "summarise_answers": 1,
+                    "aggregate_appraisal": 1, "plot_accuracy": 1, "plot_layer_position": 1, "plot_confusion": 1,
+                    "plot_appraisal": 1, "record_config": 1, "all": 1}
     assert "smollm2-135m/layers" not in result.stdout.split("rule aggregate_accuracy")[0].split("output:")[-1]
     planned_outputs = re.findall(r"output: (\S+)", result.stdout)
     assert not [o for o in planned_outputs if "smollm2" in o and o.endswith((".h5", ".tsv"))]

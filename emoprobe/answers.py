@@ -1,0 +1,85 @@
+"""The model's own answer to each prompt: which emotion word it would write next.
+
+The answer is read from the next-token logits restricted to the first token of
+each label word, written with a leading space as the model would continue
+``... Answer:``. The logits are computed from the residual stream after the last
+block at the prompt's last token, which the extraction already stored: the
+final norm and the label rows of the LM head are all that is left to apply, so
+no second forward pass is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emoprobe.config import ConfigError
+
+
+def answer_token_ids(tokenizer, labels: Sequence[str], words: Mapping[str, str]) -> list[int]:
+    """First token id of ``" " + word`` for each label, where ``word`` is ``words.get(label, label)``.
+
+    Raises :class:`ConfigError` when two labels share a first token, since the
+    model's answer could then not tell them apart.
+    """
+    ids = [tokenizer(" " + words.get(label, label), add_special_tokens=False)["input_ids"][0] for label in labels]
+    seen: dict[int, str] = {}
+    for label, token in zip(labels, ids):
+        if token in seen:
+            raise ConfigError(
+                f"answer.words: labels {seen[token]!r} and {label!r} both start with token "
+                f"{tokenizer.convert_ids_to_tokens(token)!r}; give one of them another word"
+            )
+        seen[token] = label
+    return ids
+
+
+def answer_logits(model: torch.nn.Module, last_state: np.ndarray, token_ids: Sequence[int],
+                  batch_size: int = 1024) -> np.ndarray:
+    """Next-token logits of ``token_ids`` from the residual stream after the last block.
+
+    Parameters
+    ----------
+    model : a causal LM (``...ForCausalLM``).
+    last_state : numpy.ndarray of float32, shape [n_texts, hidden_size]
+        The last block's output at each prompt's last token.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape [n_texts, len(token_ids)]
+        What ``model(prompt).logits[-1, token_ids]`` gives, including Gemma's final soft-capping.
+    """
+    norm = model.get_decoder().norm
+    head = model.get_output_embeddings()
+    parameter = next(model.parameters())
+    rows = torch.as_tensor(list(token_ids), device=parameter.device)
+    weight = head.weight.index_select(0, rows)
+    bias = head.bias.index_select(0, rows) if getattr(head, "bias", None) is not None else None
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(last_state), batch_size):
+            hidden = torch.from_numpy(last_state[start:start + batch_size]).to(parameter.device, parameter.dtype)
+            logits = torch.nn.functional.linear(norm(hidden), weight, bias).float()
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            out.append(logits.cpu().numpy())
+    return np.concatenate(out)
+
+
+def answer_table(row_id: np.ndarray, label_id: np.ndarray, logits: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
+    """One row per text: ``row_id, label, answer, correct`` and a ``logit_<label>`` column per label.
+
+    ``labels`` are in label-id order; ``logits`` is ``[n_texts, len(labels)]``.
+    """
+    answer = logits.argmax(axis=1)
+    table = pd.DataFrame({
+        "row_id": row_id,
+        "label": np.asarray(labels)[label_id],
+        "answer": np.asarray(labels)[answer],
+        "correct": answer == label_id,
+    })
+    return pd.concat([table, pd.DataFrame(logits, columns=[f"logit_{label}" for label in labels])], axis=1)

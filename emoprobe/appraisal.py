@@ -1,0 +1,51 @@
+"""Appraisal probes: ridge regression from hidden states to each appraisal rating.
+
+One multi-output ridge per (layer, position) predicts all appraisal ratings at
+once from standardised features (the penalty then means the same at every
+layer, whatever the scale of its residual stream); held-out R² is reported per
+appraisal, averaged over the same folds as the emotion probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import Ridge
+from sklearn.metrics import r2_score
+
+from emoprobe.probes import standardise
+
+
+def appraisal_r2(states: np.ndarray, ratings: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],
+                 alpha: float) -> np.ndarray:
+    """Held-out R² of a ridge probe per position and appraisal, averaged over ``splits``.
+
+    Parameters
+    ----------
+    states : numpy.ndarray of float32, shape [n_texts, n_positions, hidden_size]
+    ratings : numpy.ndarray of float64, shape [n_texts, n_appraisals]
+    splits : ``(train, test)`` row indices of each fold
+    alpha : ridge penalty on standardised features
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape [n_positions, n_appraisals]
+    """
+    r2 = np.zeros((len(splits), states.shape[1], ratings.shape[1]))
+    for fold, (train, test) in enumerate(splits):
+        x_train, x_test = standardise(states[train], states[test])
+        for position in range(states.shape[1]):
+            ridge = Ridge(alpha=alpha).fit(x_train[:, position], ratings[train])
+            r2[fold, position] = r2_score(ratings[test], ridge.predict(x_test[:, position]),
+                                          multioutput="raw_values")
+    return r2.mean(axis=0)
+
+
+def appraisal_table(r2: np.ndarray, layer: int, positions: Sequence[int], columns: Sequence[str]) -> pd.DataFrame:
+    """Tidy ``layer, position, appraisal, r2`` rows of one layer's ``[n_positions, n_appraisals]`` R²."""
+    return pd.DataFrame([
+        {"layer": layer, "position": position, "appraisal": column, "r2": r2[p, a]}
+        for p, position in enumerate(positions) for a, column in enumerate(columns)
+    ])

@@ -1,0 +1,24 @@
+rule answer_emotions:
+    input:
+        unpack(model_inputs),
+        states=last_chunk_file,
+    output:
+        "results/answers/{model}.tsv",
+    params:
+        model=lambda wc: config["models"][wc.model],
+        labels=config["dataset"]["labels"],
+        words=config["answer"]["words"],
+        dtype=config["extraction"]["dtype"],
+        device=config["extraction"]["device"],
+    log:
+        "logs/answer_emotions/{model}.log",
+    benchmark:
+        "logs/benchmarks/answer_emotions/{model}.tsv"
+    threads: 1
+    resources:
+        mem_mb=extraction_mem_mb,
+        runtime=lambda wc, attempt: 15 * attempt,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/answer_emotions.py"

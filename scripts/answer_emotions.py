@@ -1,0 +1,36 @@
+"""The model's own answer to every prompt, from the stored last-layer states."""
+
+import os
+
+import torch
+
+from emoprobe.answers import answer_logits, answer_table, answer_token_ids
+from emoprobe.config import model_source
+from emoprobe.errors import log_to, reported_as_message
+from emoprobe.h5io import read_layer
+from emoprobe.models import load_decoder, pick_device
+
+log = log_to(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+name, model_cfg = snakemake.wildcards.model, snakemake.params.model
+labels = sorted(snakemake.params.labels)
+if model_source(name, model_cfg) == "hub":
+    path_or_id, revision, local_only = model_cfg["hub"]["id"], model_cfg["hub"].get("revision"), False
+else:
+    path_or_id, revision, local_only = snakemake.input.model_dir, None, True
+device = pick_device(snakemake.params.device)
+with reported_as_message():
+    states, meta = read_layer(snakemake.input.states, model_cfg["n_layers"], "residual", positions=[-1])
+    model, tokenizer = load_decoder(path_or_id, revision=revision, dtype=snakemake.params.dtype, device=device,
+                                    trust_remote_code=model_cfg["trust_remote_code"], local_only=local_only,
+                                    head=True)
+    token_ids = answer_token_ids(tokenizer, labels, snakemake.params.words)
+log.info("model %s on %s; answer tokens %s", name, device,
+         dict(zip(labels, tokenizer.convert_ids_to_tokens(token_ids))))
+logits = answer_logits(model, states[:, 0], token_ids)
+table = answer_table(meta["row_id"], meta["label_id"], logits, labels)
+log.info("accuracy %.4f on %d texts; answers %s", table["correct"].mean(), len(table),
+         table["answer"].value_counts().to_dict())
+partial = snakemake.output[0] + ".partial"
+table.to_csv(partial, sep="\t", index=False, float_format="%.6g")
+os.replace(partial, snakemake.output[0])

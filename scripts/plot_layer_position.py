@@ -1,0 +1,11 @@
+"""Heatmap of one model's probe accuracy over layer and token position."""
+
+import pandas as pd
+
+from emoprobe.errors import log_to
+from emoprobe.report import plot_layer_position, read_probe_table
+
+log = log_to(snakemake.log[0])
+table = pd.concat([read_probe_table(path) for path in snakemake.input], ignore_index=True)
+plot_layer_position(table, snakemake.wildcards.model, snakemake.output.png, snakemake.output.pdf)
+log.info("plotted %s", snakemake.wildcards.model)

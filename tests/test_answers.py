@@ -1,0 +1,55 @@
+"""The model's own answers: read from stored states, equal to running the whole causal LM."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import default_config
+from emoprobe.answers import answer_logits, answer_table, answer_token_ids
+from emoprobe.config import ConfigError
+from emoprobe.h5io import read_layer
+from emoprobe.models import load_decoder
+
+LABELS = sorted(default_config()["dataset"]["labels"])
+
+
+@pytest.fixture(scope="module")
+def smollm2_lm(e2e_run):
+    return load_decoder(str(e2e_run / "resources/models/smollm2-135m"), revision=None, dtype="float32",
+                        device=torch.device("cpu"), trust_remote_code=False, local_only=True, head=True)
+
+
+def test_answers_equal_the_full_causal_lm(e2e_run, smollm2_lm):
+    """Logits from the stored last-layer state equal model(prompt).logits at the last token, prompt run alone."""
+    model, tokenizer = smollm2_lm
+    answers = pd.read_csv(e2e_run / "results/answers/smollm2-135m.tsv", sep="\t")
+    prompts = pd.read_csv(e2e_run / "results/corpus/prompts.tsv", sep="\t", keep_default_na=False)
+    token_ids = answer_token_ids(tokenizer, LABELS, {})
+    for row in (0, 57, 143):
+        ids = tokenizer(prompts["prompt"][row], return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            full = model(input_ids=ids).logits[0, -1, token_ids].numpy()
+        stored = answers.loc[row, [f"logit_{label}" for label in LABELS]].to_numpy(dtype=np.float32)
+        assert answers["row_id"][row] == prompts["row_id"][row]
+        assert np.abs(stored - full).max() <= 1e-3 * np.abs(full).max()
+        assert answers["answer"][row] == LABELS[int(full.argmax())]
+    assert (answers["correct"] == (answers["answer"] == answers["label"])).all()
+
+
+def test_answer_logits_of_the_stored_states(e2e_run, smollm2_lm):
+    model, tokenizer = smollm2_lm
+    states, meta = read_layer(e2e_run / "results/hidden/smollm2-135m/layers16-30.h5", 30, positions=[-1])
+    logits = answer_logits(model, states[:, 0], answer_token_ids(tokenizer, LABELS, {}), batch_size=50)
+    table = answer_table(meta["row_id"], meta["label_id"], logits, LABELS)
+    written = pd.read_csv(e2e_run / "results/answers/smollm2-135m.tsv", sep="\t")
+    assert table["answer"].tolist() == written["answer"].tolist()
+
+
+def test_answer_tokens_are_distinct_first_tokens(smollm2_lm):
+    _, tokenizer = smollm2_lm
+    ids = answer_token_ids(tokenizer, LABELS, {})
+    assert len(set(ids)) == len(LABELS)
+    assert tokenizer.convert_ids_to_tokens(ids[LABELS.index("joy")]) == "\u0120joy"  # with the leading space
+    with pytest.raises(ConfigError, match="labels 'anger' and 'guilt' both start with token"):
+        answer_token_ids(tokenizer, LABELS, {"guilt": "anger"})
