@@ -38,6 +38,13 @@ except ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 
 TEMPLATE = prompt_template(config["prompt"])
+# Declared so that executors whose jobs do not inherit this environment pass them on (SLURM's jobs
+# inherit it, and the plugin never writes them into a command line). Only those that are set: a
+# declared variable must be.
+envvars:
+    *[name for name in ("HF_HOME", "HF_TOKEN", "HF_HUB_OFFLINE", "HDF5_USE_FILE_LOCKING") if name in os.environ],
+
+
 MODELS = list(config["models"])
 GGUF_MODELS = [m for m in MODELS if model_source(m, config["models"][m]) == "gguf"]
 LAYERS = {m: list(range(1, config["models"][m]["n_layers"] + 1)) for m in MODELS}

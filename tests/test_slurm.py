@@ -76,6 +76,10 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
                      "fit_probes": 6, "fit_appraisal_probes": 1}
     assert all("gpu" in gres for _, comment, gres in states.values() if "extract_hidden_states" in comment)
 
+    from conftest import TOKEN
+
+    leaked = [p for p in workdir.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leaked == [], "the hub token reached a file of the run"
     for name in RESULTS:
         same = (workdir / name).read_bytes() == (e2e_run / name).read_bytes()
         print(f"{name}: {'byte-identical to' if same else 'DIFFERENT from'} the local run")
