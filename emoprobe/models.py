@@ -107,6 +107,19 @@ def prepare_gguf(files: list[str], sha256: str | None, out_dir: Path, dtype: str
         os.replace(staged, out_dir)
 
 
+def model_location(name: str, model: dict, model_dir: str | None) -> tuple[str, str | None, bool]:
+    """Where to load a configured model from: ``(path_or_id, revision, local_only)``.
+
+    A hub model loads by id and revision (downloading if need be); a local or
+    prepared GGUF model loads from ``model_dir`` without touching the hub.
+    """
+    from emoprobe.config import model_source
+
+    if model_source(name, model) == "hub":
+        return model["hub"]["id"], model["hub"].get("revision"), False
+    return model_dir, None, True
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` gives cuda, then mps, then cpu; any other name is used as given."""
     if name != "auto":

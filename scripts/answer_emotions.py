@@ -5,19 +5,15 @@ import os
 import torch
 
 from emoprobe.answers import answer_logits, answer_table, answer_token_ids
-from emoprobe.config import model_source
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import read_layer
-from emoprobe.models import load_decoder, pick_device
+from emoprobe.models import load_decoder, model_location, pick_device
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg = snakemake.wildcards.model, snakemake.params.model
 labels = sorted(snakemake.params.labels)
-if model_source(name, model_cfg) == "hub":
-    path_or_id, revision, local_only = model_cfg["hub"]["id"], model_cfg["hub"].get("revision"), False
-else:
-    path_or_id, revision, local_only = snakemake.input.model_dir, None, True
+path_or_id, revision, local_only = model_location(name, model_cfg, getattr(snakemake.input, "model_dir", None))
 device = pick_device(snakemake.params.device)
 with reported_as_message():
     states, meta = read_layer(snakemake.input.states, model_cfg["n_layers"], "residual", positions=[-1])

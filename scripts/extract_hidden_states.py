@@ -12,7 +12,7 @@ from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.extract import extract_to_hdf5
 from emoprobe.config import model_source
-from emoprobe.models import ModelError, load_decoder, pick_device
+from emoprobe.models import ModelError, load_decoder, model_location, pick_device
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -20,10 +20,7 @@ name, model_cfg = snakemake.wildcards.model, snakemake.params.model
 settings = snakemake.params.extraction
 layers = list(range(int(snakemake.wildcards.first), int(snakemake.wildcards.last) + 1))
 source = model_source(name, model_cfg)
-if source == "hub":
-    path_or_id, revision, local_only = model_cfg["hub"]["id"], model_cfg["hub"].get("revision"), False
-else:
-    path_or_id, revision, local_only = snakemake.input.model_dir, None, True
+path_or_id, revision, local_only = model_location(name, model_cfg, getattr(snakemake.input, "model_dir", None))
 device = pick_device(settings["device"])
 log.info("model %s (%s) on %s in %s, %d threads, layers %s", name, path_or_id, device, settings["dtype"],
          torch.get_num_threads(), layers)

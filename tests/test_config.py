@@ -139,3 +139,12 @@ def test_records_are_counted_whatever_the_encoding(tmp_path):
     path.write_bytes(b'id,text\r\n1,"two\r\nlines \x92"\r\n2,plain\r\n')
     assert count_records(path) == 2
     assert count_records(tmp_path / "missing.csv") is None
+
+
+def test_model_location_by_source():
+    from emoprobe.models import model_location
+
+    hub = {"hub": {"id": "org/model", "revision": "abc123"}}
+    assert model_location("m", hub, None) == ("org/model", "abc123", False)
+    assert model_location("m", {"local": "models/m"}, "models/m") == ("models/m", None, True)
+    assert model_location("m", {"gguf": {"files": ["p/f.gguf"]}}, "resources/models/m") == ("resources/models/m", None, True)
