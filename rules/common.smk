@@ -164,7 +164,8 @@ def extraction_mem_mb(wildcards, attempt):
     return int((weights * 1.5 + activations) / 2**20 + 1024) * attempt
 
 
-# Measured on the bundled models (2-core laptop, one thread): see README, "Benchmarks".
+# Seconds per fit per million values, measured on the bundled models (2-core laptop, one thread;
+# README, "Performance": about 16 s per layer for 20 fits of 6,600 x 5 x 576 values).
 PROBE_SECONDS = 0.1
 
 
