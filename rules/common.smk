@@ -164,8 +164,9 @@ def extraction_mem_mb(wildcards, attempt):
     return int((weights * 1.5 + activations) / 2**20 + 1024) * attempt
 
 
-# Seconds per fit per million values, measured on the bundled models (2-core laptop, one thread;
-# README, "Performance": about 16 s per layer for 20 fits of 6,600 x 5 x 576 values).
+# Seconds per fit per million values. The bundled models take about 0.04 on one thread of a 2-core
+# laptop (README, "Performance": 16 s per layer for 20 fits of 6,600 x 5 x 576 values); 0.1 leaves
+# room for wider layers that need more L-BFGS iterations, and a retry doubles it.
 PROBE_SECONDS = 0.1
 
 
