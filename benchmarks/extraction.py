@@ -95,6 +95,9 @@ def reference_method(model_dir: str, prompts: list[str], threads: int, out: str,
 
 def workflow_method(model_dir: str, prompts: list[str], threads: int, out: str, queue) -> None:
     """emoprobe's extraction of every layer, streamed into HDF5 exactly as the workflow does."""
+    from emoprobe.memory import allocate_in_huge_pages
+
+    allocate_in_huge_pages()  # as the workflow's job does, before torch is imported in this process
     import pandas as pd
     import torch
 

@@ -91,7 +91,7 @@ def main() -> None:
     for layer in checked:
         x_train, x_test = standardise(states[layer][0][train], states[layer][0][test])
         for k, position in enumerate(positions):
-            jobs.append((layer, position, x_train[:, k], x_test[:, k]))
+            jobs.append((layer, position, x_train[k], x_test[k]))
     converged = Parallel(n_jobs=args.threads)(
         delayed(sklearn_fit)(x_train, label_id[train], x_test, label_id[test], C=1.0, tol=1e-6, max_iter=20000)
         for _, _, x_train, x_test in jobs)

@@ -37,8 +37,8 @@ def appraisal_r2(states: np.ndarray, ratings: np.ndarray, splits: Sequence[tuple
     for fold, (train, test) in enumerate(splits):
         x_train, x_test = standardise(states[train], states[test])
         for position in range(states.shape[1]):
-            ridge = Ridge(alpha=alpha).fit(x_train[:, position], ratings[train])
-            r2[fold, position] = r2_score(ratings[test], ridge.predict(x_test[:, position]),
+            ridge = Ridge(alpha=alpha).fit(x_train[position], ratings[train])
+            r2[fold, position] = r2_score(ratings[test], ridge.predict(x_test[position]),
                                           multioutput="raw_values")
     return r2.mean(axis=0)
 

@@ -204,7 +204,7 @@ def iter_hidden_states(
 ) -> Iterator[tuple[np.ndarray, dict[int, np.ndarray]]]:
     """Yield ``(indices, states)`` batch by batch, in length-sorted order.
 
-    ``indices`` (int64, ascending) index ``token_ids``; ``states[(location, layer)]``
+    ``indices`` (int64) index ``token_ids``; ``states[(location, layer)]``
     is a float32 array ``[len(indices), len(positions), hidden]`` in the same order.
     Memory stays bounded by one batch whatever the number of prompts.
     With ``share_prefix`` the tokens common to all prompts are computed once.
@@ -214,7 +214,6 @@ def iter_hidden_states(
     rest = [ids[prefix_length:] for ids in token_ids]
     with torch.inference_mode():
         for batch in length_batches([len(ids) for ids in rest], batch_tokens, max_batch_size, max_padding):
-            batch = np.sort(batch)
             states = hidden_states_batch(model, blocks, keys, positions, [rest[i] for i in batch], pad_id, prefix)
             yield batch, {key: s.float().cpu().numpy() for key, s in states.items()}
 

@@ -6,11 +6,14 @@ Layout::
     /label_id   int64   [n_texts]            index into attrs["labels"]
     /n_tokens   int64   [n_texts]            prompt length in tokens
     /positions  int64   [n_positions]        negative offsets from the prompt end
+    /row_index  int64   [n_texts]            corpus-order index of each stored state row
     /residual_NN   float   [n_texts, n_positions, hidden_size]   residual stream after block NN (1-based)
     /attention_NN  float   [n_texts, n_positions, hidden_size]   attention output of block NN
     /mlp_NN        float   [n_texts, n_positions, hidden_size]   MLP output of block NN
 
-Only the locations asked for are stored.
+Only the locations asked for are stored. State rows are stored in the order they
+were computed (batches sorted by prompt length), so each batch is one contiguous
+write; :func:`read_layer` returns them in corpus order.
 
 File attributes record the model source and revision, the prompt template, the
 compute and storage dtypes, library versions and ``complete = True``, which is
@@ -57,10 +60,9 @@ class HiddenStateWriter:
         for name, values in (("row_id", row_id), ("label_id", label_id), ("n_tokens", n_tokens),
                              ("positions", positions)):
             self.file.create_dataset(name, data=np.asarray(values, dtype=np.int64))
+        self.file.create_dataset("row_index", shape=(n_texts,), dtype=np.int64, fillvalue=-1)
+        self.written = 0
         for location, layer in self.keys:
-            # Contiguous, not chunked: batches come in length order, so their rows are
-            # scattered over the file, and writing them into chunks rewrites each chunk
-            # many times (15x slower here).
             ds = self.file.create_dataset(dataset_key(location, layer), shape=(n_texts, n_positions, hidden_size),
                                           dtype=storage_dtype)
             ds.attrs["layer"] = layer
@@ -74,7 +76,8 @@ class HiddenStateWriter:
         self.file.attrs["complete"] = False
 
     def write(self, indices: np.ndarray, states: dict[tuple[str, int], np.ndarray]) -> None:
-        """Store ``states[(location, layer)]`` (``[len(indices), n_positions, hidden]``) at rows ``indices`` (ascending).
+        """Store ``states[(location, layer)]`` (``[len(indices), n_positions, hidden]``), the states of the
+        texts at corpus-order ``indices``, after the rows written so far.
 
         Raises :class:`HiddenFileError` when a state does not fit the storage dtype (float16 tops out
         at 65504, which some models' residual streams exceed), rather than storing infinities.
@@ -87,13 +90,21 @@ class HiddenStateWriter:
                     f"{self.path}: {location} states of layer {layer} reach {np.abs(values).max():.4g}, beyond "
                     f"float16's range; set storage_dtype: float32 (for this model or in extraction)"
                 )
-            dataset[indices] = values
+            dataset[self.written:self.written + len(indices)] = values
+        self.file["row_index"][self.written:self.written + len(indices)] = indices
+        self.written += len(indices)
 
     def __enter__(self) -> HiddenStateWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            row_index = self.file["row_index"][:]
+            if not np.array_equal(np.sort(row_index), np.arange(len(row_index))):
+                self.file.close()
+                self.tmp.unlink(missing_ok=True)
+                raise HiddenFileError(f"{self.path}: {self.written} state rows written for {len(row_index)} texts, "
+                                      f"not each text once")
             self.file.attrs["complete"] = True
             self.file.close()
             os.replace(self.tmp, self.path)
@@ -125,15 +136,21 @@ def read_layer(path, layer: int, location: str = "residual", positions: list[int
                 held = sorted(k for k in f if f[k].ndim == 3)
                 raise HiddenFileError(f"{path}: no dataset {key!r}; it holds {held}")
             row_id, label_id, stored = f["row_id"][:], f["label_id"][:], f["positions"][:].tolist()
-            states = f[key][:]
+            if "row_index" not in f:
+                raise HiddenFileError(f"{path}: no dataset 'row_index'; it was written by an older emoprobe, "
+                                      f"delete it and rerun")
+            row_index, stored_states = f["row_index"][:], f[key][:]
     except OSError as err:
         raise HiddenFileError(f"{path}: unreadable HDF5 file ({err}); it is truncated or corrupt, delete it and rerun") from None
     expected = (len(row_id), len(stored))
-    if states.ndim != 3 or states.shape[:2] != expected or len(label_id) != len(row_id):
+    if stored_states.ndim != 3 or stored_states.shape[:2] != expected or len(label_id) != len(row_id) \
+            or len(row_index) != len(row_id):
         raise HiddenFileError(
-            f"{path}: dataset {key!r} has shape {states.shape}, expected "
-            f"({expected[0]}, {expected[1]}, hidden_size) to match row_id and positions"
+            f"{path}: dataset {key!r} has shape {stored_states.shape}, expected "
+            f"({expected[0]}, {expected[1]}, hidden_size) to match row_id, row_index and positions"
         )
+    states = np.empty_like(stored_states)
+    states[row_index] = stored_states
     if positions is not None:
         missing = sorted(set(positions) - set(stored))
         if missing:

@@ -18,6 +18,7 @@ ill-conditioned, so L-BFGS needs a few hundred iterations instead of thousands.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -95,7 +96,8 @@ def majority_baseline(y_train: np.ndarray, y_test: np.ndarray) -> float:
 
 
 def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centre and scale both by the training rows' mean and standard deviation, per position and feature.
+    """Centre and scale both by the training rows' mean and standard deviation, per position and feature,
+    into the positions-first layout the probes are fitted in.
 
     Parameters
     ----------
@@ -103,12 +105,21 @@ def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nda
 
     Returns
     -------
-    The two arrays, float32. Constant features keep scale 1 (they become zero).
+    The two arrays, float32, shape [n_positions, n_rows, hidden_size]. Constant features keep scale 1
+    (they become zero).
     """
     mean = train.mean(axis=0, dtype=np.float64)
     std = train.std(axis=0, dtype=np.float64)
     std[std == 0] = 1.0
-    return ((train - mean) / std).astype(np.float32), ((test - mean) / std).astype(np.float32)
+    standardised = []
+    for x in (train, test):
+        z = np.empty((x.shape[1], x.shape[0], x.shape[2]), dtype=np.float32)
+        # one position at a time: the float64 temporaries stay small enough for the allocator to reuse,
+        # where whole-array ones cost more in fresh pages than in arithmetic
+        for position in range(x.shape[1]):
+            z[position] = (x[:, position] - mean[position]) / std[position]
+        standardised.append(z)
+    return standardised[0], standardised[1]
 
 
 def preconditioner(x: torch.Tensor, shrinkage: float) -> torch.Tensor:
@@ -124,18 +135,21 @@ def preconditioner(x: torch.Tensor, shrinkage: float) -> torch.Tensor:
     return torch.linalg.solve_triangular(factor, identity, upper=False).to(x.dtype)
 
 
-def fit_multinomial(x: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, max_iter: int, tol: float
-                    ) -> tuple[np.ndarray, np.ndarray, int, bool]:
-    """Fit one L2 multinomial logistic regression per position, all at once.
+def fit_multinomial(x: np.ndarray, labellings: Sequence[np.ndarray], n_classes: int, *, C: float, max_iter: int,
+                    tol: float) -> list[tuple[np.ndarray, np.ndarray, int, bool]]:
+    """Fit one L2 multinomial logistic regression per position, all positions at once, for each
+    labelling of the same rows (e.g. the labels and their shuffled control, which then share the
+    preconditioner).
 
     Parameters
     ----------
     x : numpy.ndarray of float32, shape [n_positions, n_rows, hidden_size], standardised
-    y : numpy.ndarray of int, shape [n_rows]
+    labellings : sequence of numpy.ndarray of int, each of shape [n_rows]
     tol : converged when no entry of the gradient of the objective divided by ``C * n_rows`` exceeds it
 
     Returns
     -------
+    One tuple per labelling:
     weights : numpy.ndarray of float32, shape [n_positions, n_classes, hidden_size]
     intercepts : numpy.ndarray of float32, shape [n_positions, n_classes]
     n_iter : int, L-BFGS iterations
@@ -151,9 +165,24 @@ def fit_multinomial(x: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, m
         features = features.double()
         basis = torch.linalg.svd(features, full_matrices=False)[2].transpose(1, 2)  # [P, d, n_rows]
         features = features @ basis
-    n_positions, n_rows, width = features.shape
     q = preconditioner(features, PRECONDITIONER_SHRINKAGE)
-    onehot = torch.nn.functional.one_hot(torch.from_numpy(y).long(), n_classes).to(features.dtype)
+    fits = []
+    for y in labellings:
+        m, b, n_iter, converged = _lbfgs(features, q, torch.from_numpy(np.asarray(y)).long(), n_classes, C=C,
+                                         max_iter=max_iter, tol=tol)
+        weights = m @ q if basis is None else m @ q @ basis.transpose(1, 2)
+        fits.append((weights.float().numpy(), b.float().numpy(), n_iter, converged))
+    return fits
+
+
+def _lbfgs(features: torch.Tensor, q: torch.Tensor, y: torch.Tensor, n_classes: int, *, C: float, max_iter: int,
+           tol: float) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Minimise the objective over ``m`` (``W = m q``) and ``b``; ``features`` ``[P, n, d]``, ``q`` ``[P, d, d]``.
+
+    Returns ``m`` ``[P, n_classes, d]``, ``b`` ``[P, n_classes]``, the iterations and whether ``tol`` was met.
+    """
+    n_positions, n_rows, width = features.shape
+    onehot = torch.nn.functional.one_hot(y, n_classes).to(features.dtype)
     m = torch.zeros(n_positions, n_classes, width, dtype=features.dtype, requires_grad=True)
     b = torch.zeros(n_positions, n_classes, dtype=features.dtype, requires_grad=True)
     penalty = 1.0 / (C * n_rows)
@@ -162,7 +191,7 @@ def fit_multinomial(x: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, m
         """Mean loss plus penalty at ``W = m q``; sets the gradients by hand (3x faster than autograd here)."""
         with torch.no_grad():
             weights = m @ q
-            logits = torch.baddbmm(b.unsqueeze(1), features, weights.transpose(1, 2))
+            logits = torch.bmm(features, weights.transpose(1, 2).contiguous()) + b.unsqueeze(1)
             log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
             loss = (log_norm.sum() - (logits * onehot).sum()) / n_rows + 0.5 * penalty * (weights * weights).sum()
             residual = (torch.exp(logits - log_norm) - onehot) / n_rows
@@ -175,13 +204,12 @@ def fit_multinomial(x: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, m
     optimizer.step(objective)
     objective()
     converged = max(float(m.grad.abs().max()), float(b.grad.abs().max())) <= tol
-    weights = m.detach() @ q if basis is None else m.detach() @ q @ basis.transpose(1, 2)
-    return weights.float().numpy(), b.detach().float().numpy(), optimizer.state[m]["n_iter"], converged
+    return m.detach(), b.detach(), optimizer.state[m]["n_iter"], converged
 
 
 def predict(x: np.ndarray, weights: np.ndarray, intercepts: np.ndarray) -> np.ndarray:
     """Predicted label of each row by each position's probe; ``x`` ``[P, n, d]`` -> int64 ``[P, n]``."""
-    return (np.einsum("pnd,pkd->pnk", x, weights) + intercepts[:, None, :]).argmax(-1)
+    return (np.matmul(x, weights.transpose(0, 2, 1)) + intercepts[:, None, :]).argmax(-1)
 
 
 def probe_layer(states: np.ndarray, label_id: np.ndarray, positions: list[int], *, n_classes: int, C: float,
@@ -218,22 +246,21 @@ def probe_layer(states: np.ndarray, label_id: np.ndarray, positions: list[int], 
     n_iters, converged = [], []
     for train, test in splits:
         x_train, x_test = standardise(states[train], states[test])
-        x_train, x_test = x_train.transpose(1, 0, 2), x_test.transpose(1, 0, 2)
-        weights, intercepts, n_iter, ok = fit_multinomial(x_train, label_id[train], n_classes, **fit)
+        labellings = [label_id, shuffled] if control else [label_id]
+        fits = fit_multinomial(x_train, [y[train] for y in labellings], n_classes, **fit)
+        weights, intercepts, n_iter, ok = fits[0]
         predicted = predict(x_test, weights, intercepts)
         scores["accuracy"].append((predicted == label_id[test]).mean(axis=1))
         scores["macro_f1"].append([f1_score(label_id[test], p, average="macro") for p in predicted])
         scores["train_accuracy"].append((predict(x_train, weights, intercepts) == label_id[train]).mean(axis=1))
         scores["chance"].append(np.full(len(positions), majority_baseline(label_id[train], label_id[test])))
-        n_iters.append(n_iter)
-        converged.append(ok)
         if control:
-            weights, intercepts, n_iter, ok = fit_multinomial(x_train, shuffled[train], n_classes, **fit)
+            weights, intercepts, _, _ = fits[1]
             scores["control_accuracy"].append((predict(x_test, weights, intercepts) == shuffled[test]).mean(axis=1))
-            n_iters.append(n_iter)
-            converged.append(ok)
         else:
             scores["control_accuracy"].append(np.full(len(positions), np.nan))
+        n_iters += [n for _, _, n, _ in fits]
+        converged += [ok for _, _, _, ok in fits]
     per_fold = {key: np.asarray(values) for key, values in scores.items()}  # each [n_folds, P]
     table = pd.DataFrame({"position": positions, **{key: v.mean(axis=0) for key, v in per_fold.items()}})
     bounds = [interval(per_fold["accuracy"][:, p], len(splits[0][1])) for p in range(len(positions))]

@@ -1,5 +1,9 @@
 """Hidden states of one chunk of layers of one model, for every prompt, into HDF5."""
 
+from emoprobe.memory import allocate_in_huge_pages
+
+allocate_in_huge_pages()  # before torch is imported
+
 import json
 import platform
 

@@ -27,7 +27,7 @@ def test_r2_is_sklearns_ridge_on_standardised_features():
     ratings = rng.normal(size=(100, 3)) + states[:, 0, :3]
     train, test = np.arange(80), np.arange(80, 100)
     x_train, x_test = probes.standardise(states[train], states[test])
-    expected = r2_score(ratings[test], Ridge(alpha=5.0).fit(x_train[:, 0], ratings[train]).predict(x_test[:, 0]),
+    expected = r2_score(ratings[test], Ridge(alpha=5.0).fit(x_train[0], ratings[train]).predict(x_test[0]),
                         multioutput="raw_values")
     assert np.allclose(appraisal_r2(states, ratings, [(train, test)], alpha=5.0)[0], expected, atol=1e-6)
 

@@ -1,5 +1,7 @@
 """Hidden-state extraction on the real SmolLM2: batching, left padding, early stop, HDF5 files."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -151,6 +153,29 @@ def test_writer_is_atomic(tmp_path):
         read_layer(path, 2, positions=[-3])
 
 
+def test_rows_written_in_batch_order_are_read_in_corpus_order(tmp_path):
+    path = tmp_path / "chunk.h5"
+    keys = [("residual", 1), ("mlp", 1)]
+    with HiddenStateWriter(path, row_id=[10, 11, 12, 13], label_id=[0, 1, 0, 1], n_tokens=[3] * 4, positions=[-1],
+                           keys=keys, hidden_size=2, storage_dtype="float32", attrs={}) as writer:
+        for batch in ([3, 0], [2], [1]):
+            writer.write(np.array(batch), {key: np.array(batch, np.float32)[:, None, None].repeat(2, -1) + sign
+                                           for key, sign in zip(keys, (0, 100))})
+    residual, meta = read_layer(path, 1)
+    mlp, _ = read_layer(path, 1, "mlp")
+    assert residual[:, 0, 0].tolist() == [0, 1, 2, 3] and mlp[:, 0, 1].tolist() == [100, 101, 102, 103]
+    assert meta["row_id"].tolist() == [10, 11, 12, 13]
+
+
+def test_a_writer_missing_rows_leaves_no_file(tmp_path):
+    path = tmp_path / "chunk.h5"
+    with pytest.raises(HiddenFileError, match="1 state rows written for 2 texts"):
+        with HiddenStateWriter(path, row_id=[1, 2], label_id=[0, 0], n_tokens=[3, 3], positions=[-1],
+                               keys=[("residual", 1)], hidden_size=2, storage_dtype="float32", attrs={}) as writer:
+            writer.write(np.array([1]), {("residual", 1): np.ones((1, 1, 2), np.float32)})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_float16_storage_refuses_states_beyond_its_range(tmp_path):
     """Gemma's residual stream exceeds 65504 in some layers: an error, never a file of infinities."""
     path = tmp_path / "chunk.h5"
@@ -239,3 +264,18 @@ def test_attention_and_mlp_outputs_add_up_to_the_residual_stream(smollm2, tmp_pa
 def test_an_unknown_block_layout_is_named():
     with pytest.raises(ConfigError, match="Linear has no 'mlp' module to read 'mlp' from"):
         extract.location_module(torch.nn.Linear(2, 2), "mlp")
+
+
+def test_huge_pages_are_asked_for_before_torch_and_only_then():
+    import subprocess
+    import sys
+
+    code = ("import os; from emoprobe.memory import allocate_in_huge_pages; allocate_in_huge_pages(); "
+            "import torch; print(os.environ['THP_MEM_ALLOC_ENABLE'])")
+    env = {key: value for key, value in os.environ.items() if key != "THP_MEM_ALLOC_ENABLE"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "1"
+    from emoprobe.memory import allocate_in_huge_pages  # this process has imported torch
+
+    with pytest.raises(RuntimeError, match="before torch is imported"):
+        allocate_in_huge_pages()

@@ -26,8 +26,9 @@ def test_standardise_uses_training_statistics_only():
     train = np.array([[[1.0, 5.0]], [[3.0, 5.0]]])
     test = np.array([[[5.0, 7.0]]])
     z_train, z_test = probes.standardise(train, test)
-    assert z_train[:, 0, 0].tolist() == [-1.0, 1.0] and z_test[0, 0, 0] == 3.0
-    assert z_train[:, 0, 1].tolist() == [0.0, 0.0] and z_test[0, 0, 1] == 2.0  # constant feature: scale 1
+    assert z_train.shape == (1, 2, 2) and z_test.shape == (1, 1, 2)  # positions first
+    assert z_train[0, :, 0].tolist() == [-1.0, 1.0] and z_test[0, 0, 0] == 3.0
+    assert z_train[0, :, 1].tolist() == [0.0, 0.0] and z_test[0, 0, 1] == 2.0  # constant feature: scale 1
 
 
 def test_fit_reaches_scikit_learns_optimum():
@@ -37,15 +38,26 @@ def test_fit_reaches_scikit_learns_optimum():
     y = digits.target
     train, test = probes.split_indices(y, 0.2, 42, stratify=False)
     z_train, z_test = probes.standardise(x[train, None, :], x[test, None, :])
-    z_train, z_test = z_train.transpose(1, 0, 2), z_test.transpose(1, 0, 2)
-    weights, intercepts, n_iter, converged = probes.fit_multinomial(z_train, y[train], 10, C=0.5, max_iter=1000,
-                                                                    tol=1e-5)
+    [(weights, intercepts, n_iter, converged)] = probes.fit_multinomial(z_train, [y[train]], 10, C=0.5,
+                                                                        max_iter=1000, tol=1e-5)
     reference = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(z_train[0], y[train])
     assert converged and n_iter < 1000
     assert np.abs(weights[0] - reference.coef_).max() <= 1e-2 * np.abs(reference.coef_).max()
     ours = (probes.predict(z_test, weights, intercepts)[0] == y[test]).mean()
     assert abs(ours - reference.score(z_test[0], y[test])) <= 1 / len(test)
     assert ours > 0.9
+
+
+def test_labellings_fitted_together_are_fitted_as_alone():
+    """The control shares the preconditioner with the probe, nothing else: each fit is the one it would be alone."""
+    states, y = labelled_states()
+    z = probes.standardise(states, states[:1])[0]
+    shuffled = np.random.default_rng(0).permutation(y)
+    together = probes.fit_multinomial(z, [y, shuffled], 4, C=1.0, max_iter=1000, tol=1e-4)
+    for labels, fit in zip([y, shuffled], together):
+        [alone] = probes.fit_multinomial(z, [labels], 4, C=1.0, max_iter=1000, tol=1e-4)
+        assert np.array_equal(fit[0], alone[0]) and np.array_equal(fit[1], alone[1]) and fit[2:] == alone[2:]
+    assert not np.allclose(together[0][0], together[1][0])
 
 
 def labelled_states(seed=0):
@@ -116,8 +128,7 @@ def test_fewer_texts_than_features_reach_the_same_optimum():
     x = rng.normal(size=(30, 1, 50)).astype(np.float32)
     x[:, 0, :3] += np.eye(3)[y]
     z, _ = probes.standardise(x, x[:1])
-    z = z.transpose(1, 0, 2)
-    weights, intercepts, _, converged = probes.fit_multinomial(z, y, 3, C=1.0, max_iter=1000, tol=1e-4)
+    [(weights, intercepts, _, converged)] = probes.fit_multinomial(z, [y], 3, C=1.0, max_iter=1000, tol=1e-4)
     reference = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(z[0], y)
     assert converged and weights.shape == (1, 3, 50)
     assert np.abs(weights[0] - reference.coef_).max() <= 2e-3 * np.abs(reference.coef_).max()
