@@ -24,7 +24,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/extraction.py --model resources/models/smollm2-135m --n-prompts 400
 	$(BIN)/python benchmarks/extraction.py --model resources/models/gemma3-270m --n-prompts 300
 	$(BIN)/python benchmarks/extraction.py --model resources/models/smollm2-135m --n-prompts 400 --template two_shot
-	$(BIN)/python benchmarks/probes.py --hidden results/hidden/smollm2-135m/layers01-30.h5 --converged-layers 1,5,10,15,20,25,30
+	$(BIN)/python benchmarks/probes.py --hidden results/hidden/smollm2-135m/layers01-30.h5 --converged-layers 1,10,20,30
 	$(BIN)/python benchmarks/probes.py --hidden results/hidden/gemma3-270m/layers01-18.h5 --converged-layers 1,6,12,18
 	$(BIN)/python benchmarks/scaling.py --config configs/paper.yaml
 

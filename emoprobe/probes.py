@@ -33,6 +33,14 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 PRECONDITIONER_SHRINKAGE = 0.2
 
 
+def probe_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else the CPU; any other name as given. (Not MPS: the small-subset
+    path of :func:`fit_multinomial` needs float64, which MPS lacks.)"""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def split_indices(label_id: np.ndarray, test_size: float, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
     """Train and test row indices; identical to ``train_test_split(X, y, test_size, random_state=seed)``.
 
@@ -131,12 +139,12 @@ def preconditioner(x: torch.Tensor, shrinkage: float) -> torch.Tensor:
     cov = (x.transpose(1, 2) @ x).double() / x.shape[1]
     cov.diagonal(dim1=1, dim2=2).add_(shrinkage)
     factor = torch.linalg.cholesky(cov)
-    identity = torch.eye(cov.shape[-1], dtype=cov.dtype).expand_as(cov)
+    identity = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
     return torch.linalg.solve_triangular(factor, identity, upper=False).to(x.dtype)
 
 
 def fit_multinomial(x: np.ndarray, labellings: Sequence[np.ndarray], n_classes: int, *, C: float, max_iter: int,
-                    tol: float) -> list[tuple[np.ndarray, np.ndarray, int, bool]]:
+                    tol: float, device: str | torch.device = "cpu") -> list[tuple[np.ndarray, np.ndarray, int, bool]]:
     """Fit one L2 multinomial logistic regression per position, all positions at once, for each
     labelling of the same rows (e.g. the labels and their shuffled control, which then share the
     preconditioner).
@@ -146,16 +154,17 @@ def fit_multinomial(x: np.ndarray, labellings: Sequence[np.ndarray], n_classes: 
     x : numpy.ndarray of float32, shape [n_positions, n_rows, hidden_size], standardised
     labellings : sequence of numpy.ndarray of int, each of shape [n_rows]
     tol : converged when no entry of the gradient of the objective divided by ``C * n_rows`` exceeds it
+    device : where to compute (see :func:`probe_device`)
 
     Returns
     -------
-    One tuple per labelling:
+    One tuple per labelling, on the CPU:
     weights : numpy.ndarray of float32, shape [n_positions, n_classes, hidden_size]
     intercepts : numpy.ndarray of float32, shape [n_positions, n_classes]
     n_iter : int, L-BFGS iterations
     converged : bool, whether the gradient tolerance was reached
     """
-    features = torch.from_numpy(np.ascontiguousarray(x))
+    features = torch.from_numpy(np.ascontiguousarray(x)).to(device)
     basis = None
     if features.shape[1] < features.shape[2]:
         # With an L2 penalty the optimal weights lie in the span of the training rows: fitting in
@@ -168,10 +177,10 @@ def fit_multinomial(x: np.ndarray, labellings: Sequence[np.ndarray], n_classes: 
     q = preconditioner(features, PRECONDITIONER_SHRINKAGE)
     fits = []
     for y in labellings:
-        m, b, n_iter, converged = _lbfgs(features, q, torch.from_numpy(np.asarray(y)).long(), n_classes, C=C,
-                                         max_iter=max_iter, tol=tol)
+        labels = torch.from_numpy(np.asarray(y)).long().to(features.device)
+        m, b, n_iter, converged = _lbfgs(features, q, labels, n_classes, C=C, max_iter=max_iter, tol=tol)
         weights = m @ q if basis is None else m @ q @ basis.transpose(1, 2)
-        fits.append((weights.float().numpy(), b.float().numpy(), n_iter, converged))
+        fits.append((weights.float().cpu().numpy(), b.float().cpu().numpy(), n_iter, converged))
     return fits
 
 
@@ -183,8 +192,8 @@ def _lbfgs(features: torch.Tensor, q: torch.Tensor, y: torch.Tensor, n_classes: 
     """
     n_positions, n_rows, width = features.shape
     onehot = torch.nn.functional.one_hot(y, n_classes).to(features.dtype)
-    m = torch.zeros(n_positions, n_classes, width, dtype=features.dtype, requires_grad=True)
-    b = torch.zeros(n_positions, n_classes, dtype=features.dtype, requires_grad=True)
+    m = torch.zeros(n_positions, n_classes, width, dtype=features.dtype, device=features.device, requires_grad=True)
+    b = torch.zeros(n_positions, n_classes, dtype=features.dtype, device=features.device, requires_grad=True)
     penalty = 1.0 / (C * n_rows)
 
     def objective() -> torch.Tensor:
@@ -214,7 +223,7 @@ def predict(x: np.ndarray, weights: np.ndarray, intercepts: np.ndarray) -> np.nd
 
 def probe_layer(states: np.ndarray, label_id: np.ndarray, positions: list[int], *, n_classes: int, C: float,
                 max_iter: int, tol: float, folds: int, test_size: float, seed: int, stratify: bool,
-                control: bool) -> pd.DataFrame:
+                control: bool, device: str | torch.device = "cpu") -> pd.DataFrame:
     """Fit and score a probe at every position of one layer, over every fold.
 
     Parameters
@@ -224,6 +233,7 @@ def probe_layer(states: np.ndarray, label_id: np.ndarray, positions: list[int], 
     n_classes : number of labels (ids are ``0..n_classes-1``)
     folds, test_size, stratify, seed : see :func:`fold_indices`
     control : also fit each fold on labels shuffled once with ``seed`` (same rows, same settings)
+    device : where to fit (see :func:`probe_device`)
 
     Returns
     -------
@@ -241,7 +251,7 @@ def probe_layer(states: np.ndarray, label_id: np.ndarray, positions: list[int], 
                             columns=columns)
     splits = fold_indices(label_id, folds=folds, test_size=test_size, seed=seed, stratify=stratify)
     shuffled = np.random.default_rng(seed).permutation(label_id)
-    fit = dict(C=C, max_iter=max_iter, tol=tol)
+    fit = dict(C=C, max_iter=max_iter, tol=tol, device=device)
     scores = {key: [] for key in ("accuracy", "macro_f1", "train_accuracy", "control_accuracy", "chance")}
     n_iters, converged = [], []
     for train, test in splits:

@@ -7,13 +7,15 @@ import torch
 
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import read_layer
-from emoprobe.probes import probe_layer, subset_rows
+from emoprobe.probes import probe_device, probe_layer, subset_rows
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 location, first, last = snakemake.wildcards.location, int(snakemake.wildcards.first), int(snakemake.wildcards.last)
 settings = snakemake.params.probe
 fit = {key: settings[key] for key in ("C", "max_iter", "tol", "folds", "test_size", "seed", "stratify", "control")}
+fit["device"] = probe_device(settings["device"])
+log.info("fitting on %s, %d threads", fit["device"], torch.get_num_threads())
 with reported_as_message():
     answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
 tables = []

@@ -139,3 +139,20 @@ def test_too_few_texts_give_a_row_of_nan():
     table = probes.probe_layer(states[:3], y[:3], [-1, -2, -3], C=1.0, max_iter=100, tol=1e-4, folds=5,
                                test_size=0.2, seed=42, stratify=False, n_classes=4, control=True)
     assert table["accuracy"].isna().all() and (table["n_texts"] == 3).all() and not table["converged"].any()
+
+
+def test_probe_device():
+    import torch
+
+    assert probes.probe_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert probes.probe_device("cpu").type == "cpu"
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_probes_on_cuda_match_the_cpu():
+    states, y = labelled_states()
+    settings = dict(C=1.0, max_iter=1000, tol=1e-4, folds=5, test_size=0.2, seed=42, stratify=False, n_classes=4,
+                    control=True)
+    cpu = probes.probe_layer(states, y, [-1, -2, -3], **settings, device="cpu")
+    cuda = probes.probe_layer(states, y, [-1, -2, -3], **settings, device="cuda")
+    assert np.abs(cpu["accuracy"] - cuda["accuracy"]).max() <= 1 / 24 and cuda["converged"].all()
