@@ -149,14 +149,14 @@ def read_layer(path, layer: int, location: str = "residual", positions: list[int
             f"{path}: dataset {key!r} has shape {stored_states.shape}, expected "
             f"({expected[0]}, {expected[1]}, hidden_size) to match row_id, row_index and positions"
         )
-    states = np.empty_like(stored_states)
-    states[row_index] = stored_states
     if positions is not None:
         missing = sorted(set(positions) - set(stored))
         if missing:
             raise HiddenFileError(f"{path}: positions {missing} were not extracted; it holds {stored}")
-        states = states[:, [stored.index(p) for p in positions]]
+        stored_states = stored_states[:, [stored.index(p) for p in positions]]
         stored = list(positions)
+    states = np.empty_like(stored_states)
+    states[row_index] = stored_states  # into corpus order
     if not np.isfinite(states).all():
         raise HiddenFileError(f"{path}: dataset {key!r} holds non-finite values")
     meta = {"row_id": row_id, "label_id": label_id, "positions": stored, "attrs": attrs}
