@@ -116,18 +116,19 @@ def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nda
     The two arrays, float32, shape [n_positions, n_rows, hidden_size]. Constant features keep scale 1
     (they become zero).
     """
-    mean = train.mean(axis=0, dtype=np.float64)
-    std = train.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0
-    standardised = []
-    for x in (train, test):
-        z = np.empty((x.shape[1], x.shape[0], x.shape[2]), dtype=np.float32)
-        # one position at a time: the float64 temporaries stay small enough for the allocator to reuse,
-        # where whole-array ones cost more in fresh pages than in arithmetic
-        for position in range(x.shape[1]):
-            z[position] = (x[:, position] - mean[position]) / std[position]
-        standardised.append(z)
-    return standardised[0], standardised[1]
+    n_rows, n_positions, _ = train.shape
+    z_train, z_test = (np.empty((n_positions, len(x), x.shape[2]), dtype=np.float32) for x in (train, test))
+    # One position at a time, centring a float64 copy in place and reusing it for the variance and the
+    # scaling: whole-array temporaries cost more in fresh pages than in arithmetic.
+    for position in range(n_positions):
+        centred = train[:, position].astype(np.float64)
+        mean = centred.mean(axis=0)
+        centred -= mean
+        std = np.sqrt(np.einsum("ij,ij->j", centred, centred) / n_rows)
+        std[std == 0] = 1.0
+        np.divide(centred, std, out=z_train[position], casting="same_kind")
+        np.divide(test[:, position] - mean, std, out=z_test[position], casting="same_kind")
+    return z_train, z_test
 
 
 def preconditioner(x: torch.Tensor, shrinkage: float) -> torch.Tensor:
