@@ -164,8 +164,8 @@ def extraction_mem_mb(wildcards, attempt):
     return int((weights * 1.5 + activations) / 2**20 + 1024) * attempt
 
 
-# Seconds per fit per million values. The bundled models take about 0.04 on one thread of a 2-core
-# laptop (README, "Performance": 16 s per layer for 20 fits of 6,600 x 5 x 576 values); 0.1 leaves
+# Seconds per fit per million values. The bundled models take about 0.03 on one thread of a 2-core
+# laptop (README, "Performance": 11-15 s per layer for 20 fits of 6,600 x 5 x 576 values); 0.1 leaves
 # room for wider layers that need more L-BFGS iterations, and a retry doubles it.
 PROBE_SECONDS = 0.1
 

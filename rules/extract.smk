@@ -16,6 +16,9 @@ rule extract_hidden_states:
     benchmark:
         "logs/benchmarks/extract_hidden_states/{model}/layers{first}-{last}.tsv"
     threads: config["extraction"]["threads"]
+    # Before the probe jobs of a model already extracted: those take one core each, and a
+    # multi-threaded extraction queued behind them would leave a core idle until they end.
+    priority: 1
     resources:
         mem_mb=extraction_mem_mb,
         runtime=extraction_runtime,

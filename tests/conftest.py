@@ -29,11 +29,12 @@ def default_config() -> dict:
 
 
 def small_config(limit: int = 144) -> dict:
-    """Real SmolLM2 on a stratified slice of the real corpus, in two layer chunks."""
+    """Real SmolLM2 on a stratified slice of the real corpus, in two layer chunks (one probe job each)."""
     config = default_config()
     config["dataset"]["limit"] = limit
     config["models"] = {"smollm2-135m": config["models"]["smollm2-135m"]}
     config["models"]["smollm2-135m"]["layer_chunk_size"] = 15
+    config["probe"]["layers_per_job"] = 15
     return config
 
 

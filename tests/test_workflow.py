@@ -178,7 +178,8 @@ def test_new_model_runs_only_that_models_jobs(e2e_run):
     config["models"]["gemma3-270m"] = default_config()["models"]["gemma3-270m"]
     result = run_snakemake(e2e_run, config, "--dry-run")
     jobs = planned_jobs(result)
-    assert jobs == {"prepare_gguf_model": 1, "extract_hidden_states": 1, "answer_emotions": 1, "fit_probes": 3,
+    # fit_probes: 3 locations x layers 01-15 and 16-18 (the small config's probe.layers_per_job)
+    assert jobs == {"prepare_gguf_model": 1, "extract_hidden_states": 1, "answer_emotions": 1, "fit_probes": 6,
                     "fit_appraisal_probes": 1, "aggregate_accuracy": 1, "summarise_answers": 1,
                     "aggregate_appraisal": 1, "plot_accuracy": 1, "plot_layer_position": 1, "plot_confusion": 1,
                     "plot_appraisal": 1, "record_config": 1, "all": 1}
