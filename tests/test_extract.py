@@ -41,6 +41,49 @@ def test_length_batches_cover_every_prompt_once_within_the_budget():
     assert extract.padded_tokens(lengths, batches) < len(lengths) * max(lengths)
 
 
+def test_batches_wider_than_the_padding_limit_are_not_padded():
+    lengths = [30, 30, 29, 28, 12, 11, 10, 10]
+    batches = extract.length_batches(lengths, batch_tokens=1000, max_batch_size=8, max_padding=0.9,
+                                     max_padded_width=20)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+    for batch in batches:
+        widths = {lengths[i] for i in batch}
+        assert max(widths) <= 20 or len(widths) == 1
+    assert [sorted(b.tolist()) for b in batches[:3]] == [[0, 1], [2], [3]]
+    assert sorted(batches[3].tolist()) == [4, 5, 6, 7]  # narrow enough: padded together
+
+
+def test_shared_prefix_and_padding_keep_sliding_windows_exact():
+    """Padding between the shared prefix and a prompt must not push the prefix out of a sliding window.
+
+    A small Gemma-3 (transformers' own code, random weights, window of 8 tokens) rather than the
+    bundled Gemma-3-270M, whose 512-token window only the longest prompts reach.
+    """
+    import transformers
+
+    config = transformers.Gemma3TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                                           layer_types=["sliding_attention", "full_attention"], pad_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.Gemma3TextModel(config).eval()
+    assert extract.sliding_window(model.config) == 8
+    prefix = [2, 17, 33, 51]
+    token_ids = [prefix + [60 + (7 * i + j) % 60 for j in range(n)] for i, n in enumerate((3, 5, 6, 9, 12, 13))]
+    keys = [("residual", 1), ("residual", 2)]
+
+    def states(**batching):
+        rows = {}
+        for indices, batch in extract.iter_hidden_states(model, decoder_layers(model), token_ids, keys, [-1, -2],
+                                                         pad_id=0, batch_tokens=1000, **batching):
+            for j, i in enumerate(indices):
+                rows[int(i)] = np.stack([batch[key][j] for key in keys])
+        return np.stack([rows[i] for i in range(len(token_ids))])
+
+    alone = states(max_batch_size=1, max_padding=0.0, share_prefix=False)
+    shared = states(max_batch_size=8, max_padding=0.9, share_prefix=True)
+    assert relative_error(shared, alone) <= 1e-5
+
+
 def test_left_pad_puts_the_last_real_token_last():
     ids, mask, pos = extract.left_pad([[7, 8, 9], [5]], pad_id=0)
     assert ids.tolist() == [[7, 8, 9], [0, 0, 5]]
