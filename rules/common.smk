@@ -49,12 +49,16 @@ MODELS = list(config["models"])
 GGUF_MODELS = [m for m in MODELS if model_source(m, config["models"][m]) == "gguf"]
 LAYERS = {m: list(range(1, config["models"][m]["n_layers"] + 1)) for m in MODELS}
 CHUNKS = {m: layer_chunks(config["models"][m]["n_layers"], chunk_size(config, m)) for m in MODELS}
-# Layers per probe job: probe.layers_per_job of the same chunk file, else the whole chunk.
+# Fits of one probe job per layer: every fold of every subset, and each fit's control.
+FITS_PER_LAYER = (
+    max(config["probe"]["folds"], 1) * len(config["probe"]["subsets"]) * (2 if config["probe"]["control"] else 1)
+)
+# Layers per probe job, within one chunk file: about probe.fits_per_job fits each.
 PROBE_GROUPS = {
     m: [
         (first + a - 1, first + b - 1)
         for first, last in CHUNKS[m]
-        for a, b in layer_chunks(last - first + 1, config["probe"].get("layers_per_job", last - first + 1))
+        for a, b in layer_chunks(last - first + 1, max(config["probe"]["fits_per_job"] // FITS_PER_LAYER, 1))
     ]
     for m in MODELS
 }
@@ -182,9 +186,8 @@ def probe_mem_mb(wildcards, attempt):
 
 def probe_runtime(wildcards, attempt):
     """Minutes: PROBE_SECONDS per fit of a million (text x feature) values of all positions, on one CPU thread."""
-    fits = max(config["probe"]["folds"], 1) * (2 if config["probe"]["control"] else 1) * len(config["probe"]["subsets"])
     values = layer_mb(wildcards.model) * 2**20 / 4
-    seconds = PROBE_SECONDS * fits * values / 1e6 * (int(wildcards.last) - int(wildcards.first) + 1)
+    seconds = PROBE_SECONDS * FITS_PER_LAYER * values / 1e6 * (int(wildcards.last) - int(wildcards.first) + 1)
     return int(10 + seconds / 60) * attempt
 
 

@@ -161,7 +161,7 @@ def test_paper_config_plans_every_job_with_sane_resources(tmp_path):
     result = run_snakemake(tmp_path, config, "--dry-run")
     jobs = planned_jobs(result)
     layers = [model["n_layers"] for model in config["models"].values()]
-    per_job = config["probe"]["layers_per_job"]
+    per_job = config["probe"]["fits_per_job"] // 20  # 5 folds x 2 subsets x (probe + control)
     assert len(layers) == 10 and jobs["extract_hidden_states"] == 10 and jobs["answer_emotions"] == 10
     assert jobs["fit_probes"] == 3 * sum(-(-n // per_job) for n in layers)
     assert jobs["fit_appraisal_probes"] == 10 and "prepare_gguf_model" not in jobs
@@ -178,7 +178,7 @@ def test_new_model_runs_only_that_models_jobs(e2e_run):
     config["models"]["gemma3-270m"] = default_config()["models"]["gemma3-270m"]
     result = run_snakemake(e2e_run, config, "--dry-run")
     jobs = planned_jobs(result)
-    # fit_probes: 3 locations x layers 01-15 and 16-18 (the small config's probe.layers_per_job)
+    # fit_probes: 3 locations x layers 01-15 and 16-18 (the small config's probe.fits_per_job)
     assert jobs == {"prepare_gguf_model": 1, "extract_hidden_states": 1, "answer_emotions": 1, "fit_probes": 6,
                     "fit_appraisal_probes": 1, "aggregate_accuracy": 1, "summarise_answers": 1,
                     "aggregate_appraisal": 1, "plot_accuracy": 1, "plot_layer_position": 1, "plot_confusion": 1,
