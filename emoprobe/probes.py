@@ -180,21 +180,32 @@ def fit_multinomial(x: np.ndarray, labellings: Sequence[np.ndarray], n_classes: 
     for y in labellings:
         labels = torch.from_numpy(np.asarray(y)).long().to(features.device)
         m, b, n_iter, converged = _lbfgs(features, q, labels, n_classes, C=C, max_iter=max_iter, tol=tol)
-        weights = m @ q if basis is None else m @ q @ basis.transpose(1, 2)
+        if not converged and n_iter < max_iter and features.dtype != torch.float64:
+            # L-BFGS stopped short: its line search found no decrease of a loss rounded to float32
+            # (the point at which that happens moves with the summation order, so with the thread
+            # count). Finish in float64 from where it stopped; this is rare and takes a few iterations.
+            m, b, more, converged = _lbfgs(features.double(), q.double(), labels, n_classes, C=C,
+                                           max_iter=max_iter - n_iter, tol=tol, start=(m.double(), b.double()))
+            n_iter += more
+        weights = m @ q.to(m.dtype) if basis is None else m @ q @ basis.transpose(1, 2)
         fits.append((weights.float().cpu().numpy(), b.float().cpu().numpy(), n_iter, converged))
     return fits
 
 
 def _lbfgs(features: torch.Tensor, q: torch.Tensor, y: torch.Tensor, n_classes: int, *, C: float, max_iter: int,
-           tol: float) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
-    """Minimise the objective over ``m`` (``W = m q``) and ``b``; ``features`` ``[P, n, d]``, ``q`` ``[P, d, d]``.
+           tol: float, start: tuple[torch.Tensor, torch.Tensor] | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Minimise the objective over ``m`` (``W = m q``) and ``b``; ``features`` ``[P, n, d]``, ``q`` ``[P, d, d]``,
+    from ``start`` (``m``, ``b``) or from zeros.
 
     Returns ``m`` ``[P, n_classes, d]``, ``b`` ``[P, n_classes]``, the iterations and whether ``tol`` was met.
     """
     n_positions, n_rows, width = features.shape
     onehot = torch.nn.functional.one_hot(y, n_classes).to(features.dtype)
-    m = torch.zeros(n_positions, n_classes, width, dtype=features.dtype, device=features.device, requires_grad=True)
-    b = torch.zeros(n_positions, n_classes, dtype=features.dtype, device=features.device, requires_grad=True)
+    if start is None:
+        start = (torch.zeros(n_positions, n_classes, width, dtype=features.dtype, device=features.device),
+                 torch.zeros(n_positions, n_classes, dtype=features.dtype, device=features.device))
+    m, b = (t.detach().clone().requires_grad_() for t in start)
     penalty = 1.0 / (C * n_rows)
 
     def objective() -> torch.Tensor:
