@@ -79,12 +79,18 @@ class HiddenStateWriter:
         """Store ``states[(location, layer)]`` (``[len(indices), n_positions, hidden]``), the states of the
         texts at corpus-order ``indices``, after the rows written so far.
 
-        Raises :class:`HiddenFileError` when a state does not fit the storage dtype (float16 tops out
-        at 65504, which some models' residual streams exceed), rather than storing infinities.
+        Raises :class:`HiddenFileError` when a state is not finite (a float16 forward pass overflows
+        where a residual stream exceeds 65504, as Gemma's does) or does not fit the storage dtype,
+        rather than storing infinities or NaNs that every probe would silently be fitted on.
         """
         for location, layer in self.keys:
             dataset = self.file[dataset_key(location, layer)]
             values = states[(location, layer)]
+            if not np.isfinite(values).all():
+                raise HiddenFileError(
+                    f"{self.path}: {location} states of layer {layer} are not finite (inf or NaN); the forward "
+                    f"pass overflowed its compute dtype: set extraction.dtype: float32 or bfloat16 for this model"
+                )
             if dataset.dtype == np.float16 and np.abs(values).max() > np.finfo(np.float16).max:
                 raise HiddenFileError(
                     f"{self.path}: {location} states of layer {layer} reach {np.abs(values).max():.4g}, beyond "

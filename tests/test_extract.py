@@ -53,35 +53,56 @@ def test_batches_wider_than_the_padding_limit_are_not_padded():
     assert sorted(batches[3].tolist()) == [4, 5, 6, 7]  # narrow enough: padded together
 
 
-def test_shared_prefix_and_padding_keep_sliding_windows_exact():
-    """Padding between the shared prefix and a prompt must not push the prefix out of a sliding window.
-
-    A small Gemma-3 (transformers' own code, random weights, window of 8 tokens) rather than the
-    bundled Gemma-3-270M, whose 512-token window only the longest prompts reach.
-    """
+def small_gemma3(window: int = 8):
+    """A small Gemma-3 (transformers' own code, random weights): two layers, one sliding, one global."""
     import transformers
 
     config = transformers.Gemma3TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
-                                           layer_types=["sliding_attention", "full_attention"], pad_token_id=0)
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                           sliding_window=window, layer_types=["sliding_attention", "full_attention"],
+                                           pad_token_id=0)
     torch.manual_seed(0)
-    model = transformers.Gemma3TextModel(config).eval()
-    assert extract.sliding_window(model.config) == 8
-    prefix = [2, 17, 33, 51]
-    token_ids = [prefix + [60 + (7 * i + j) % 60 for j in range(n)] for i, n in enumerate((3, 5, 6, 9, 12, 13))]
+    return transformers.Gemma3TextModel(config).eval()
+
+
+SMALL_PREFIX = [2, 17, 33, 51]
+# prompts of 3 to 13 tokens after a shared 4-token prefix
+SMALL_PROMPTS = [SMALL_PREFIX + [60 + (7 * i + j) % 60 for j in range(n)] for i, n in enumerate((3, 5, 6, 9, 12, 13))]
+
+
+def states_by_prompt(model, token_ids, **batching) -> np.ndarray:
+    """``[prompt, layer, position, hidden]`` float32 states of both layers at positions -1 and -2."""
     keys = [("residual", 1), ("residual", 2)]
+    rows = {}
+    for indices, batch in extract.iter_hidden_states(model, decoder_layers(model), token_ids, keys, [-1, -2],
+                                                     pad_id=0, batch_tokens=1000, **batching):
+        for j, i in enumerate(indices):
+            rows[int(i)] = np.stack([batch[key][j] for key in keys])
+    return np.stack([rows[i] for i in range(len(token_ids))])
 
-    def states(**batching):
-        rows = {}
-        for indices, batch in extract.iter_hidden_states(model, decoder_layers(model), token_ids, keys, [-1, -2],
-                                                         pad_id=0, batch_tokens=1000, **batching):
-            for j, i in enumerate(indices):
-                rows[int(i)] = np.stack([batch[key][j] for key in keys])
-        return np.stack([rows[i] for i in range(len(token_ids))])
 
-    alone = states(max_batch_size=1, max_padding=0.0, share_prefix=False)
-    shared = states(max_batch_size=8, max_padding=0.9, share_prefix=True)
+def test_shared_prefix_and_padding_keep_sliding_windows_exact():
+    """Padding between the shared prefix and a prompt must not push the prefix out of a sliding window.
+
+    A small Gemma-3 with a window of 8 tokens rather than the bundled Gemma-3-270M, whose 512-token
+    window only the longest prompts reach.
+    """
+    model = small_gemma3(window=8)
+    assert extract.sliding_window(model.config) == 8
+    alone = states_by_prompt(model, SMALL_PROMPTS, max_batch_size=1, max_padding=0.0, share_prefix=False)
+    shared = states_by_prompt(model, SMALL_PROMPTS, max_batch_size=8, max_padding=0.9, share_prefix=True)
     assert relative_error(shared, alone) <= 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_extraction_on_cuda_matches_the_cpu():
+    """The batched, prefix-sharing extraction on CUDA gives the CPU's states: to 1e-5 in float32 (TF32 is
+    off by default), to 2e-2 of the state norm in bfloat16."""
+    model = small_gemma3(window=8)
+    batching = dict(max_batch_size=8, max_padding=0.9, share_prefix=True)
+    cpu = states_by_prompt(model, SMALL_PROMPTS, **batching)
+    assert relative_error(states_by_prompt(model.to("cuda"), SMALL_PROMPTS, **batching), cpu) <= 1e-5
+    assert relative_error(states_by_prompt(model.to(torch.bfloat16), SMALL_PROMPTS, **batching), cpu) <= 2e-2
 
 
 def test_left_pad_puts_the_last_real_token_last():
@@ -226,6 +247,16 @@ def test_float16_storage_refuses_states_beyond_its_range(tmp_path):
         with HiddenStateWriter(path, row_id=[1], label_id=[0], n_tokens=[3], positions=[-1], keys=[("residual", 3)],
                                hidden_size=2, storage_dtype="float16", attrs={}) as writer:
             writer.write(np.array([0]), {("residual", 3): np.array([[[1.0, 1e5]]], np.float32)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_states_that_overflowed_the_compute_dtype_are_refused(tmp_path):
+    """A float16 forward pass overflows where the residual stream exceeds 65504 (Gemma's does)."""
+    path = tmp_path / "chunk.h5"
+    with pytest.raises(HiddenFileError, match=r"mlp states of layer 2 are not finite"):
+        with HiddenStateWriter(path, row_id=[1, 2], label_id=[0, 1], n_tokens=[3, 3], positions=[-1],
+                               keys=[("mlp", 2)], hidden_size=2, storage_dtype="float32", attrs={}) as writer:
+            writer.write(np.array([0, 1]), {("mlp", 2): np.array([[[1.0, 2.0]], [[np.inf, np.nan]]], np.float32)})
     assert list(tmp_path.iterdir()) == []
 
 
