@@ -8,7 +8,7 @@ VENV ?= .venv
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: run report test install bench clean
+.PHONY: run report test install bench bench-gpu clean
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
@@ -27,6 +27,10 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/probes.py --hidden results/hidden/smollm2-135m/layers01-30.h5 --converged-layers 1,10,20,30
 	$(BIN)/python benchmarks/probes.py --hidden results/hidden/gemma3-270m/layers01-18.h5 --converged-layers 1,6,12,18
 	$(BIN)/python benchmarks/scaling.py --config configs/paper.yaml
+
+# On a machine with a CUDA device, after `make run`: CUDA tests and GPU benchmarks.
+bench-gpu: $(VENV)/.installed
+	PYTHON=$(BIN)/python bash benchmarks/gpu.sh resources/models
 
 install: $(VENV)/.installed
 

@@ -5,13 +5,17 @@ padding, batches of 4 in file order, the whole causal LM called (LM head include
 Workflow method: emoprobe.extract (length-sorted batches under a token budget, the
 shared prompt prefix computed once, hooks that stop after the last layer, no LM head).
 
-Both run on the same prompts in this one process, one after the other, each in its
-own child process so that its peak memory is its own. Prints prompts/s, tokens/s,
-the speed-up, peak RSS, the largest difference of the hidden states relative to the
-state's norm, and the workflow's time over the FLOP floor (tokens computed x 2 x
-non-embedding parameters / this machine's measured matmul rate).
+Both run on the same prompts, one after the other, each in its own child process so
+that its peak memory is its own. Prints prompts/s, tokens/s, the speed-up, peak RSS
+(and peak GPU memory on CUDA), the largest difference of the hidden states relative to
+the state's norm, and the workflow's time over the FLOP floor (tokens computed x 2 x
+non-embedding parameters / this machine's measured matmul rate in the compute dtype).
+
+The reference always computes in float32; the workflow runs once per ``--dtypes``
+entry, and only its float32 states must agree with the reference's to 1e-4.
 
     .venv/bin/python benchmarks/extraction.py --model resources/models/smollm2-135m --n-prompts 400
+    python benchmarks/extraction.py --device cuda --dtypes float32 bfloat16 --max-batch-size 512 --batch-tokens 32768
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import multiprocessing
 import platform
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -37,31 +42,52 @@ TEMPLATES = yaml.safe_load((Path(__file__).resolve().parents[1] / "schemas/confi
 POSITIONS = [-1, -2, -3, -4, -5]
 
 
-def matmul_gflops(threads: int, size: int = 1024, seconds: float = 3.0) -> float:
-    """This machine's fp32 matrix-multiply rate with ``threads`` threads, in GFLOP/s."""
+def matmul_gflops(threads: int, device: str, dtype: str, seconds: float = 3.0) -> float:
+    """The matrix-multiply rate of ``device`` in ``dtype`` (with ``threads`` CPU threads), in GFLOP/s.
+
+    Square products of 1024 on the CPU, 8192 on a GPU (large enough to reach its peak).
+    """
     import torch
 
+    from emoprobe.models import DTYPES
+
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    size = 1024 if device == "cpu" else 8192
+    a, b = (torch.randn(size, size, device=device, dtype=DTYPES[dtype]) for _ in range(2))
     a @ b
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         count += 1
+    if device != "cpu":
+        torch.cuda.synchronize()
     return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
 
 
-def load_prompts(path: str, n: int, seed: int, template: str) -> list[str]:
-    """``n`` random texts of the prompts table, in file order, formatted with ``template``."""
+def peak_memory_mb(device: str) -> dict:
+    """This process's peak RSS, and on CUDA the peak memory PyTorch allocated on the GPU, in MB."""
+    import torch
+
+    peaks = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device != "cpu":
+        peaks["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peaks
+
+
+def load_prompts(path: str, n: int, seed: int, template: str):
+    """``n`` random rows of the prompts table, in file order, their prompts formatted with ``template``.
+
+    Returns a pandas.DataFrame with the workflow's ``row_id``, ``label_id`` and ``prompt`` columns.
+    """
     from emoprobe.corpus import build_prompts, read_prompts
 
     table = read_prompts(path)
     rows = np.sort(np.random.default_rng(seed).choice(len(table), size=min(n, len(table)), replace=False))
-    return build_prompts(table.iloc[rows], template)["prompt"].tolist()
+    return build_prompts(table.iloc[rows], template)[["row_id", "label_id", "prompt"]].reset_index(drop=True)
 
 
-def reference_method(model_dir: str, prompts: list[str], threads: int, out: str, queue) -> None:
-    """The notebook's extraction: full causal LM, hooks on every block, batches of 4 in file order."""
+def reference_method(model_dir: str, prompts: list[str], threads: int, device: str, out: str, queue) -> None:
+    """The notebook's extraction: full causal LM in float32, hooks on every block, batches of 4 in file order."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -69,7 +95,7 @@ def reference_method(model_dir: str, prompts: list[str], threads: int, out: str,
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
     blocks = model.model.layers
     captured: dict[int, torch.Tensor] = {}
     hooks = [block.register_forward_hook(
@@ -80,25 +106,27 @@ def reference_method(model_dir: str, prompts: list[str], threads: int, out: str,
     with torch.no_grad():
         for first in range(0, len(prompts), 4):
             # no truncation here, unlike the notebook, so that both methods see the same tokens
-            batch = tokenizer(prompts[first:first + 4], return_tensors="pt", padding=True)
+            batch = tokenizer(prompts[first:first + 4], return_tensors="pt", padding=True).to(device)
             tokens += batch["input_ids"].numel()
             model(**batch)
             # [batch, layers, positions -1..-5, hidden]
-            states.append(torch.stack([captured[i].flip(1) for i in range(len(blocks))], 1).numpy())
+            states.append(torch.stack([captured[i].flip(1) for i in range(len(blocks))], 1).cpu().numpy())
     seconds = time.perf_counter() - start
     for hook in hooks:
         hook.remove()
     np.save(out, np.concatenate(states))
-    queue.put({"seconds": seconds, "computed_tokens": tokens,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    queue.put({"seconds": seconds, "computed_tokens": tokens, **peak_memory_mb(device)})
 
 
-def workflow_method(model_dir: str, prompts: list[str], threads: int, out: str, queue) -> None:
-    """emoprobe's extraction of every layer, streamed into HDF5 exactly as the workflow does."""
+def workflow_method(model_dir: str, table, threads: int, device: str, dtype: str, batching: dict,
+                    hidden: str | None, out: str, queue) -> None:
+    """emoprobe's extraction of every layer in ``dtype``, streamed into HDF5 exactly as the workflow does.
+
+    The HDF5 file (residual stream, all layers, float32) is moved to ``hidden`` when given.
+    """
     from emoprobe.memory import allocate_in_huge_pages
 
     allocate_in_huge_pages()  # as the workflow's job does, before torch is imported in this process
-    import pandas as pd
     import torch
 
     from emoprobe.extract import extract_to_hdf5
@@ -106,20 +134,18 @@ def workflow_method(model_dir: str, prompts: list[str], threads: int, out: str, 
     from emoprobe.models import load_decoder
 
     torch.set_num_threads(threads)
-    model, tokenizer = load_decoder(model_dir, revision=None, dtype="float32", device=torch.device("cpu"),
+    model, tokenizer = load_decoder(model_dir, revision=None, dtype=dtype, device=torch.device(device),
                                     trust_remote_code=False, local_only=True)
     n_layers = model.config.num_hidden_layers
-    table = pd.DataFrame({"row_id": range(len(prompts)), "label_id": 0, "prompt": prompts})
     h5 = out + ".h5"
-    settings = yaml.safe_load((ROOT / "config.yaml").read_text())["extraction"]
     stats = extract_to_hdf5(model, tokenizer, table, h5, layers=range(1, n_layers + 1), locations=["residual"],
-                            positions=POSITIONS,
-                            batch_tokens=settings["batch_tokens"], max_batch_size=settings["max_batch_size"],
-                            max_padding=settings["max_padding"], storage_dtype="float32", attrs={})
+                            positions=POSITIONS, **batching, storage_dtype="float32", attrs={})
     np.save(out, np.stack([read_layer(h5, layer)[0] for layer in range(1, n_layers + 1)], 1))
+    if hidden:
+        shutil.move(h5, hidden)
     embedding = model.get_input_embeddings().weight.numel()
     queue.put({**stats, "non_embedding_params": sum(p.numel() for p in model.parameters()) - embedding,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+               **peak_memory_mb(device)})
 
 
 def measure(target, *args):
@@ -136,6 +162,7 @@ def measure(target, *args):
 
 
 def main() -> None:
+    settings = yaml.safe_load((ROOT / "config.yaml").read_text())["extraction"]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resources/models/smollm2-135m", help="a prepared model directory")
     parser.add_argument("--prompts", default="results/corpus/prompts.tsv", help="the workflow's prompts table")
@@ -143,32 +170,54 @@ def main() -> None:
     parser.add_argument("--n-prompts", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="auto", help="auto (cuda, then cpu), cpu or cuda; both methods run there")
+    parser.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16", "float16"], default=["float32"],
+                        help="the workflow's compute dtypes, one run each (the reference: float32)")
+    parser.add_argument("--batch-tokens", type=int, default=settings["batch_tokens"])
+    parser.add_argument("--max-batch-size", type=int, default=settings["max_batch_size"])
+    parser.add_argument("--save-hidden", help="keep the first workflow run's HDF5 file here (for benchmarks/probes.py)")
     args = parser.parse_args()
 
-    prompts = load_prompts(args.prompts, args.n_prompts, args.seed, TEMPLATES[args.template])
-    rate = matmul_gflops(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
-          f"fp32 matmul {rate:.0f} GFLOP/s")
-    print(f"model {args.model}, {len(prompts)} prompts, template {args.template}")
-    reference, reference_states = measure(reference_method, args.model, prompts, args.threads)
-    ours, our_states = measure(workflow_method, args.model, prompts, args.threads)
+    from emoprobe.models import pick_device
 
+    device = pick_device(args.device).type
+    batching = {"batch_tokens": args.batch_tokens, "max_batch_size": args.max_batch_size,
+                "max_padding": settings["max_padding"]}
+    table = load_prompts(args.prompts, args.n_prompts, args.seed, TEMPLATES[args.template])
+    prompts = table["prompt"].tolist()
+    rates = {dtype: matmul_gflops(args.threads, device, dtype) for dtype in args.dtypes}
+    print(f"machine: {platform.processor() or platform.machine()}, {device}, {args.threads} threads, matmul "
+          + ", ".join(f"{dtype} {rate:.0f} GFLOP/s" for dtype, rate in rates.items()))
+    print(f"model {args.model}, {len(prompts)} prompts, template {args.template}, workflow batches of at most "
+          f"{args.max_batch_size} prompts and {args.batch_tokens} tokens")
+    reference, reference_states = measure(reference_method, args.model, prompts, args.threads, device)
     norm = np.linalg.norm(reference_states, axis=-1, keepdims=True).max(axis=(0, 2), keepdims=True)
-    relative = float((np.abs(our_states - reference_states) / norm).max())
-    # tokens that must be computed: every prompt's own tokens, the shared prefix once
-    needed = ours["tokens"] - ours["prefix_tokens"] * (len(prompts) - 1)
-    floor = needed * 2 * ours["non_embedding_params"] / (rate * 1e9)
-    for name, report in (("reference", reference), ("workflow", ours)):
-        print(f"{name:>9}: {report['seconds']:7.1f} s  {len(prompts) / report['seconds']:6.1f} prompts/s  "
-              f"{ours['tokens'] / report['seconds']:7.0f} tokens/s  {report['computed_tokens']:>8} tokens computed  "
-              f"peak RSS {report['peak_rss_mb']:.0f} MB")
-    print(f"speed-up: {reference['seconds'] / ours['seconds']:.2f}x")
-    print(f"shared prefix: {ours['prefix_tokens']} tokens, computed once")
-    print(f"FLOP floor for the {needed} tokens that must be computed: {floor:.1f} s; "
-          f"workflow / floor = {ours['seconds'] / floor:.2f} (padding: {ours['computed_tokens'] / needed - 1:.1%})")
-    print(f"max |difference| / state norm, all layers and positions: {relative:.2e}")
-    if relative > 1e-4:
-        raise SystemExit("hidden states differ by more than 1e-4 of the state norm")
+
+    def report(name: str, result: dict) -> None:
+        gpu = f", peak GPU {result['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in result else ""
+        print(f"{name:>18}: {result['seconds']:7.2f} s  {len(prompts) / result['seconds']:7.1f} prompts/s  "
+              f"{tokens / result['seconds']:8.0f} tokens/s  {result['computed_tokens']:>8} tokens computed  "
+              f"peak RSS {result['peak_rss_mb']:.0f} MB{gpu}")
+
+    float32_differs = False
+    for k, dtype in enumerate(args.dtypes):
+        ours, our_states = measure(workflow_method, args.model, table, args.threads, device, dtype, batching,
+                                   args.save_hidden if k == 0 else None)
+        tokens = ours["tokens"]
+        if k == 0:
+            report("reference float32", reference)
+        relative = float((np.abs(our_states - reference_states) / norm).max())
+        # tokens that must be computed: every prompt's own tokens, the shared prefix once
+        needed = ours["tokens"] - ours["prefix_tokens"] * (len(prompts) - 1)
+        floor = needed * 2 * ours["non_embedding_params"] / (rates[dtype] * 1e9)
+        report(f"workflow {dtype}", ours)
+        print(f"    speed-up {reference['seconds'] / ours['seconds']:.2f}x; shared prefix of {ours['prefix_tokens']} "
+              f"tokens computed once; FLOP floor for the {needed} tokens that must be computed {floor:.2f} s, "
+              f"workflow / floor = {ours['seconds'] / floor:.2f} (padding {ours['computed_tokens'] / needed - 1:.1%}); "
+              f"max |difference| / state norm, all layers and positions: {relative:.2e}")
+        float32_differs |= dtype == "float32" and relative > 1e-4
+    if float32_differs:
+        raise SystemExit("float32 hidden states differ from the reference's by more than 1e-4 of the state norm")
 
 
 if __name__ == "__main__":

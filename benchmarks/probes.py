@@ -8,6 +8,9 @@ Workflow: ``emoprobe.probes.probe_layer`` on every layer of the model, as the jo
 Accuracy check: per probe, the workflow's held-out accuracy minus that of a fully
 converged sklearn fit of the same objective (standardised features, ``tol=1e-6``,
 ``max_iter=20000``) on the same split, for the layers in ``--converged-layers``.
+With ``--compare``, the workflow's probes are also fitted on a second file of the same
+texts (states computed in bfloat16, say, or stored in float16) and their accuracies
+compared probe by probe.
 
     .venv/bin/python benchmarks/probes.py --hidden results/hidden/smollm2-135m/layers01-30.h5
 """
@@ -31,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from emoprobe.h5io import read_layer  # noqa: E402
-from emoprobe.probes import probe_layer, split_indices, standardise  # noqa: E402
+from emoprobe.probes import probe_device, probe_layer, split_indices, standardise  # noqa: E402
 
 
 def sklearn_fit(x_train, y_train, x_test, y_test, **settings) -> tuple[float, int, float]:
@@ -51,8 +54,11 @@ def main() -> None:
     parser.add_argument("--reference-probes", type=int, default=3)
     parser.add_argument("--converged-layers", default="all", help="'all' or comma-separated 1-based layers")
     parser.add_argument("--n-classes", type=int, default=13)
+    parser.add_argument("--device", default="auto", help="where the workflow's probes are fitted (probe.device)")
+    parser.add_argument("--compare", help="a second HDF5 file of the same layers and texts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = probe_device(args.device)
 
     with h5py.File(args.hidden) as f:
         layers = sorted(int(k.split("_")[1]) for k in f if k.startswith("residual_"))
@@ -63,14 +69,18 @@ def main() -> None:
     print(f"{args.hidden}: {len(layers)} layers x {len(positions)} positions = {n_probes} probes, "
           f"{len(train)} train / {len(test)} test rows, {args.threads} threads")
 
+    def workflow_probes(states: dict) -> dict:
+        """Per layer, the probe table of the reference's single 80/20 split, no control: the reference's probes."""
+        return {layer: probe_layer(x, meta["label_id"], positions, C=1.0, max_iter=1000, tol=1e-4, folds=0,
+                                   test_size=0.2, seed=42, stratify=False, n_classes=args.n_classes, control=False,
+                                   device=device)
+                for layer, (x, meta) in states.items()}
+
     start = time.perf_counter()
-    # the reference's single 80/20 split, no control: the same probes as the reference fits
-    ours = {layer: probe_layer(x, meta["label_id"], positions, C=1.0, max_iter=1000, tol=1e-4, folds=0, test_size=0.2,
-                               seed=42, stratify=False, n_classes=args.n_classes, control=False)
-            for layer, (x, meta) in states.items()}
+    ours = workflow_probes(states)
     our_seconds = time.perf_counter() - start
     iterations = [int(t["n_iter"].iloc[0]) for t in ours.values()]
-    print(f"workflow: all {n_probes} probes in {our_seconds:.1f} s = {our_seconds / n_probes:.2f} s/probe; "
+    print(f"workflow on {device}: all {n_probes} probes in {our_seconds:.1f} s = {our_seconds / n_probes:.3f} s/probe; "
           f"L-BFGS iterations per layer {min(iterations)}-{max(iterations)}, "
           f"converged {sum(t['converged'].sum() for t in ours.values())}/{n_probes}")
 
@@ -104,6 +114,21 @@ def main() -> None:
     worst = float(np.abs(differences).max())
     print(f"accuracy vs converged sklearn on {len(jobs)} probes: max |difference| {worst:.4f} "
           f"({worst * len(test):.0f} test examples), mean {np.mean(differences):+.4f}")
+    if args.compare:
+        other = {layer: read_layer(args.compare, layer) for layer in layers}
+        if any(not np.array_equal(other[layer][1]["row_id"], states[layer][1]["row_id"]) for layer in layers):
+            raise SystemExit(f"{args.compare}: not the texts of {args.hidden}, in the same order")
+        scale = max(float(np.abs(states[layer][0]).max()) for layer in layers)
+        state_difference = max(float(np.abs(other[layer][0] - states[layer][0]).max()) for layer in layers)
+        theirs = workflow_probes(other)
+        changes = np.concatenate([
+            theirs[layer].set_index("position")["accuracy"].to_numpy() - ours[layer].set_index("position")[
+                "accuracy"].to_numpy() for layer in layers])
+        print(f"{args.compare} against {args.hidden}: states differ by at most {state_difference:.3g} "
+              f"(largest |state| {scale:.3g}); probe accuracy difference on all {len(changes)} probes: max "
+              f"|difference| {np.abs(changes).max():.4f} ({np.abs(changes).max() * len(test):.0f} test examples), "
+              f"mean {changes.mean():+.4f}; best probe {max(t['accuracy'].max() for t in theirs.values()):.4f} "
+              f"against {max(t['accuracy'].max() for t in ours.values()):.4f}")
     if worst > 0.01:
         raise SystemExit("a probe differs from the converged sklearn fit by more than 0.01")
 
