@@ -89,7 +89,7 @@ class HiddenStateWriter:
             if not np.isfinite(values).all():
                 raise HiddenFileError(
                     f"{self.path}: {location} states of layer {layer} are not finite (inf or NaN); the forward "
-                    f"pass overflowed its compute dtype: set extraction.dtype: float32 or bfloat16 for this model"
+                    f"pass overflowed its compute dtype: set extraction.dtype to float32 or bfloat16"
                 )
             if dataset.dtype == np.float16 and np.abs(values).max() > np.finfo(np.float16).max:
                 raise HiddenFileError(
