@@ -87,15 +87,22 @@ def load_prompts(path: str, n: int, seed: int, template: str):
 
 
 def reference_method(model_dir: str, prompts: list[str], threads: int, device: str, out: str, queue) -> None:
-    """The notebook's extraction: full causal LM in float32, hooks on every block, batches of 4 in file order."""
+    """The notebook's extraction: full causal LM in float32, hooks on every block, batches of 4 in file order.
+
+    On CUDA with the same exact attention kernels as the workflow's, so that a kernel bug does not
+    pass for a difference between the methods.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from emoprobe.models import exact_attention_for_broadcast_heads
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    exact_attention_for_broadcast_heads(model, torch.device(device))
     blocks = model.model.layers
     captured: dict[int, torch.Tensor] = {}
     hooks = [block.register_forward_hook(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
@@ -131,9 +132,40 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def shares_one_kv_head(config) -> bool:
+    """Whether all query heads of the model share a single key/value head (Gemma-3-270M and -1B).
+
+    transformers then hands SDPA keys and values whose heads are that one head broadcast (a stride-0
+    view made by ``repeat_kv``), not copies as for two or more key/value heads.
+    """
+    config = config.get_text_config()
+    heads = config.num_attention_heads
+    return (getattr(config, "num_key_value_heads", None) or heads) == 1 < heads
+
+
+def exact_attention_for_broadcast_heads(model, device: torch.device) -> bool:
+    """On CUDA, turn SDPA's memory-efficient kernel off (for this process) if ``model`` shares one
+    key/value head; returns whether it did.
+
+    That kernel returned wrong outputs for broadcast key/value heads when the key length is one more
+    than a multiple of 32 (pytorch/pytorch#191937, fixed after torch 2.11). On the H100 this project
+    was lent (torch 2.11), the reference method's Gemma-3-270M states differed from the workflow's by
+    0.22 of their norm, and only the reference had batches of such lengths (README, "On a GPU"; the
+    cause is likely, not confirmed). Without that kernel, float32 attention runs in the math kernel,
+    which is exact and takes memory quadratic in the prompt length.
+    """
+    if device.type != "cuda" or not shares_one_kv_head(model.config):
+        return False
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
+    logging.getLogger(__name__).info("one key/value head shared by all query heads: SDPA's memory-efficient "
+                                     "kernel is off (pytorch/pytorch#191937)")
+    return True
+
+
 def load_decoder(path_or_id: str, *, revision: str | None, dtype: str, device: torch.device,
                  trust_remote_code: bool, local_only: bool, head: bool = False):
-    """Load the base decoder (without the LM head unless ``head``) and its tokenizer, padded on the left.
+    """Load the base decoder (without the LM head unless ``head``) and its tokenizer, padded on the left,
+    with exact attention kernels on CUDA (:func:`exact_attention_for_broadcast_heads`).
 
     Returns
     -------
@@ -151,6 +183,7 @@ def load_decoder(path_or_id: str, *, revision: str | None, dtype: str, device: t
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = (AutoModelForCausalLM if head else AutoModel).from_pretrained(path_or_id, dtype=DTYPES[dtype], use_safetensors=True, **common)
+    exact_attention_for_broadcast_heads(model, device)
     return model.to(device).eval(), tokenizer
 
 

@@ -10,7 +10,7 @@ import torch
 from emoprobe import extract
 from emoprobe.config import ConfigError
 from emoprobe.h5io import HiddenFileError, HiddenStateWriter, read_layer
-from emoprobe.models import decoder_layers
+from emoprobe.models import decoder_layers, exact_attention_for_broadcast_heads, shares_one_kv_head
 from emoprobe.nethook import RetainOutputs
 
 PROMPTS = [
@@ -94,15 +94,33 @@ def test_shared_prefix_and_padding_keep_sliding_windows_exact():
     assert relative_error(shared, alone) <= 1e-5
 
 
+def test_only_models_sharing_one_kv_head_lose_the_memory_efficient_attention_kernel():
+    import transformers
+
+    assert shares_one_kv_head(small_gemma3().config)  # 2 query heads, 1 key/value head
+    llama = dict(vocab_size=64, hidden_size=72, intermediate_size=64, num_hidden_layers=1, num_attention_heads=9)
+    assert not shares_one_kv_head(transformers.LlamaConfig(**llama, num_key_value_heads=3))  # SmolLM2's heads
+    assert not shares_one_kv_head(transformers.LlamaConfig(**llama, num_key_value_heads=9))
+    assert not shares_one_kv_head(transformers.LlamaConfig(**{**llama, "num_attention_heads": 1}, num_key_value_heads=1))
+    assert not exact_attention_for_broadcast_heads(small_gemma3(), torch.device("cpu"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_extraction_on_cuda_matches_the_cpu():
     """The batched, prefix-sharing extraction on CUDA gives the CPU's states: to 1e-5 in float32 (TF32 is
-    off by default), to 2e-2 of the state norm in bfloat16."""
-    model = small_gemma3(window=8)
+    off by default), to 2e-2 of the state norm in bfloat16; also for a batch whose key length (prefix and
+    widest prompt) is 1 more than a multiple of 32, where SDPA's memory-efficient kernel misread the
+    broadcast key/value head of such a model (pytorch#191937)."""
+    model = small_gemma3(window=64)
+    prompts = SMALL_PROMPTS + [SMALL_PREFIX + [60 + j % 60 for j in range(29)]]  # 4 + 29 = 33 keys
     batching = dict(max_batch_size=8, max_padding=0.9, share_prefix=True)
-    cpu = states_by_prompt(model, SMALL_PROMPTS, **batching)
-    assert relative_error(states_by_prompt(model.to("cuda"), SMALL_PROMPTS, **batching), cpu) <= 1e-5
-    assert relative_error(states_by_prompt(model.to(torch.bfloat16), SMALL_PROMPTS, **batching), cpu) <= 2e-2
+    cpu = states_by_prompt(model, prompts, **batching)
+    try:
+        assert exact_attention_for_broadcast_heads(model, torch.device("cuda"))
+        assert relative_error(states_by_prompt(model.to("cuda"), prompts, **batching), cpu) <= 1e-5
+        assert relative_error(states_by_prompt(model.to(torch.bfloat16), prompts, **batching), cpu) <= 2e-2
+    finally:
+        torch.backends.cuda.enable_mem_efficient_sdp(True)
 
 
 def test_left_pad_puts_the_last_real_token_last():
