@@ -6,6 +6,7 @@ parses the workflow.
 
 from __future__ import annotations
 
+import hashlib
 import string
 from pathlib import Path
 
@@ -95,6 +96,16 @@ def count_records(path: str | Path) -> int | None:
         return None
     with open(path, encoding="latin-1", newline="") as handle:
         return max(sum(1 for row in csv.reader(handle) if row) - 1, 0)
+
+
+def sha256_of(paths: list[str | Path]) -> str:
+    """Hex sha256 of the concatenation of ``paths``."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def check_template(template: str) -> None:

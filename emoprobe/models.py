@@ -15,7 +15,6 @@ code runs only when the config says ``trust_remote_code: true`` for the model.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from emoprobe.config import sha256_of
 from emoprobe.errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,16 +48,6 @@ def package_file(spec: str) -> Path:
     if not path.is_file():
         raise ModelError(f"{spec!r}: package {package!r} is installed but has no file {relative!r}")
     return path
-
-
-def sha256_of(paths: list[Path]) -> str:
-    """Hex sha256 of the concatenation of ``paths``."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 22):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def assemble_gguf(files: list[str], sha256: str | None, dest: Path) -> Path:

@@ -22,6 +22,7 @@ from emoprobe.config import (
     model_source,
     prompt_template,
     schema_errors,
+    sha256_of,
 )
 
 for configfile_path in workflow.configfiles:
@@ -72,13 +73,24 @@ wildcard_constraints:
 
 
 def corpus_csv():
-    """The configured corpus file if it exists, else where the download rule puts it."""
+    """The configured corpus file if it exists, else where the download rule puts it.
+
+    A local corpus is marked ancient: its content (:func:`corpus_sha256`, a param of the rule reading
+    it) and not its modification time decides whether the prompts are out of date, so a corpus copied,
+    unpacked or downloaded again with the same bytes reruns nothing.
+    """
     path = config["dataset"]["path"]
     if os.path.exists(path):
-        return path
+        return ancient(path)
     if not config["dataset"]["url"]:
         raise WorkflowError(f"dataset.path: {path!r} does not exist and dataset.url is not set")
     return f"resources/corpus/{os.path.basename(path)}"
+
+
+def corpus_sha256():
+    """sha256 of the local corpus; for one still to be downloaded, the sha256 the download checks."""
+    path = config["dataset"]["path"]
+    return sha256_of([path]) if os.path.exists(path) else config["dataset"]["sha256"]
 
 
 # Texts in the run, for resource estimates: the sample size, else the corpus's records, else (the

@@ -24,6 +24,7 @@ rule prepare_prompts:
         "results/corpus/prompts.tsv",
     params:
         dataset={k: v for k, v in config["dataset"].items() if k not in ("path", "url", "sha256")},
+        corpus_sha256=corpus_sha256(),
         template=lambda wc: TEMPLATE,
     log:
         "logs/prepare_prompts.log",

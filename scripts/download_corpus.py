@@ -1,9 +1,9 @@
 """Download the corpus from dataset.url, checking its sha256."""
 
-import hashlib
 import os
 import urllib.request
 
+from emoprobe.config import sha256_of
 from emoprobe.errors import log_to
 
 log = log_to(snakemake.log[0])
@@ -12,7 +12,7 @@ partial = snakemake.output[0] + ".partial"
 log.info("downloading %s", url)
 with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
     out.write(response.read())
-actual = hashlib.sha256(open(partial, "rb").read()).hexdigest()
+actual = sha256_of([partial])
 if expected and actual != expected:
     os.unlink(partial)
     raise SystemExit(f"error: {url}: sha256 {actual} differs from dataset.sha256 {expected}")

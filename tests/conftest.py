@@ -44,9 +44,10 @@ def snakemake_command(workdir: Path, config: dict, *args: str,
     workdir.mkdir(parents=True, exist_ok=True)
     configfile = workdir / "config.test.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
-    command = SNAKEMAKE + ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+    # args first: a target after --configfile would be read as a second config file
+    command = SNAKEMAKE + [*args, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
                            "--profile", str(profile), "--replace-workflow-config",
-                           "--configfile", str(configfile), *args]
+                           "--configfile", str(configfile)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # jobs must find emoprobe by themselves
     env["HF_TOKEN"] = TOKEN
     return command, env

@@ -1,6 +1,8 @@
 """The real workflow end to end (real SmolLM2, real texts), and what its DAG reruns after a change."""
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_snakemake, small_config, with_changes
+from conftest import CORPUS, ROOT, run_snakemake, small_config, with_changes
 
 
 def planned_jobs(result) -> dict[str, int]:
@@ -145,6 +147,26 @@ def test_new_prompt_reruns_prompts_and_extraction(e2e_run, template):
     jobs = dry_run(e2e_run, with_changes(small_config(), prompt__template=template))
     assert jobs["prepare_prompts"] == 1 and jobs["extract_hidden_states"] == 2 and jobs["answer_emotions"] == 1
     assert "prepare_gguf_model" not in jobs
+
+
+def test_the_corpus_reruns_by_its_content_not_its_modification_time(tmp_path):
+    corpus = tmp_path / "corpus.csv"
+    shutil.copyfile(CORPUS, corpus)
+    config = with_changes(small_config(), dataset__path=str(corpus))
+    target = "results/corpus/prompts.tsv"
+    result = run_snakemake(tmp_path, config, target, "--cores", "1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    prepared = (tmp_path / target).stat().st_mtime
+
+    later = prepared + 3600  # as a fresh copy of the same file would be
+    os.utime(corpus, (later, later))
+    assert planned_jobs(run_snakemake(tmp_path, config, target, "--dry-run")) == {}
+
+    original = corpus.read_bytes()
+    first_row = original.index(b"\n") + 1
+    corpus.write_bytes(original[:first_row] + original[first_row:].replace(b" I ", b" We ", 1))
+    os.utime(corpus, (prepared - 3600, prepared - 3600))  # older than the prompts: only the content changed
+    assert planned_jobs(run_snakemake(tmp_path, config, target, "--dry-run")) == {"prepare_prompts": 1}
 
 
 def test_the_template_named_is_the_template_used(e2e_run):
