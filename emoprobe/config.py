@@ -6,6 +6,7 @@ parses the workflow.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import string
 from pathlib import Path
@@ -106,6 +107,37 @@ def sha256_of(paths: list[str | Path]) -> str:
             while block := handle.read(1 << 22):
                 digest.update(block)
     return digest.hexdigest()
+
+
+# Modules that decide no number a job writes (messages, config checks, allocator settings): a change
+# to them reruns nothing.
+NEUTRAL_MODULES = frozenset({"errors", "config", "memory"})
+
+
+def code_sha256(script: str | Path, package: str | Path) -> str:
+    """sha256 of the modules of ``package`` that ``script`` imports, directly or through one another,
+    but :data:`NEUTRAL_MODULES` and the package's ``__init__``.
+
+    A param of the script's rule, it reruns the rule when that code changes; Snakemake's own code
+    trigger watches the script only.
+    """
+    package = Path(package)
+    found, pending = set(), [Path(script)]
+    while pending:
+        for node in ast.walk(ast.parse(pending.pop().read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == package.name:
+                names = [alias.name for alias in node.names]  # from package import module
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package.name + "."):
+                names = [node.module.split(".")[1]]
+            elif isinstance(node, ast.Import):
+                names = [a.name.split(".")[1] for a in node.names if a.name.startswith(package.name + ".")]
+            else:
+                continue
+            for name in names:
+                if name not in found and name not in NEUTRAL_MODULES and (package / f"{name}.py").is_file():
+                    found.add(name)
+                    pending.append(package / f"{name}.py")
+    return sha256_of([package / f"{name}.py" for name in sorted(found)])
 
 
 def check_template(template: str) -> None:

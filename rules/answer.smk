@@ -5,6 +5,7 @@ rule answer_emotions:
     output:
         "results/answers/{model}.tsv",
     params:
+        code=script_code("answer_emotions"),
         model=lambda wc: config["models"][wc.model],
         labels=config["dataset"]["labels"],
         words=config["answer"]["words"],

@@ -16,6 +16,7 @@ from emoprobe.config import (
     ConfigError,
     check_config,
     chunk_size,
+    code_sha256,
     count_records,
     duplicate_keys,
     layer_chunks,
@@ -91,6 +92,12 @@ def corpus_sha256():
     """sha256 of the local corpus; for one still to be downloaded, the sha256 the download checks."""
     path = config["dataset"]["path"]
     return sha256_of([path]) if os.path.exists(path) else config["dataset"]["sha256"]
+
+
+def script_code(name):
+    """sha256 of the emoprobe code that scripts/{name}.py runs (see emoprobe.config.code_sha256): a param
+    of its rule, so that a change of that code reruns the rule."""
+    return code_sha256(os.path.join(workflow.basedir, "scripts", f"{name}.py"), os.path.join(workflow.basedir, "emoprobe"))
 
 
 # Texts in the run, for resource estimates: the sample size, else the corpus's records, else (the

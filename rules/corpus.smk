@@ -2,6 +2,7 @@ rule download_corpus:
     output:
         "resources/corpus/{filename}",
     params:
+        code=script_code("download_corpus"),
         url=config["dataset"]["url"],
         sha256=config["dataset"]["sha256"],
     log:
@@ -23,6 +24,7 @@ rule prepare_prompts:
     output:
         "results/corpus/prompts.tsv",
     params:
+        code=script_code("prepare_prompts"),
         dataset={k: v for k, v in config["dataset"].items() if k not in ("path", "url", "sha256")},
         corpus_sha256=corpus_sha256(),
         template=lambda wc: TEMPLATE,

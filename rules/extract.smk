@@ -5,6 +5,7 @@ rule extract_hidden_states:
     output:
         "results/hidden/{model}/layers{first}-{last}.h5",
     params:
+        code=script_code("extract_hidden_states"),
         model=lambda wc: config["models"][wc.model],
         positions=config["positions"],
         locations=config["locations"],

@@ -2,6 +2,7 @@ rule prepare_gguf_model:
     output:
         directory("resources/models/{model}"),
     params:
+        code=script_code("prepare_gguf_model"),
         gguf=lambda wc: config["models"][wc.model]["gguf"],
         dtype=config["extraction"]["dtype"],
     log:

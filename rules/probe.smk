@@ -4,6 +4,7 @@ rule fit_probes:
     output:
         "results/probes/{model}/{location}/layers{first}-{last}.tsv",
     params:
+        code=script_code("fit_probes"),
         probe=config["probe"],
         n_classes=len(config["dataset"]["labels"]),
     log:
@@ -27,6 +28,7 @@ rule fit_appraisal_probes:
     output:
         "results/appraisal/{model}.tsv",
     params:
+        code=script_code("fit_appraisal_probes"),
         appraisal=config["appraisal"],
         columns=config["dataset"]["appraisal_columns"],
         # the emotion probes' folds, not their other settings, whose change need not rerun these

@@ -5,6 +5,7 @@ rule aggregate_accuracy:
         table=report("results/accuracy.tsv", caption="../report/accuracy_table.rst", category="Tables"),
         text=expand("results/tables/{model}_accuracy_by_layer.txt", model=MODELS),
     params:
+        code=script_code("aggregate_accuracy"),
         order={"models": MODELS, "locations": config["locations"], "subsets": config["probe"]["subsets"]},
     log:
         "logs/aggregate_accuracy.log",
@@ -23,6 +24,7 @@ rule record_config:
     output:
         "results/config.yaml",
     params:
+        code=script_code("record_config"),
         # the complete config, defaults filled in: every seed and setting behind the results
         config=lambda wc: config,
     log:
@@ -43,6 +45,8 @@ rule summarise_answers:
         expand("results/answers/{model}.tsv", model=MODELS),
     output:
         report("results/answers.tsv", caption="../report/answers_table.rst", category="Tables"),
+    params:
+        code=script_code("summarise_answers"),
     log:
         "logs/summarise_answers.log",
     benchmark:
@@ -61,6 +65,8 @@ rule aggregate_appraisal:
         appraisal_files(),
     output:
         report("results/appraisal_r2.tsv", caption="../report/appraisal_table.rst", category="Tables"),
+    params:
+        code=script_code("aggregate_appraisal"),
     log:
         "logs/aggregate_appraisal.log",
     benchmark:
@@ -85,6 +91,7 @@ rule plot_accuracy:
                          category="Figures", subcategory="All models"),
         depth_pdf="results/figures/accuracy_by_depth.pdf",
     params:
+        code=script_code("plot_accuracy"),
         n_layers={model: config["models"][model]["n_layers"] for model in MODELS},
     log:
         "logs/plot_accuracy.log",
@@ -106,6 +113,8 @@ rule plot_layer_position:
         png=report("results/figures/layer_position/{model}.png", caption="../report/layer_position.rst",
                    category="Figures", subcategory="{model}"),
         pdf="results/figures/layer_position/{model}.pdf",
+    params:
+        code=script_code("plot_layer_position"),
     log:
         "logs/plot_layer_position/{model}.log",
     benchmark:
@@ -127,6 +136,7 @@ rule plot_appraisal:
                    category="Figures", subcategory="{model}"),
         pdf="results/figures/appraisal_r2/{model}.pdf",
     params:
+        code=script_code("plot_appraisal"),
         position=config["appraisal"]["positions"][0],
     log:
         "logs/plot_appraisal/{model}.log",
@@ -149,6 +159,7 @@ rule plot_confusion:
                    category="Figures", subcategory="{model}"),
         pdf="results/figures/confusion/{model}.pdf",
     params:
+        code=script_code("plot_confusion"),
         labels=config["dataset"]["labels"],
     log:
         "logs/plot_confusion/{model}.log",

@@ -38,14 +38,15 @@ def small_config(limit: int = 144) -> dict:
     return config
 
 
-def snakemake_command(workdir: Path, config: dict, *args: str,
-                      profile: Path = ROOT / "profiles/default") -> tuple[list[str], dict]:
-    """Command line and environment running the workflow in ``workdir`` with ``config`` replacing config.yaml."""
+def snakemake_command(workdir: Path, config: dict, *args: str, profile: Path = ROOT / "profiles/default",
+                      snakefile: Path = ROOT / "Snakefile") -> tuple[list[str], dict]:
+    """Command line and environment running the workflow of ``snakefile`` in ``workdir`` with ``config``
+    replacing config.yaml."""
     workdir.mkdir(parents=True, exist_ok=True)
     configfile = workdir / "config.test.yaml"
     configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     # args first: a target after --configfile would be read as a second config file
-    command = SNAKEMAKE + [*args, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
+    command = SNAKEMAKE + [*args, "--snakefile", str(snakefile), "--directory", str(workdir),
                            "--profile", str(profile), "--replace-workflow-config",
                            "--configfile", str(configfile)]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # jobs must find emoprobe by themselves
@@ -53,9 +54,10 @@ def snakemake_command(workdir: Path, config: dict, *args: str,
     return command, env
 
 
-def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 1800,
+                  snakefile: Path = ROOT / "Snakefile") -> subprocess.CompletedProcess:
     """Run the workflow to completion; see :func:`snakemake_command`."""
-    command, env = snakemake_command(workdir, config, *args)
+    command, env = snakemake_command(workdir, config, *args, snakefile=snakefile)
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
 
 

@@ -4,7 +4,15 @@ import pytest
 import yaml
 
 from conftest import ROOT, default_config, run_snakemake, small_config, with_changes
-from emoprobe.config import ConfigError, check_config, duplicate_keys, layer_chunks, schema_errors
+from emoprobe.config import (
+    ConfigError,
+    check_config,
+    code_sha256,
+    duplicate_keys,
+    layer_chunks,
+    schema_errors,
+    sha256_of,
+)
 
 SCHEMA = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
 
@@ -148,3 +156,22 @@ def test_model_location_by_source():
     assert model_location("m", hub, None) == ("org/model", "abc123", False)
     assert model_location("m", {"local": "models/m"}, "models/m") == ("models/m", None, True)
     assert model_location("m", {"gguf": {"files": ["p/f.gguf"]}}, "resources/models/m") == ("resources/models/m", None, True)
+
+
+def test_code_sha256_follows_the_package_imports_but_not_the_neutral_modules(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "a.py").write_text("from pkg.b import f\nfrom pkg.errors import E\n")
+    (package / "b.py").write_text("def f():\n    from pkg import c\n")
+    (package / "c.py").write_text("X = 1\n")
+    (package / "errors.py").write_text("class E(Exception): pass\n")
+    (package / "unused.py").write_text("Y = 1\n")
+    script = tmp_path / "script.py"
+    script.write_text("import os\nfrom pkg import a\n")
+    digest = code_sha256(script, package)
+    assert digest == sha256_of([package / "a.py", package / "b.py", package / "c.py"])
+    for neutral_or_unused in ("errors.py", "unused.py"):
+        (package / neutral_or_unused).write_text("# edited\n")
+    assert code_sha256(script, package) == digest
+    (package / "c.py").write_text("X = 2\n")
+    assert code_sha256(script, package) != digest

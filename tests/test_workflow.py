@@ -169,6 +169,29 @@ def test_the_corpus_reruns_by_its_content_not_its_modification_time(tmp_path):
     assert planned_jobs(run_snakemake(tmp_path, config, target, "--dry-run")) == {"prepare_prompts": 1}
 
 
+def copy_of_the_workflow(directory):
+    """The workflow's code, without results, copied into ``directory``; returns its Snakefile."""
+    for name in ("Snakefile", "config.yaml", "rules", "scripts", "emoprobe", "schemas", "envs", "report"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, directory / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, directory / name)
+    return directory / "Snakefile"
+
+
+PROBE_CODE_RERUNS = {"fit_probes": 6, "fit_appraisal_probes": 1, "aggregate_accuracy": 1, "aggregate_appraisal": 1,
+                     "plot_accuracy": 1, "plot_layer_position": 1, "plot_appraisal": 1, "all": 1}
+
+
+@pytest.mark.parametrize("module, reruns", [(None, {}), ("errors", {}), ("probes", PROBE_CODE_RERUNS)])
+def test_a_change_of_package_code_reruns_the_jobs_running_it(e2e_run, tmp_path, module, reruns):
+    snakefile = copy_of_the_workflow(tmp_path)
+    if module is not None:
+        with open(tmp_path / "emoprobe" / f"{module}.py", "a") as source:
+            source.write("\nCHANGED = True\n")
+    assert planned_jobs(run_snakemake(e2e_run, small_config(), "--dry-run", snakefile=snakefile)) == reruns
+
+
 def test_the_template_named_is_the_template_used(e2e_run):
     with h5py.File(e2e_run / "results/hidden/smollm2-135m/layers01-15.h5") as f:
         assert f.attrs["prompt_template"] == small_config()["prompt"]["templates"]["zero_shot"]
