@@ -192,6 +192,15 @@ def test_a_change_of_package_code_reruns_the_jobs_running_it(e2e_run, tmp_path, 
     assert planned_jobs(run_snakemake(e2e_run, small_config(), "--dry-run", snakefile=snakefile)) == reruns
 
 
+def test_every_script_rule_hashes_the_code_of_its_own_script():
+    rules = re.split(r"(?m)^rule ", "".join(path.read_text() for path in sorted((ROOT / "rules").glob("*.smk"))))
+    scripts = [(re.search(r'script:\s+"\.\./scripts/(\w+)\.py"', rule), rule) for rule in rules]
+    assert len([1 for found, _ in scripts if found]) == len(list((ROOT / "scripts").glob("*.py")))
+    for found, rule in scripts:
+        if found:
+            assert f'code=script_code("{found.group(1)}")' in rule, rule.split(":", 1)[0]
+
+
 def test_the_template_named_is_the_template_used(e2e_run):
     with h5py.File(e2e_run / "results/hidden/smollm2-135m/layers01-15.h5") as f:
         assert f.attrs["prompt_template"] == small_config()["prompt"]["templates"]["zero_shot"]
