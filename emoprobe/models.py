@@ -137,12 +137,13 @@ def exact_attention_for_broadcast_heads(model, device: torch.device) -> bool:
     """On CUDA, turn SDPA's memory-efficient kernel off (for this process) if ``model`` shares one
     key/value head; returns whether it did.
 
-    That kernel returned wrong outputs for broadcast key/value heads when the key length is one more
-    than a multiple of 32 (pytorch/pytorch#191937, fixed after torch 2.11). On the H100 this project
-    was lent (torch 2.11), the reference method's Gemma-3-270M states differed from the workflow's by
-    0.22 of their norm, and only the reference had batches of such lengths (README, "On a GPU"; the
-    cause is likely, not confirmed). Without that kernel, float32 attention runs in the math kernel,
-    which is exact and takes memory quadratic in the prompt length.
+    That kernel returns wrong outputs for broadcast (stride-0) key/value heads, which transformers'
+    ``repeat_kv`` makes of a single one, when the key length is one more than a multiple of 32
+    (pytorch/pytorch#191937, fixed after torch 2.11): on an H100 with torch 2.11 it was off by about
+    the output's own size at 33, 65, 97 and 129 keys and exact on copied heads
+    (``benchmarks/sdpa_broadcast_heads.py``), and Gemma-3-270M's states by 0.22 of their norm (README,
+    "On a GPU"). Without that kernel, float32 attention runs in the math kernel, which is exact and
+    takes memory quadratic in the prompt length.
     """
     if device.type != "cuda" or not shares_one_kv_head(model.config):
         return False
