@@ -115,16 +115,18 @@ NEUTRAL_MODULES = frozenset({"errors", "config", "memory"})
 
 
 def code_sha256(script: str | Path, package: str | Path) -> str:
-    """sha256 of the modules of ``package`` that ``script`` imports, directly or through one another,
-    but :data:`NEUTRAL_MODULES` and the package's ``__init__``.
+    """sha256 of the code of the modules of ``package`` that ``script`` imports, directly or through
+    one another, but :data:`NEUTRAL_MODULES` and the package's ``__init__``.
 
     A param of the script's rule, it reruns the rule when that code changes; Snakemake's own code
-    trigger watches the script only.
+    trigger watches the script only. What is hashed is each module's syntax tree without its
+    docstrings, so that editing a comment, a docstring or the layout reruns nothing (a new Python
+    version, whose trees may differ, reruns everything once).
     """
     package = Path(package)
-    found, pending = set(), [Path(script)]
+    trees, pending = {}, [ast.parse(Path(script).read_text())]
     while pending:
-        for node in ast.walk(ast.parse(pending.pop().read_text())):
+        for node in ast.walk(pending.pop()):
             if isinstance(node, ast.ImportFrom) and node.module == package.name:
                 names = [alias.name for alias in node.names]  # from package import module
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package.name + "."):
@@ -134,10 +136,23 @@ def code_sha256(script: str | Path, package: str | Path) -> str:
             else:
                 continue
             for name in names:
-                if name not in found and name not in NEUTRAL_MODULES and (package / f"{name}.py").is_file():
-                    found.add(name)
-                    pending.append(package / f"{name}.py")
-    return sha256_of([package / f"{name}.py" for name in sorted(found)])
+                if name not in trees and name not in NEUTRAL_MODULES and (package / f"{name}.py").is_file():
+                    trees[name] = ast.parse((package / f"{name}.py").read_text())
+                    pending.append(trees[name])
+    digest = hashlib.sha256()
+    for name in sorted(trees):
+        digest.update(f"{name}\n{ast.dump(without_docstrings(trees[name]))}\n".encode())
+    return digest.hexdigest()
+
+
+def without_docstrings(tree: ast.Module) -> ast.Module:
+    """``tree`` with the docstring of the module and of each class and function removed, in place."""
+    for node in ast.walk(tree):
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body
+                and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
+                and isinstance(node.body[0].value.value, str)):
+            node.body = node.body[1:] or [ast.Pass()]
+    return tree
 
 
 def check_template(template: str) -> None:

@@ -11,7 +11,6 @@ from emoprobe.config import (
     duplicate_keys,
     layer_chunks,
     schema_errors,
-    sha256_of,
 )
 
 SCHEMA = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
@@ -169,9 +168,24 @@ def test_code_sha256_follows_the_package_imports_but_not_the_neutral_modules(tmp
     script = tmp_path / "script.py"
     script.write_text("import os\nfrom pkg import a\n")
     digest = code_sha256(script, package)
-    assert digest == sha256_of([package / "a.py", package / "b.py", package / "c.py"])
     for neutral_or_unused in ("errors.py", "unused.py"):
         (package / neutral_or_unused).write_text("# edited\n")
     assert code_sha256(script, package) == digest
     (package / "c.py").write_text("X = 2\n")
+    assert code_sha256(script, package) != digest
+
+
+def test_code_sha256_ignores_comments_docstrings_and_layout(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    script = tmp_path / "script.py"
+    script.write_text("from pkg import a\n")
+    (package / "a.py").write_text('"""Module."""\nclass A:\n    """A."""\n    def f(self, x):\n        return x + 1\n')
+    digest = code_sha256(script, package)
+    (package / "a.py").write_text('"""Module, reworded."""\n\n# why\nclass A:\n    """A, reworded."""\n\n'
+                                  '    def f(self,\n          x):\n        return (x + 1)  # why\n')
+    assert code_sha256(script, package) == digest
+    (package / "a.py").write_text('class A:\n    def f(self, x):\n        """Now a docstring only."""\n')
+    assert code_sha256(script, package) != digest
+    (package / "a.py").write_text('class A:\n    def f(self, x):\n        return x + 2\n')
     assert code_sha256(script, package) != digest
