@@ -6,7 +6,7 @@ script runs ``scaled_dot_product_attention`` on such heads, and on the same head
 a left-padding causal mask at key lengths around multiples of 32, in every CUDA kernel that
 takes the inputs, and prints each one's largest difference from the exact math kernel relative
 to the largest output. ``emoprobe.models.exact_attention_for_broadcast_heads`` turns the
-memory-efficient kernel off for such models because of what this showed (README, "On a GPU").
+memory-efficient kernel off for such models because of what this showed (docs/performance.md, "On a GPU").
 
     python benchmarks/sdpa_broadcast_heads.py    (on a CUDA machine; on a CPU it checks the CPU's kernels)
 

@@ -141,9 +141,9 @@ def exact_attention_for_broadcast_heads(model, device: torch.device) -> bool:
     ``repeat_kv`` makes of a single one, when the key length is one more than a multiple of 32
     (pytorch/pytorch#191937, fixed after torch 2.11): on an H100 with torch 2.11 it was off by about
     the output's own size at 33, 65, 97 and 129 keys and exact on copied heads
-    (``benchmarks/sdpa_broadcast_heads.py``), and Gemma-3-270M's states by 0.22 of their norm (README,
-    "On a GPU"). Without that kernel, float32 attention runs in the math kernel, which is exact and
-    takes memory quadratic in the prompt length.
+    (``benchmarks/sdpa_broadcast_heads.py``), and Gemma-3-270M's states by 0.22 of their norm
+    (docs/performance.md, "On a GPU"). Without that kernel, float32 attention runs in the math
+    kernel, which is exact and takes memory quadratic in the prompt length.
     """
     if device.type != "cuda" or not shares_one_kv_head(model.config):
         return False

@@ -188,7 +188,7 @@ def extraction_mem_mb(wildcards, attempt):
 
 
 # Seconds per fit per million values. The bundled models take about 0.03 on one thread of a 2-core
-# laptop (README, "Performance": 11-15 s per layer for 20 fits of 6,600 x 5 x 576 values); 0.1 leaves
+# laptop (docs/performance.md, "The default run": 11-15 s per layer for 20 fits of 6,600 x 5 x 576 values); 0.1 leaves
 # room for wider layers that need more L-BFGS iterations, and a retry doubles it.
 PROBE_SECONDS = 0.1
 
