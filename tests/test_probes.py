@@ -60,6 +60,42 @@ def test_fit_reaches_scikit_learns_optimum(threads):
     assert ours > 0.9
 
 
+def test_minimise_lbfgs_steps_as_torch_optim_lbfgs_does():
+    """Same iterates to the last bit as torch.optim.LBFGS, whose Optimizer it replaces, on a softmax
+    regression of digits (a smooth, ill-conditioned problem that takes dozens of steps)."""
+    import torch
+
+    digits = load_digits()
+    x = torch.from_numpy(digits.data[:400] / 16).float()
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(digits.target[:400]), 10).float()
+
+    def loss_of(w):
+        logits = x @ w.view(64, 10)
+        return -(torch.log_softmax(logits, dim=1) * onehot).sum() / len(x) + 1e-3 * (w * w).sum()
+
+    def objective(w):
+        w = w.detach().requires_grad_()
+        loss = loss_of(w)
+        loss.backward()
+        return loss.item(), w.grad
+
+    ours, grad, n_iter = probes.minimise_lbfgs(objective, torch.zeros(640), max_iter=200, max_eval=400, tol=1e-6)
+    w = torch.zeros(640, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w], lr=1, max_iter=200, max_eval=400, tolerance_grad=1e-6, tolerance_change=0,
+                                  history_size=10, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_of(w)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    assert 20 < n_iter == optimizer.state[w]["n_iter"]
+    assert torch.equal(ours, w.detach())
+    assert torch.equal(grad, objective(ours)[1])  # the gradient returned is the last point's
+
+
 def test_labellings_fitted_together_are_fitted_as_alone():
     """The control shares the preconditioner with the probe, nothing else: each fit is the one it would be alone."""
     states, y = labelled_states()
