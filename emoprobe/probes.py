@@ -213,10 +213,14 @@ def _lbfgs(features: torch.Tensor, q: torch.Tensor, y: torch.Tensor, n_classes: 
         x = torch.cat([t.reshape(-1) for t in start]).to(features.dtype)
     penalty = 1.0 / (C * n_rows)
 
+    def unflatten(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views ``m`` ``[P, K, d]`` and ``b`` ``[P, K]`` of ``x``, which holds them one after the other."""
+        return x[:n_weights].view(n_positions, n_classes, width), x[n_weights:].view(n_positions, n_classes)
+
     def objective(x: torch.Tensor) -> tuple[float, torch.Tensor]:
         """Mean loss plus penalty at ``W = m q``, and its gradient, both written out by hand (3x faster
-        than autograd here); ``x`` is ``m`` and ``b`` flattened one after the other."""
-        m, b = x[:n_weights].view(n_positions, n_classes, width), x[n_weights:].view(n_positions, n_classes)
+        than autograd here)."""
+        m, b = unflatten(x)
         weights = m @ q
         logits = torch.baddbmm(b.unsqueeze(1), features, weights.transpose(1, 2).contiguous())
         log_p = torch.log_softmax(logits.transpose(1, 2).contiguous(), dim=1)  # [P, K, n]
@@ -227,8 +231,7 @@ def _lbfgs(features: torch.Tensor, q: torch.Tensor, y: torch.Tensor, n_classes: 
         return float(loss), torch.cat([grad_m.view(-1), grad_b.view(-1)])
 
     x, grad, n_iter = minimise_lbfgs(objective, x, max_iter=max_iter, max_eval=2 * max_iter, tol=tol)
-    m, b = x[:n_weights].view(n_positions, n_classes, width), x[n_weights:].view(n_positions, n_classes)
-    return m, b, n_iter, float(grad.abs().max()) <= tol
+    return *unflatten(x), n_iter, float(grad.abs().max()) <= tol
 
 
 def minimise_lbfgs(objective: Callable[[torch.Tensor], tuple[float, torch.Tensor]], x: torch.Tensor, *,
