@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from queue import Empty
 
 import numpy as np
 import yaml
@@ -156,14 +157,24 @@ def workflow_method(model_dir: str, table, threads: int, device: str, dtype: str
 
 
 def measure(target, *args):
-    """Run ``target(*args, out, queue)`` in a fresh process; return its report and its saved states."""
+    """Run ``target(*args, out, queue)`` in a fresh process; return its report and its saved states.
+
+    Raises SystemExit, naming the method and the exit code, when the process ends without a report
+    (killed, out of memory, a crash in native code), rather than waiting for that report forever.
+    """
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "states.npy")
         process = context.Process(target=target, args=(*args, out, queue))
         process.start()
-        report = queue.get()
+        while True:
+            try:
+                report = queue.get(timeout=5)
+                break
+            except Empty:
+                if not process.is_alive():  # a report put before exiting is flushed before the exit
+                    raise SystemExit(f"{target.__name__} ended with exit code {process.exitcode} and no report")
         process.join()
         return report, np.load(out)
 
