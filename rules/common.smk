@@ -97,7 +97,8 @@ def corpus_sha256():
 def script_code(name):
     """sha256 of the emoprobe code that scripts/{name}.py runs (see emoprobe.config.code_sha256): a param
     of its rule, so that a change of that code reruns the rule."""
-    return code_sha256(os.path.join(workflow.basedir, "scripts", f"{name}.py"), os.path.join(workflow.basedir, "emoprobe"))
+    return code_sha256(os.path.join(workflow.basedir, "scripts", f"{name}.py"),
+                       os.path.join(workflow.basedir, "emoprobe"))
 
 
 # Texts in the run, for resource estimates: the sample size, else the corpus's records, else (the
