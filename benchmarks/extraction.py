@@ -10,11 +10,15 @@ that its peak memory is its own. Prints prompts/s, tokens/s, the speed-up, peak 
 (and peak GPU memory on CUDA), the largest difference of the hidden states relative to
 the state's norm, and the workflow's time over the FLOP floor (tokens computed x 2 x
 non-embedding parameters / this machine's measured matmul rate in the compute dtype).
+With ``--profile`` the workflow runs once more under ``torch.profiler``, which splits its
+time into matrix products, attention and the rest (norms, rotary embeddings, activations,
+copies), the first of them also over the floor: what a faster schedule could not remove.
 
 The reference always computes in float32; the workflow runs once per ``--dtypes``
 entry, and only its float32 states must agree with the reference's to 1e-4.
 
     .venv/bin/python benchmarks/extraction.py --model resources/models/smollm2-135m --n-prompts 400
+    .venv/bin/python benchmarks/extraction.py --template two_shot --profile
     python benchmarks/extraction.py --device cuda --dtypes float32 bfloat16 --max-batch-size 512 --batch-tokens 32768
 """
 
@@ -41,6 +45,9 @@ sys.path.insert(0, str(ROOT))
 TEMPLATES = yaml.safe_load((Path(__file__).resolve().parents[1] / "schemas/config.schema.yaml").read_text())[
     "properties"]["prompt"]["properties"]["templates"]["default"]
 POSITIONS = [-1, -2, -3, -4, -5]
+# Operators whose self time is a matrix product of the model's weights, or its attention.
+MATRIX_PRODUCTS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
+ATTENTION = "attention"  # every scaled-dot-product attention kernel has it in its name
 
 
 def matmul_gflops(threads: int, device: str, dtype: str, seconds: float = 3.0) -> float:
@@ -126,11 +133,29 @@ def reference_method(model_dir: str, prompts: list[str], threads: int, device: s
     queue.put({"seconds": seconds, "computed_tokens": tokens, **peak_memory_mb(device)})
 
 
+def time_by_kind(profiler) -> dict:
+    """Seconds of CPU self time of a finished ``torch.profiler.profile`` by kind of operator.
+
+    Returns a dict with ``matrix_products``, ``attention`` and ``other`` (all the rest), and
+    ``top``: the ten operators with the most self time, as (name, seconds) pairs.
+    """
+    totals = {"matrix_products": 0.0, "attention": 0.0, "other": 0.0}
+    by_operator = []
+    for event in profiler.key_averages():
+        seconds = event.self_cpu_time_total / 1e6
+        kind = ("matrix_products" if event.key in MATRIX_PRODUCTS
+                else "attention" if ATTENTION in event.key else "other")
+        totals[kind] += seconds
+        by_operator.append((event.key, seconds))
+    return {**totals, "top": sorted(by_operator, key=lambda pair: -pair[1])[:10]}
+
+
 def workflow_method(model_dir: str, table, threads: int, device: str, dtype: str, batching: dict,
-                    hidden: str | None, out: str, queue) -> None:
+                    hidden: str | None, profile: bool, out: str, queue) -> None:
     """emoprobe's extraction of every layer in ``dtype``, streamed into HDF5 exactly as the workflow does.
 
-    The HDF5 file (residual stream, all layers, float32) is moved to ``hidden`` when given.
+    The HDF5 file (residual stream, all layers, float32) is moved to ``hidden`` when given. With
+    ``profile`` the extraction runs a second time under ``torch.profiler`` (:func:`time_by_kind`).
     """
     from emoprobe.memory import allocate_in_huge_pages
 
@@ -152,8 +177,18 @@ def workflow_method(model_dir: str, table, threads: int, device: str, dtype: str
     if hidden:
         shutil.move(h5, hidden)
     embedding = model.get_input_embeddings().weight.numel()
-    queue.put({**stats, "non_embedding_params": sum(p.numel() for p in model.parameters()) - embedding,
-               **peak_memory_mb(device)})
+    report = {**stats, "non_embedding_params": sum(p.numel() for p in model.parameters()) - embedding,
+              **peak_memory_mb(device)}
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        with profiler(activities=[ProfilerActivity.CPU]) as run:
+            profiled = extract_to_hdf5(model, tokenizer, table, out + ".profiled.h5", layers=range(1, n_layers + 1),
+                                       locations=["residual"], positions=POSITIONS, **batching,
+                                       storage_dtype="float32", attrs={})
+        report["profile"] = {**time_by_kind(run), "seconds": profiled["seconds"]}
+    queue.put(report)
 
 
 def measure(target, *args):
@@ -194,11 +229,16 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=settings["batch_tokens"])
     parser.add_argument("--max-batch-size", type=int, default=settings["max_batch_size"])
     parser.add_argument("--save-hidden", help="keep the first workflow run's HDF5 file here (for benchmarks/probes.py)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run the workflow once more under torch.profiler and split its time by kind of "
+                             "operator (on the CPU only)")
     args = parser.parse_args()
 
     from emoprobe.models import pick_device
 
     device = pick_device(args.device).type
+    if args.profile and device != "cpu":
+        parser.error(f"--profile splits CPU time only; the device is {device}")
     batching = {"batch_tokens": args.batch_tokens, "max_batch_size": args.max_batch_size,
                 "max_padding": settings["max_padding"]}
     table = load_prompts(args.prompts, args.n_prompts, args.seed, TEMPLATES[args.template])
@@ -220,7 +260,7 @@ def main() -> None:
     float32_differs = False
     for k, dtype in enumerate(args.dtypes):
         ours, our_states = measure(workflow_method, args.model, table, args.threads, device, dtype, batching,
-                                   args.save_hidden if k == 0 else None)
+                                   args.save_hidden if k == 0 else None, args.profile)
         tokens = ours["tokens"]
         if k == 0:
             report("reference float32", reference)
@@ -233,6 +273,12 @@ def main() -> None:
               f"tokens computed once; FLOP floor for the {needed} tokens that must be computed {floor:.2f} s, "
               f"workflow / floor = {ours['seconds'] / floor:.2f} (padding {ours['computed_tokens'] / needed - 1:.1%}); "
               f"max |difference| / state norm, all layers and positions: {relative:.2e}")
+        if args.profile:
+            split = ours["profile"]
+            print(f"    under torch.profiler {split['seconds']:.2f} s: matrix products {split['matrix_products']:.2f} s "
+                  f"= {split['matrix_products'] / floor:.2f}x the floor, attention {split['attention']:.2f} s, "
+                  f"everything else {split['other']:.2f} s; most self time: "
+                  + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in split["top"]))
         float32_differs |= dtype == "float32" and relative > 1e-4
     if float32_differs:
         raise SystemExit("float32 hidden states differ from the reference's by more than 1e-4 of the state norm")
