@@ -170,9 +170,13 @@ def workflow_method(model_dir: str, table, threads: int, device: str, dtype: str
     model, tokenizer = load_decoder(model_dir, revision=None, dtype=dtype, device=torch.device(device),
                                     trust_remote_code=False, local_only=True)
     n_layers = model.config.num_hidden_layers
+
+    def extract(path: str) -> dict:
+        return extract_to_hdf5(model, tokenizer, table, path, layers=range(1, n_layers + 1), locations=["residual"],
+                               positions=POSITIONS, **batching, storage_dtype="float32", attrs={})
+
     h5 = out + ".h5"
-    stats = extract_to_hdf5(model, tokenizer, table, h5, layers=range(1, n_layers + 1), locations=["residual"],
-                            positions=POSITIONS, **batching, storage_dtype="float32", attrs={})
+    stats = extract(h5)
     np.save(out, np.stack([read_layer(h5, layer)[0] for layer in range(1, n_layers + 1)], 1))
     if hidden:
         shutil.move(h5, hidden)
@@ -184,9 +188,7 @@ def workflow_method(model_dir: str, table, threads: int, device: str, dtype: str
         from torch.profiler import profile as profiler
 
         with profiler(activities=[ProfilerActivity.CPU]) as run:
-            profiled = extract_to_hdf5(model, tokenizer, table, out + ".profiled.h5", layers=range(1, n_layers + 1),
-                                       locations=["residual"], positions=POSITIONS, **batching,
-                                       storage_dtype="float32", attrs={})
+            profiled = extract(out + ".profiled.h5")
         report["profile"] = {**time_by_kind(run), "seconds": profiled["seconds"]}
     queue.put(report)
 
