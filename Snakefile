@@ -20,6 +20,7 @@ include: "rules/report.smk"
 localrules:
     all,
     aggregate_accuracy,
+    count_subsets,
     record_config,
     summarise_answers,
     aggregate_appraisal,

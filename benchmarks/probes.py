@@ -1,4 +1,12 @@
-"""Benchmark: the workflow's probe trainer against the reference notebook's sklearn call.
+"""Benchmark: the workflow's batched probe trainer against the per-fit trainer it replaced, and against the
+reference notebook's sklearn call.
+
+Default protocol (``--answers``, the model's answers table, needed for it): every layer's probes as a probe
+job fits them -- 5 folds x (probe + shuffled-label control) x (all texts, model_correct, the model's answer) --
+once with the per-fit trainer (``emoprobe.probes.probe_layer``, one L-BFGS per fold and labelling) and once
+with the batched one (``emoprobe.batched.probe_layer_batched``), in one process, one after the other; it prints
+both times, the ratio and the largest difference of any probe's accuracy, balanced accuracy and control
+accuracy (the two must agree within 0.002).
 
 Reference (the course notebook): ``LogisticRegression(C=1.0, max_iter=1000)`` on raw
 hidden states, one probe at a time. It is slow, so it is timed on a sample of probes
@@ -33,8 +41,46 @@ from sklearn.linear_model import LogisticRegression
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import pandas as pd  # noqa: E402
+
+from emoprobe.batched import probe_layer_batched  # noqa: E402
 from emoprobe.h5io import read_layer  # noqa: E402
-from emoprobe.probes import probe_device, probe_layer, split_indices, standardise  # noqa: E402
+from emoprobe.probes import probe_device, probe_layer, probe_targets, split_indices, standardise  # noqa: E402
+
+DEFAULT_PROTOCOL = dict(C=1.0, max_iter=1000, tol=1e-4, folds=5, test_size=0.2, seed=42, stratify=False, control=True)
+
+
+def default_protocol(states: dict, answers: pd.DataFrame, labels: list[str], device) -> None:
+    """Time the per-fit and the batched trainer on every layer's probes of the default protocol; exit non-zero
+    when a probe's scores differ by more than 0.002."""
+    seconds = {"per-fit": 0.0, "batched": 0.0}
+    worst = {"accuracy": 0.0, "balanced_accuracy": 0.0, "control_accuracy": 0.0}
+    n_fits = 0
+    for layer, (x, meta) in states.items():
+        problems = probe_targets(["all", "model_correct"], True, meta["row_id"], meta["label_id"], answers, labels)
+        start = time.perf_counter()
+        per_fit = [probe_layer(x[rows], y, meta["positions"], label_names=labels, device=device, **DEFAULT_PROTOCOL)[0]
+                   for _, _, rows, y in problems]
+        middle = time.perf_counter()
+        batched = [table for table, _ in probe_layer_batched(x, [(rows, y) for _, _, rows, y in problems],
+                                                              meta["positions"], label_names=labels, device=device,
+                                                              **DEFAULT_PROTOCOL)]
+        end = time.perf_counter()
+        seconds["per-fit"] += middle - start
+        seconds["batched"] += end - middle
+        n_fits += len(problems) * 5 * 2
+        for a, b in zip(per_fit, batched):
+            for column in worst:
+                worst[column] = max(worst[column], float(np.nanmax(np.abs(a[column] - b[column]))))
+        print(f"  layer {layer:>2}: per-fit {middle - start:6.1f} s, batched {end - middle:6.1f} s, "
+              f"iterations {[int(t['n_iter'].iloc[0]) for t in per_fit]} -> {[int(t['n_iter'].iloc[0]) for t in batched]}",
+              flush=True)
+    print(f"default protocol, {len(states)} layers, {n_fits} fits of {len(states[next(iter(states))][1]['positions'])} "
+          f"positions each: per-fit trainer {seconds['per-fit']:.1f} s, batched {seconds['batched']:.1f} s, "
+          f"speed-up {seconds['per-fit'] / seconds['batched']:.2f}x; largest |difference| "
+          + ", ".join(f"{k} {v:.4f}" for k, v in worst.items()))
+    if max(worst.values()) > 0.002:
+        raise SystemExit("a probe of the batched trainer differs from the per-fit trainer's by more than 0.002")
 
 
 def sklearn_fit(x_train, y_train, x_test, y_test, **settings) -> tuple[float, int, float]:
@@ -56,24 +102,35 @@ def main() -> None:
     parser.add_argument("--n-classes", type=int, default=13)
     parser.add_argument("--device", default="auto", help="where the workflow's probes are fitted (probe.device)")
     parser.add_argument("--compare", help="a second HDF5 file of the same layers and texts")
+    parser.add_argument("--answers", help="the model's answers (results/answers/{model}.tsv): time the default "
+                                          "protocol with the per-fit and the batched trainer")
+    parser.add_argument("--layers", default="all", help="'all' or comma-separated layers to load")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = probe_device(args.device)
 
     with h5py.File(args.hidden) as f:
-        layers = sorted(int(k.split("_")[1]) for k in f if k.startswith("residual_"))
+        layers = sorted(int(k.split("_")[1]) for k in f if k.startswith("residual_") and k != "residual_00")
+    if args.layers != "all":
+        layers = [int(v) for v in args.layers.split(",")]
     states = {layer: read_layer(args.hidden, layer) for layer in layers}
     label_id, positions = states[layers[0]][1]["label_id"], states[layers[0]][1]["positions"]
+    labels = [f"label {i}" for i in range(args.n_classes)]
     train, test = split_indices(label_id, 0.2, 42, stratify=False)
     n_probes = len(layers) * len(positions)
     print(f"{args.hidden}: {len(layers)} layers x {len(positions)} positions = {n_probes} probes, "
           f"{len(train)} train / {len(test)} test rows, {args.threads} threads")
+    if args.answers:
+        answers = pd.read_csv(args.answers, sep="\t")
+        default_protocol(states, answers, [c.removeprefix("logit_") for c in answers if c.startswith("logit_")],
+                         device)
 
     def workflow_probes(states: dict) -> dict:
-        """Per layer, the probe table of the reference's single 80/20 split, no control: the reference's probes."""
-        return {layer: probe_layer(x, meta["label_id"], positions, C=1.0, max_iter=1000, tol=1e-4, folds=0,
-                                   test_size=0.2, seed=42, stratify=False, n_classes=args.n_classes, control=False,
-                                   device=device)
+        """Per layer, the probe table of the reference's single 80/20 split, no control: the reference's probes,
+        fitted by the workflow's batched trainer."""
+        settings = dict(DEFAULT_PROTOCOL, folds=0, control=False)
+        return {layer: probe_layer_batched(x, [(np.arange(len(x)), meta["label_id"])], positions, label_names=labels,
+                                           device=device, **settings)[0][0]
                 for layer, (x, meta) in states.items()}
 
     start = time.perf_counter()

@@ -48,6 +48,16 @@ def location_module(block: torch.nn.Module, location: str) -> torch.nn.Module:
         raise ConfigError(f"locations: {type(block).__name__} has no {name!r} module to read {location!r} from") from None
 
 
+def state_module(model: torch.nn.Module, blocks: torch.nn.ModuleList, location: str, layer: int) -> torch.nn.Module:
+    """The module whose output is ``location`` of 1-based ``layer``; layer 0 of ``residual`` is the token
+    embedding (what enters the first block: in Gemma, already scaled by the square root of the width)."""
+    if layer == 0:
+        if location != "residual":
+            raise ValueError(f"layer 0 has only the residual stream (the token embeddings), not {location!r}")
+        return model.get_input_embeddings()
+    return location_module(blocks[layer - 1], location)
+
+
 def tokenize(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
     """Token ids of each prompt, with the model's special tokens and no truncation."""
     return tokenizer(list(prompts), add_special_tokens=True, truncation=False)["input_ids"]
@@ -214,7 +224,7 @@ def hidden_states_batch(
     ----------
     model : the base decoder (no LM head).
     blocks : its decoder blocks; layers are 1-based indices into them.
-    keys : ``(location, layer)`` pairs, location a key of :data:`LOCATION_MODULES`.
+    keys : ``(location, layer)`` pairs, location a key of :data:`LOCATION_MODULES` (see :func:`state_module`).
     positions : negative offsets from the end of each prompt.
     token_ids : the prompts' tokens, without the first ``prefix.length`` when a prefix is given.
     prefix : the shared prefix whose keys and values precede every prompt of the batch.
@@ -230,7 +240,7 @@ def hidden_states_batch(
     if not bool(attention_mask[:, -1].all()):
         raise RuntimeError("left padding failed: position -1 is not a real token in every row")
     columns = torch.as_tensor([input_ids.shape[1] + p for p in positions], device=device)
-    with RetainOutputs({(location, layer): location_module(blocks[layer - 1], location) for location, layer in keys},
+    with RetainOutputs({(location, layer): state_module(model, blocks, location, layer) for location, layer in keys},
                        select=lambda h: h.index_select(1, columns), stop=True) as trace:
         model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
               past_key_values=prefix.cache if prefix is not None else None, use_cache=prefix is not None)
@@ -284,7 +294,7 @@ def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], l
     Parameters
     ----------
     prompts : pandas.DataFrame with ``row_id``, ``label_id`` and ``prompt`` columns.
-    layers : 1-based decoder layers to keep.
+    layers : 1-based decoder layers to keep; 0 keeps the token embeddings as layer 0 of the residual stream.
     locations : where in each of them to read, keys of :data:`LOCATION_MODULES`.
     attrs : recorded as file attributes (model source, template, versions ...).
 
@@ -299,7 +309,7 @@ def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], l
     from emoprobe.models import decoder_layers
 
     blocks = decoder_layers(model)
-    keys = [(location, layer) for layer in layers for location in locations]
+    keys = [(location, layer) for layer in layers for location in locations if layer > 0 or location == "residual"]
     token_ids = tokenize(tokenizer, prompts["prompt"])
     lengths = [len(ids) for ids in token_ids]
     check_positions(lengths, positions, prompts["row_id"].tolist())

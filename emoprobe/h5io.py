@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -167,3 +168,65 @@ def read_layer(path, layer: int, location: str = "residual", positions: list[int
         raise HiddenFileError(f"{path}: dataset {key!r} holds non-finite values")
     meta = {"row_id": row_id, "label_id": label_id, "positions": stored, "attrs": attrs}
     return states.astype(np.float32, copy=False), meta
+
+
+def write_predictions(path, problems: dict[str, dict], *, layers: Sequence[int], positions: Sequence[int],
+                      attrs: dict) -> None:
+    """Store the pooled out-of-fold predictions of every probe of one job, atomically.
+
+    Layout: a group per problem (``{subset}/{target}``) holding ``row_id``, ``label_id`` and
+    ``control_label_id`` (int64 [m]) and ``predicted``, ``control_predicted`` (int8
+    [n_layers, n_positions, m], label ids, -1 where there is no control); ``/layers`` and
+    ``/positions`` say what the two leading axes are. Problems with nothing scored are left out.
+
+    Parameters
+    ----------
+    problems : ``{name: {"row_id", "label_id", "control_label_id": [m], "predicted",
+        "control_predicted": [n_layers, n_positions, m]}}``
+    """
+    from emoprobe.io import atomic_path
+
+    with atomic_path(path) as partial, h5py.File(partial, "w") as f:
+        f.create_dataset("layers", data=np.asarray(layers, dtype=np.int64))
+        f.create_dataset("positions", data=np.asarray(positions, dtype=np.int64))
+        for name, arrays in problems.items():
+            group = f.create_group(name)
+            for key in ("row_id", "label_id", "control_label_id"):
+                group.create_dataset(key, data=np.asarray(arrays[key], dtype=np.int64))
+            for key in ("predicted", "control_predicted"):
+                group.create_dataset(key, data=np.asarray(arrays[key], dtype=np.int8))
+        for key, value in attrs.items():
+            f.attrs[key] = str(value) if isinstance(value, str) else json.dumps(value)
+
+
+def read_predictions(paths: Sequence) -> dict[str, dict]:
+    """The predictions of several jobs of one model and location (:func:`write_predictions`), joined along the
+    layers in layer order: ``{problem: {"row_id", "label_id", "control_label_id", "predicted",
+    "control_predicted", "layers", "positions"}}``. Raises :class:`HiddenFileError` when the jobs disagree on
+    a problem's texts or positions."""
+    joined: dict[str, dict] = {}
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            layers, positions = f["layers"][:], f["positions"][:].tolist()
+            names = [f"{subset}/{target}" for subset in f if isinstance(f[subset], h5py.Group) for target in f[subset]]
+            for name in names:
+                group = f[name]
+                part = {key: group[key][:] for key in group}
+                if name not in joined:
+                    joined[name] = {**part, "layers": [layers], "positions": positions,
+                                    "predicted": [part["predicted"]], "control_predicted": [part["control_predicted"]]}
+                    continue
+                seen = joined[name]
+                if not np.array_equal(seen["row_id"], part["row_id"]) or seen["positions"] != positions:
+                    raise HiddenFileError(f"{path}: problem {name!r} holds other texts or positions than the "
+                                          f"other prediction files of its model and location")
+                seen["layers"].append(layers)
+                seen["predicted"].append(part["predicted"])
+                seen["control_predicted"].append(part["control_predicted"])
+    for problem in joined.values():
+        layers = np.concatenate(problem["layers"])
+        order = np.argsort(layers)
+        problem["layers"] = layers[order]
+        for key in ("predicted", "control_predicted"):
+            problem[key] = np.concatenate(problem[key]).astype(np.int64)[order]
+    return joined

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
-from sklearn.metrics import f1_score
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch.optim.lbfgs import _strong_wolfe  # torch.optim.LBFGS's line search, a plain function
+
+from emoprobe.scores import INTERVAL, balanced_accuracy, score_predictions
 
 # Ridge added to the feature covariance in the preconditioner Q. It only changes how
 # fast L-BFGS converges, not where to; 0.2 (on standardised features) was fastest on
@@ -70,22 +71,6 @@ def fold_indices(label_id: np.ndarray, *, folds: int, test_size: float, seed: in
         return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(label_id, label_id))
 
 
-def interval(values: np.ndarray, n_test: int) -> tuple[float, float]:
-    """95 % interval of a mean accuracy.
-
-    Over k > 1 folds: Student's t interval of the fold accuracies, clipped to [0, 1].
-    Over one split: the Wilson score interval of ``n_test`` binary outcomes.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) > 1:
-        half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-        return max(float(values.mean() - half), 0.0), min(float(values.mean() + half), 1.0)
-    p, z = float(values[0]), stats.norm.ppf(0.975)
-    centre = (p + z * z / (2 * n_test)) / (1 + z * z / n_test)
-    half = z * np.sqrt(p * (1 - p) / n_test + z * z / (4 * n_test * n_test)) / (1 + z * z / n_test)
-    return centre - half, centre + half
-
-
 def subset_rows(subset: str, row_id: np.ndarray, answers: pd.DataFrame | None) -> np.ndarray:
     """Indices into ``row_id`` of the texts in ``subset``: ``all``, or ``model_correct`` (the texts whose
     ``answers`` row, as written by :func:`emoprobe.answers.answer_table`, is correct)."""
@@ -96,12 +81,6 @@ def subset_rows(subset: str, row_id: np.ndarray, answers: pd.DataFrame | None) -
     if len(missing):
         raise ValueError(f"the answers have no row for row_id(s) {missing[:5].tolist()}")
     return np.flatnonzero(correct.loc[row_id].to_numpy(dtype=bool))
-
-
-def majority_baseline(y_train: np.ndarray, y_test: np.ndarray) -> float:
-    """Test accuracy of always answering the most frequent training label (ties: smallest id)."""
-    majority = np.bincount(y_train).argmax()
-    return float(np.mean(y_test == majority))
 
 
 def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -299,66 +278,236 @@ def predict(x: np.ndarray, weights: np.ndarray, intercepts: np.ndarray) -> np.nd
     return (np.matmul(x, weights.transpose(0, 2, 1)) + intercepts[:, None, :]).argmax(-1)
 
 
-def probe_layer(states: np.ndarray, label_id: np.ndarray, positions: list[int], *, n_classes: int, C: float,
-                max_iter: int, tol: float, folds: int, test_size: float, seed: int, stratify: bool,
-                control: bool, device: str | torch.device = "cpu") -> pd.DataFrame:
+class Problem(NamedTuple):
+    """The texts and labels a probe is fitted and scored on, after setting aside what cannot be scored."""
+
+    rows: np.ndarray  # int64 [n]: indices of the texts kept
+    label_id: np.ndarray  # int64 [n]: their labels
+    labels: np.ndarray  # int64 [k]: the label ids kept, sorted
+    note: str  # why texts were set aside or nothing can be scored; "" when all is well
+
+    @property
+    def scorable(self) -> bool:
+        return len(self.rows) > 0
+
+
+def probe_problem(label_id: np.ndarray, label_names: Sequence[str], folds: int) -> Problem:
+    """Keep the labels with at least ``max(folds, 1)`` texts (each must appear in every test fold for
+    stratified folds and per-label recall to mean anything); refuse, with a note, a problem left with
+    fewer than two labels or fewer texts than folds.
+
+    ``label_names[i]`` names label id ``i``, for the note.
+    """
+    label_id = np.asarray(label_id, dtype=np.int64)
+    need = max(folds, 1)
+    counts = np.bincount(label_id, minlength=len(label_names))
+    kept = np.flatnonzero(counts >= need)
+    dropped = [f"{label_names[k]} ({counts[k]})" for k in np.flatnonzero((counts > 0) & (counts < need))]
+    notes = [f"set aside labels with fewer than {need} texts: {', '.join(dropped)}"] if dropped else []
+    rows = np.flatnonzero(np.isin(label_id, kept))
+    if len(kept) < 2 or len(rows) < max(folds, 2):
+        present = [label_names[k] for k in kept]
+        why = (f"{len(label_id)} text(s) of {np.count_nonzero(counts)} label(s): fewer than two labels with "
+               f"{need} or more texts ({', '.join(present) or 'none'}); nothing scored")
+        return Problem(np.empty(0, np.int64), np.empty(0, np.int64), kept, "; ".join(notes + [why]))
+    return Problem(rows, label_id[rows], kept, "; ".join(notes))
+
+
+FoldFit = Callable[[np.ndarray, np.ndarray, Sequence[np.ndarray]], list[tuple[np.ndarray, np.ndarray, int, bool]]]
+
+
+def out_of_fold(y: np.ndarray, n_classes: int, fit_fold: FoldFit, *, folds: int, test_size: float, seed: int,
+                stratify: bool, control: bool) -> dict:
+    """Out-of-fold predictions of a probe (and of its shuffled-label control), over the folds of
+    :func:`fold_indices`.
+
+    Parameters
+    ----------
+    y : numpy.ndarray of int64, shape [n], labels ``0..n_classes-1``, each present
+    fit_fold : ``(train, test, labellings)`` -> one ``(test_predicted [P, len(test)], train_predicted
+        [P, len(train)], n_iter, converged)`` per labelling, for ``P`` probes fitted on the same rows
+        (e.g. one per token position); ``labellings`` are the labels of the training rows
+    folds, test_size, stratify, seed : see :func:`fold_indices`
+    control : also fit each fold on ``y`` shuffled once with ``seed`` (same rows, same settings)
+
+    Returns
+    -------
+    dict with
+    tested : int64 [m], the rows predicted (all ``n`` under k-fold, the test split with ``folds=0``)
+    predicted, control_predicted : int64 [P, m] (control: -1 without control)
+    shuffled : int64 [m], the control's labels of the tested rows
+    majority : int64 [m], each tested row's training folds' most frequent label (ties: smallest id)
+    train_accuracy : float64 [P], mean over folds
+    n_train, n_test : of the first fold; folds, n_iter (the most over fits), converged (all fits)
+    """
+    splits = fold_indices(y, folds=folds, test_size=test_size, seed=seed, stratify=stratify)
+    shuffled = np.random.default_rng(seed).permutation(y)
+    predicted = control_predicted = None
+    majority = np.full(len(y), -1, dtype=np.int64)
+    train_accuracy, n_iters, converged = [], [], []
+    for train, test in splits:
+        labellings = [y, shuffled] if control else [y]
+        fits = fit_fold(train, test, [labels[train] for labels in labellings])
+        if predicted is None:
+            predicted, control_predicted = (np.full((len(fits[0][0]), len(y)), -1, dtype=np.int64) for _ in range(2))
+        predicted[:, test] = fits[0][0]
+        train_accuracy.append((fits[0][1] == y[train]).mean(axis=1))
+        if control:
+            control_predicted[:, test] = fits[1][0]
+        majority[test] = np.bincount(y[train], minlength=n_classes).argmax()
+        n_iters += [fit[2] for fit in fits]
+        converged += [fit[3] for fit in fits]
+    tested = np.sort(np.concatenate([test for _, test in splits]))
+    return {"tested": tested, "predicted": predicted[:, tested], "control_predicted": control_predicted[:, tested],
+            "shuffled": shuffled[tested], "majority": majority[tested],
+            "train_accuracy": np.mean(train_accuracy, axis=0), "n_train": len(splits[0][0]),
+            "n_test": len(splits[0][1]), "folds": len(splits), "n_iter": max(n_iters), "converged": all(converged)}
+
+
+def hidden_state_fits(states: np.ndarray, n_classes: int, *, C: float, max_iter: int, tol: float,
+                      device: str | torch.device = "cpu") -> FoldFit:
+    """The :data:`FoldFit` of the probes on ``states`` ``[n, n_positions, hidden_size]`` (float32): standardised
+    with the training rows' statistics, one probe per position (:func:`fit_multinomial`)."""
+
+    def fit_fold(train, test, labellings):
+        x_train, x_test = standardise(states[train], states[test])
+        fits = fit_multinomial(x_train, labellings, n_classes, C=C, max_iter=max_iter, tol=tol, device=device)
+        return [(predict(x_test, w, b), predict(x_train, w, b), n_iter, ok) for w, b, n_iter, ok in fits]
+
+    return fit_fold
+
+
+INTEGER_COLUMNS = ["n_texts", "n_labels", "folds", "n_train", "n_test", "n_iter"]
+SCORE_COLUMNS = ["n_texts", "n_labels", "balanced_accuracy", "balanced_low", "balanced_high", "accuracy",
+                 "accuracy_low", "accuracy_high", "kappa", "macro_f1", "control_balanced_accuracy", "control_accuracy",
+                 "selectivity", "balanced_chance", "majority_accuracy", "train_accuracy", "folds", "n_train", "n_test",
+                 "n_iter", "converged", "interval", "note"]
+
+
+def scored_rows(label_id: np.ndarray, predicted: np.ndarray, labels: np.ndarray, *,
+                control_labels: np.ndarray | None = None, control_predicted: np.ndarray | None = None,
+                majority: np.ndarray | None = None) -> list[dict]:
+    """One dict of :data:`SCORE_COLUMNS`' scores per row of ``predicted`` (``[n_rows, n]``, label ids).
+
+    ``labels``: the label ids of the problem (balanced chance is ``1 / len(labels)``); ``control_*``: the
+    shuffled-label control's labels ``[n]`` and predictions ``[n_rows, n]``; ``majority``: the majority-class
+    prediction of each text ``[n]``. Intervals: see :mod:`emoprobe.scores`.
+    """
+    rows = []
+    for r in range(len(predicted)):
+        row = {"n_texts": len(label_id), "n_labels": len(labels), "balanced_chance": 1.0 / len(labels),
+               **score_predictions(label_id, predicted[r], labels), "interval": INTERVAL}
+        if control_predicted is not None:
+            row["control_accuracy"] = float(np.mean(control_predicted[r] == control_labels))
+            row["control_balanced_accuracy"] = balanced_accuracy(control_labels, control_predicted[r], labels)
+            row["selectivity"] = row["balanced_accuracy"] - row["control_balanced_accuracy"]
+        if majority is not None:
+            row["majority_accuracy"] = float(np.mean(majority == label_id))
+        rows.append(row)
+    return rows
+
+
+def probe_layer(states: np.ndarray, label_id: np.ndarray, positions: list[int], *, label_names: Sequence[str],
+                C: float, max_iter: int, tol: float, folds: int, test_size: float, seed: int, stratify: bool,
+                control: bool, device: str | torch.device = "cpu") -> tuple[pd.DataFrame, dict | None]:
     """Fit and score a probe at every position of one layer, over every fold.
 
     Parameters
     ----------
     states : numpy.ndarray of float32, shape [n_texts, len(positions), hidden_size]
-    label_id : numpy.ndarray of int64, shape [n_texts]
-    n_classes : number of labels (ids are ``0..n_classes-1``)
-    folds, test_size, stratify, seed : see :func:`fold_indices`
-    control : also fit each fold on labels shuffled once with ``seed`` (same rows, same settings)
+    label_id : numpy.ndarray of int64, shape [n_texts], indices into ``label_names``
+    folds, test_size, stratify, seed : see :func:`fold_indices`; labels with fewer than ``folds`` texts are
+        set aside (:func:`probe_problem`)
+    control : also fit each fold on labels shuffled once with ``seed``
     device : where to fit (see :func:`probe_device`)
 
     Returns
     -------
-    pandas.DataFrame
-        One row per position: ``position, accuracy`` (mean over folds), ``ci_low, ci_high`` (see
-        :func:`interval`), ``macro_f1, train_accuracy, control_accuracy, selectivity`` (accuracy minus
-        control accuracy; NaN without control), ``chance`` (majority-class accuracy), ``n_texts, n_train,
-        n_test`` (per fold, the first fold's), ``folds, n_iter`` (the most over fits), ``converged`` (all fits).
+    table : pandas.DataFrame, one row per position: ``position`` and :data:`SCORE_COLUMNS` (scores NaN and
+        ``note`` saying why when nothing can be scored)
+    predictions : None when nothing was scored, else a dict of the pooled out-of-fold predictions in label
+        ids: ``rows`` int64 [m] (indices into ``states``), ``label_id`` [m], ``predicted`` [P, m],
+        ``control_label_id`` [m] and ``control_predicted`` [P, m] (-1 without control)
     """
-    columns = ["position", "accuracy", "ci_low", "ci_high", "macro_f1", "train_accuracy", "control_accuracy",
-               "selectivity", "chance", "n_texts", "n_train", "n_test", "folds", "n_iter", "converged"]
-    if len(label_id) < max(folds, 2) or len(np.unique(label_id)) < 2:
-        # Too few texts (or one label only) to fit and score a probe: a row of NaN says so.
-        return pd.DataFrame({"position": positions, "n_texts": len(label_id), "converged": False},
-                            columns=columns)
-    splits = fold_indices(label_id, folds=folds, test_size=test_size, seed=seed, stratify=stratify)
-    shuffled = np.random.default_rng(seed).permutation(label_id)
-    fit = dict(C=C, max_iter=max_iter, tol=tol, device=device)
-    scores = {key: [] for key in ("accuracy", "macro_f1", "train_accuracy", "control_accuracy", "chance")}
-    n_iters, converged = [], []
-    for train, test in splits:
-        x_train, x_test = standardise(states[train], states[test])
-        labellings = [label_id, shuffled] if control else [label_id]
-        fits = fit_multinomial(x_train, [y[train] for y in labellings], n_classes, **fit)
-        weights, intercepts, n_iter, ok = fits[0]
-        predicted = predict(x_test, weights, intercepts)
-        scores["accuracy"].append((predicted == label_id[test]).mean(axis=1))
-        scores["macro_f1"].append([f1_score(label_id[test], p, average="macro") for p in predicted])
-        scores["train_accuracy"].append((predict(x_train, weights, intercepts) == label_id[train]).mean(axis=1))
-        scores["chance"].append(np.full(len(positions), majority_baseline(label_id[train], label_id[test])))
-        if control:
-            weights, intercepts, _, _ = fits[1]
-            scores["control_accuracy"].append((predict(x_test, weights, intercepts) == shuffled[test]).mean(axis=1))
-        else:
-            scores["control_accuracy"].append(np.full(len(positions), np.nan))
-        n_iters += [n for _, _, n, _ in fits]
-        converged += [ok for _, _, _, ok in fits]
-    per_fold = {key: np.asarray(values) for key, values in scores.items()}  # each [n_folds, P]
-    table = pd.DataFrame({"position": positions, **{key: v.mean(axis=0) for key, v in per_fold.items()}})
-    bounds = [interval(per_fold["accuracy"][:, p], len(splits[0][1])) for p in range(len(positions))]
-    table.insert(2, "ci_low", [low for low, _ in bounds])
-    table.insert(3, "ci_high", [high for _, high in bounds])
-    table["selectivity"] = table["accuracy"] - table["control_accuracy"]
-    table["n_texts"] = len(label_id)
-    table["n_train"] = len(splits[0][0])
-    table["n_test"] = len(splits[0][1])
-    table["folds"] = len(splits)
-    table["n_iter"] = max(n_iters)
-    table["converged"] = all(converged)
-    return table[columns]
+    problem = probe_problem(label_id, label_names, folds)
+    if not problem.scorable:
+        return unscored_table(problem, positions), None
+    y = np.searchsorted(problem.labels, problem.label_id)  # 0..k-1
+    fit_fold = hidden_state_fits(states[problem.rows], len(problem.labels), C=C, max_iter=max_iter, tol=tol,
+                                 device=device)
+    cv = out_of_fold(y, len(problem.labels), fit_fold, folds=folds, test_size=test_size, seed=seed, stratify=stratify,
+                     control=control)
+    return cross_validated_table(problem, y, cv, positions, control=control)
+
+
+def score_table(rows, positions: Sequence) -> pd.DataFrame:
+    """``position`` and :data:`SCORE_COLUMNS` from ``rows`` (dicts or a table), counts as nullable integers."""
+    table = pd.DataFrame(rows).assign(position=list(positions)).reindex(columns=["position", *SCORE_COLUMNS])
+    return table.astype({column: "Int64" for column in ["position", *INTEGER_COLUMNS]})
+
+
+def unscored_table(problem: Problem, positions: Sequence) -> pd.DataFrame:
+    """Rows of :data:`SCORE_COLUMNS` for a problem with nothing to score: NaN scores, the note saying why."""
+    return score_table({"n_texts": [0] * len(positions), "n_labels": len(problem.labels), "converged": False,
+                        "note": problem.note}, positions)
+
+
+def cross_validated_table(problem: Problem, y: np.ndarray, cv: dict, positions: Sequence, *, control: bool
+                          ) -> tuple[pd.DataFrame, dict]:
+    """The scores (one row per position) and predictions of :func:`probe_layer` from :func:`out_of_fold`'s
+    ``cv`` of ``problem``, whose labels are ``y`` (``0..k-1`` over ``problem.labels``)."""
+    ids = problem.labels
+    truth, predicted, majority = ids[y[cv["tested"]]], ids[cv["predicted"]], ids[cv["majority"]]
+    control_labels, control_predicted = (ids[cv["shuffled"]], ids[cv["control_predicted"]]) if control else (None, None)
+    rows = scored_rows(truth, predicted, np.unique(truth), control_labels=control_labels,
+                       control_predicted=control_predicted, majority=majority)
+    table = pd.DataFrame(rows).assign(train_accuracy=cv["train_accuracy"], folds=cv["folds"], n_train=cv["n_train"],
+                                      n_test=cv["n_test"], n_iter=cv["n_iter"], converged=cv["converged"],
+                                      note=problem.note)
+    predictions = {"rows": problem.rows[cv["tested"]], "label_id": truth, "predicted": predicted,
+                   "control_label_id": control_labels if control else np.full(len(truth), -1),
+                   "control_predicted": control_predicted if control else np.full_like(predicted, -1)}
+    return score_table(table, positions), predictions
+
+
+def probe_targets(subsets: Sequence[str], answer_probe: bool, row_id: np.ndarray, label_id: np.ndarray,
+                  answers: pd.DataFrame | None, labels: Sequence[str]
+                  ) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """The probing problems of one layer: ``(subset, target, rows, label_id)`` with ``rows`` indices into
+    ``row_id`` and ``label_id`` the labels to predict there.
+
+    ``target`` ``label`` predicts the true label on each of ``subsets``; with ``answer_probe``, ``answer``
+    predicts the model's own answer (``answers``, as written by :func:`emoprobe.answers.answer_table`;
+    ``labels`` in label-id order) on all texts: where the model's decision forms.
+    """
+    problems = []
+    for subset in subsets:
+        rows = subset_rows(subset, row_id, answers)
+        problems.append((subset, "label", rows, label_id[rows]))
+    if answer_probe:
+        answer = answers.set_index("row_id")["answer"].loc[row_id]
+        unknown = sorted(set(answer) - set(labels))
+        if unknown:
+            raise ValueError(f"the answers name labels {unknown} that are not in dataset.labels")
+        problems.append(("all", "answer", np.arange(len(row_id)), np.searchsorted(np.asarray(labels),
+                                                                                  answer.to_numpy(dtype=str))))
+    return problems
+
+
+def subset_table(prompts: pd.DataFrame, answers: dict[str, pd.DataFrame], *, subsets: Sequence[str],
+                 answer_probe: bool, labels: Sequence[str], folds: int) -> pd.DataFrame:
+    """One row per (model, subset, target): ``n_texts`` in the subset, ``n_scored`` after :func:`probe_problem`
+    sets aside labels with too few texts, ``n_labels`` kept, a column of texts per label, and the ``note``.
+
+    ``prompts``: the prompts table (``row_id``, ``label_id``); ``answers``: each model's answers table.
+    """
+    rows = []
+    for model, table in answers.items():
+        for subset, target, picked, label_id in probe_targets(subsets, answer_probe, prompts["row_id"].to_numpy(),
+                                                              prompts["label_id"].to_numpy(), table, labels):
+            problem = probe_problem(label_id, labels, folds)
+            counts = np.bincount(label_id, minlength=len(labels))
+            rows.append({"model": model, "subset": subset, "target": target, "n_texts": len(picked),
+                         "n_scored": len(problem.rows), "n_labels": len(problem.labels),
+                         **dict(zip(labels, counts.tolist())), "note": problem.note})
+    return pd.DataFrame(rows)

@@ -2,64 +2,86 @@
 
 from __future__ import annotations
 
-import re
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-KEYS = ["model", "location", "subset", "layer", "position"]
-COLUMNS = KEYS + ["accuracy", "ci_low", "ci_high", "macro_f1", "train_accuracy", "control_accuracy", "selectivity",
-                  "chance", "n_texts", "n_train", "n_test", "folds", "n_iter", "converged"]
+from emoprobe.probes import INTEGER_COLUMNS, SCORE_COLUMNS
+
+KEYS = ["model", "location", "subset", "target", "layer", "position"]
+COLUMNS = KEYS + SCORE_COLUMNS
+# Rows of accuracy.tsv that are not probes of a hidden-state location, in the order they follow them.
+BASELINES = ["logit_lens", "text"]
+TARGETS = ["label", "answer"]
+# The model's own readout (logit lens) giving its final answer on at least this share of texts marks the layers at
+# which a linear probe on model_correct can score by recovering the LM head (label = answer there).
+CIRCULAR_AGREEMENT = 0.9
 
 
-def read_probe_table(path: str) -> pd.DataFrame:
-    """A table written by ``scripts/fit_probes.py`` at ``results/probes/{model}/{location}/layersFF-LL.tsv``,
-    with ``model`` and ``location`` columns from its path."""
-    model, location = re.search(r"probes/(.+)/(\w+)/layers\d+-\d+\.tsv$", str(path)).groups()
-    return pd.read_csv(path, sep="\t").assign(model=model, location=location)
+def read_score_table(path: str) -> pd.DataFrame:
+    """A table of probe or baseline scores (``scripts/fit_probes.py``, ``fit_text_baseline.py``,
+    ``logit_lens.py``), with its integer columns as nullable integers (a text baseline has no layer)."""
+    integers = {column: "Int64" for column in ["layer", "position", *INTEGER_COLUMNS]}
+    return pd.read_csv(path, sep="\t", dtype={**integers, "note": str}).fillna({"note": ""})
 
 
-def accuracy_table(probe_tables: Sequence[pd.DataFrame], models: Sequence[str], locations: Sequence[str],
+def accuracy_table(tables: Sequence[pd.DataFrame], models: Sequence[str], locations: Sequence[str],
                    subsets: Sequence[str]) -> pd.DataFrame:
-    """Stack probe tables into one tidy table, ordered as the config lists models, locations, subsets.
-
-    Parameters
-    ----------
-    probe_tables : tables written by ``scripts/fit_probes.py``, with ``model`` and ``location`` columns added.
-    """
-    table = pd.concat(probe_tables, ignore_index=True)[COLUMNS]
-    order = {"model": models, "location": locations, "subset": subsets}
-    table = table.sort_values(KEYS, ascending=[True, True, True, True, False],
+    """Stack score tables into one tidy table of :data:`COLUMNS`, ordered as the config lists models, locations
+    (then the baselines), subsets; targets, layers, positions (last token first)."""
+    table = pd.concat(tables, ignore_index=True)[COLUMNS]
+    order = {"model": models, "location": [*locations, *BASELINES], "subset": subsets, "target": TARGETS}
+    table = table.sort_values(KEYS, ascending=[True, True, True, True, True, False], na_position="first",
                               key=lambda s: s.map({v: i for i, v in enumerate(order[s.name])}) if s.name in order else s)
     return table.reset_index(drop=True)
 
 
-def peak(rows: pd.DataFrame) -> pd.Series:
-    """The row of highest accuracy (the first such in table order)."""
-    return rows.loc[rows["accuracy"].idxmax()]
+def circular_layers(table: pd.DataFrame, model: str, position: int = -1) -> list[int]:
+    """Layers at which ``model``'s logit lens gives its final answer on at least :data:`CIRCULAR_AGREEMENT` of all
+    texts: there a linear probe of the ``model_correct`` texts can recover the LM head (label = answer)."""
+    lens = table[(table["model"] == model) & (table["location"] == "logit_lens") & (table["subset"] == "all")
+                 & (table["target"] == "answer") & (table["position"] == position)]
+    return sorted(int(layer) for layer in lens.loc[lens["accuracy"] >= CIRCULAR_AGREEMENT, "layer"])
 
 
-def by_layer_text(table: pd.DataFrame, model: str) -> str:
-    """Plain-text view of one model: residual-stream accuracy by layer and position per subset, then the peak of
-    every location and subset with its interval and selectivity."""
+def problems_of(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (subset, target) pairs of ``table``, in table order."""
+    return list(dict.fromkeys(zip(table["subset"], table["target"])))
+
+
+def by_layer_text(table: pd.DataFrame, localisation: pd.DataFrame, model: str) -> str:
+    """Plain-text view of one model: residual-stream balanced accuracy by layer and position per problem, then
+    where each location's probe forms (:mod:`emoprobe.scores`) and the baselines."""
     lines = []
-    rows = table[table["model"] == model]
-    for subset, part in rows[rows["location"] == "residual"].groupby("subset", sort=False):
+    rows = table[(table["model"] == model)]
+    probes = rows[~rows["location"].isin(BASELINES)]
+    for (subset, target), part in probes[probes["location"] == "residual"].groupby(["subset", "target"], sort=False):
         first = part.iloc[0]
-        wide = part.pivot(index="layer", columns="position", values="accuracy").sort_index(axis=1, ascending=False)
+        wide = part.pivot(index="layer", columns="position", values="balanced_accuracy").sort_index(axis=1,
+                                                                                                      ascending=False)
         lines += [
-            f"{model}, residual stream, subset {subset}: accuracy by layer ({first.n_texts} texts, "
-            f"{first.folds} fold(s) of {first.n_test} test texts, majority-class chance {first.chance:.3f})",
+            f"{model}, residual stream (layer 0: token embeddings), {subset} texts, target {target}: balanced accuracy "
+            f"by layer ({first.n_texts} texts, {first.n_labels} labels, chance {first.balanced_chance:.3f}; "
+            f"{first.folds} fold(s))" + (f"; {first.note}" if first.note else ""),
             "layer " + " ".join(f"{'token ' + str(p):>10}" for p in wide.columns),
         ]
         lines += [f"{layer:>5} " + " ".join(f"{v:>10.3f}" for v in values) for layer, values in wide.iterrows()]
         lines.append("")
-    for (location, subset), part in rows.groupby(["location", "subset"], sort=False):
-        best = peak(part)
-        lines.append(f"peak {location:<9} {subset:<13}: {best.accuracy:.3f} [{best.ci_low:.3f}, {best.ci_high:.3f}] "
-                     f"at layer {best.layer}, token {best.position}; macro-F1 {best.macro_f1:.3f}, "
-                     f"selectivity {best.selectivity:.3f}")
+    places = localisation[(localisation["model"] == model) & (localisation["position"] == -1)]
+    for _, place in places.iterrows():
+        lines.append(
+            f"{place.location:<10} {place.subset:<13} {place.target:<6}: peak layer {place.peak_layer} "
+            f"[{place.peak_low}, {place.peak_high}] ({place.peak_score:.3f} [{place.peak_score_low:.3f}, "
+            f"{place.peak_score_high:.3f}]), onset {place.onset_layer} [{place.onset_low}, {place.onset_high}], "
+            f"plateau from {place.plateau_layer} [{place.plateau_low}, {place.plateau_high}]")
+    for _, text in rows[rows["location"] == "text"].iterrows():
+        lines.append(f"text baseline {text.subset} / {text.target}: balanced accuracy {text.balanced_accuracy:.3f} "
+                     f"[{text.balanced_low:.3f}, {text.balanced_high:.3f}]")
+    unscored = rows[rows["balanced_accuracy"].isna()].drop_duplicates(["location", "subset", "target"])
+    for _, row in unscored.iterrows():
+        lines.append(f"not scored: {row.location} {row.subset} / {row.target}: {row.note}")
     return "\n".join(lines) + "\n"
 
 
@@ -89,70 +111,127 @@ def _pyplot():
     return plt
 
 
-def plot_accuracy_by_layer(table: pd.DataFrame, png: str, pdf: str, position: int = -1) -> None:
-    """Accuracy vs layer at ``position``: a panel per (subset, model), a line per location with its 95 %
-    interval as a band, majority-class chance dashed."""
+LANDMARKS = {"onset": "o", "plateau": "s", "peak": "^"}
+
+
+def _mark_landmarks(ax, places: pd.DataFrame, colours: Mapping[str, str], by: str, unit: str = "layer") -> None:
+    """Onset, plateau start and peak of each row of ``places`` (a line of :data:`LANDMARKS` markers with their
+    bootstrap intervals, horizontal) in a strip at the bottom of ``ax``, coloured by ``colours[row[by]]``;
+    ``unit``: ``layer`` or ``depth``."""
+    for i, (_, place) in enumerate(places.iterrows()):
+        for landmark, marker in LANDMARKS.items():
+            key = f"{landmark}_layer" if unit == "layer" else f"{landmark}_depth"
+            stem = landmark if unit == "layer" else key
+            centre, low, high = place[key], place[f"{stem}_low"], place[f"{stem}_high"]
+            y = 0.03 + 0.05 * i + 0.012 * (list(LANDMARKS).index(landmark) - 1)
+            ax.errorbar([centre], [y], xerr=[[centre - low], [high - centre]], fmt=marker,
+                        color=colours[place[by]], markersize=4, capsize=2, linewidth=1)
+
+
+def plot_accuracy_by_layer(table: pd.DataFrame, localisation: pd.DataFrame, png: str, pdf: str,
+                           position: int = -1) -> None:
+    """Balanced accuracy vs layer at ``position``: a panel per problem (subset and target, rows) and model
+    (columns), a line per location with its 95 % band (the residual stream from layer 0, the embeddings), the
+    logit lens dashed, the text baseline dotted, chance (1 / labels) grey; onset (o), plateau start (s) and peak
+    (^) of each location with their intervals at the bottom; on ``model_correct`` panels the layers of
+    :func:`circular_layers` shaded."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    table = table[table["position"] == position]
-    models, subsets = list(dict.fromkeys(table["model"])), list(dict.fromkeys(table["subset"]))
-    figure, axes = plt.subplots(len(subsets), len(models), figsize=(4.2 * len(models), 3.2 * len(subsets)),
+    models = list(dict.fromkeys(table["model"]))
+    problems = problems_of(table)
+    at = table[(table["position"] == position) | table["location"].eq("text")]
+    figure, axes = plt.subplots(len(problems), len(models), figsize=(4.4 * len(models), 3.3 * len(problems)),
                                 squeeze=False, sharey=True)
-    for i, subset in enumerate(subsets):
+    for i, (subset, target) in enumerate(problems):
         for j, model in enumerate(models):
-            ax, part = axes[i, j], table[(table["model"] == model) & (table["subset"] == subset)]
-            for location, rows in part.groupby("location", sort=False):
-                line, = ax.plot(rows["layer"], rows["accuracy"], marker="o", markersize=3, label=location)
-                ax.fill_between(rows["layer"], rows["ci_low"], rows["ci_high"], color=line.get_color(), alpha=0.2)
-            ax.axhline(part["chance"].mean(), color="grey", linestyle="--", linewidth=1, label="majority class")
-            ax.set_title(f"{model} ({subset} texts)", fontsize=10)
-            ax.set_xlabel("layer")
+            ax = axes[i, j]
+            part = at[(at["model"] == model) & (at["subset"] == subset) & (at["target"] == target)]
+            colours = {}
+            for location, rows in part[~part["location"].isin(BASELINES)].groupby("location", sort=False):
+                line, = ax.plot(rows["layer"], rows["balanced_accuracy"], marker="o", markersize=2.5, label=location)
+                ax.fill_between(rows["layer"].astype(float), rows["balanced_low"], rows["balanced_high"],
+                                color=line.get_color(), alpha=0.2)
+                colours[location] = line.get_color()
+            lens = part[part["location"] == "logit_lens"]
+            if len(lens):
+                ax.plot(lens["layer"], lens["balanced_accuracy"], color="black", linestyle="--", linewidth=1,
+                        label="logit lens")
+            text = part[part["location"] == "text"]
+            if len(text) and text["balanced_accuracy"].notna().all():
+                ax.axhline(text["balanced_accuracy"].iloc[0], color="tab:brown", linestyle=":", linewidth=1.5,
+                           label="text (TF-IDF)")
+            chance = part["balanced_chance"].dropna()
+            if len(chance):
+                ax.axhline(chance.iloc[0], color="grey", linestyle="-", linewidth=0.8, label="chance (1 / labels)")
+            if subset == "model_correct" and (shaded := circular_layers(table, model, position)):
+                ax.axvspan(shaded[0] - 0.5, shaded[-1] + 0.5, color="grey", alpha=0.15, linewidth=0,
+                           label="readout = answer (circular)")
+            places = localisation[(localisation["model"] == model) & (localisation["subset"] == subset)
+                                  & (localisation["target"] == target) & (localisation["position"] == position)
+                                  & localisation["location"].isin(colours)]
+            _mark_landmarks(ax, places, colours, by="location")
+            if part["balanced_accuracy"].isna().all():
+                note = textwrap.fill(part["note"].iloc[0].rsplit("; ", 1)[-1], 45)
+                ax.text(0.5, 0.5, f"not scored:\n{note}", ha="center", va="center", transform=ax.transAxes,
+                        fontsize=7)
+                ax.set_xlim(part["layer"].min() - 0.5, part["layer"].max() + 0.5)
+            ax.set_title(f"{model}: {subset} texts, target {target}", fontsize=10)
+            ax.set_xlabel("layer (0 = token embeddings)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(0, 1)
-        axes[i, 0].set_ylabel(f"probe accuracy, token {position}")
+        axes[i, 0].set_ylabel(f"balanced accuracy, token {position}")
+    axes[0, -1].legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    save(figure, png, pdf)
+
+
+def plot_accuracy_by_depth(table: pd.DataFrame, localisation: pd.DataFrame, n_layers: Mapping[str, int], png: str,
+                           pdf: str, location: str = "residual", position: int = -1) -> None:
+    """All models in one panel per problem, on normalised depth (layer / number of layers), with each model's
+    onset, plateau start and peak (intervals in depth) at the bottom."""
+    plt = _pyplot()
+
+    table = table[(table["location"] == location) & (table["position"] == position) & (table["layer"] >= 1)]
+    problems = problems_of(table)
+    figure, axes = plt.subplots(1, len(problems), figsize=(4.5 * len(problems), 3.5), squeeze=False, sharey=True)
+    for ax, (subset, target) in zip(axes[0], problems):
+        colours = {}
+        part = table[(table["subset"] == subset) & (table["target"] == target)]
+        for model, rows in part.groupby("model", sort=False):
+            depth = rows["layer"].astype(float) / n_layers[model]
+            line, = ax.plot(depth, rows["balanced_accuracy"], marker="o", markersize=2.5, label=model)
+            ax.fill_between(depth, rows["balanced_low"], rows["balanced_high"], color=line.get_color(), alpha=0.15)
+            colours[model] = line.get_color()
+        places = localisation[(localisation["location"] == location) & (localisation["subset"] == subset)
+                              & (localisation["target"] == target) & (localisation["position"] == position)
+                              & localisation["model"].isin(colours)]
+        _mark_landmarks(ax, places, colours, by="model", unit="depth")
+        ax.set_title(f"{location} stream, token {position}: {subset} texts, target {target}", fontsize=9)
+        ax.set_xlabel("layer / number of layers")
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1)
+    axes[0, 0].set_ylabel("balanced accuracy")
     axes[0, -1].legend(fontsize=8, loc="upper left")
     figure.tight_layout()
     save(figure, png, pdf)
 
 
-def plot_accuracy_by_depth(table: pd.DataFrame, n_layers: Mapping[str, int], png: str, pdf: str,
-                           location: str = "residual", position: int = -1) -> None:
-    """All models in one panel per subset, on normalised depth (layer / number of layers)."""
-    plt = _pyplot()
-
-    table = table[(table["location"] == location) & (table["position"] == position)]
-    subsets = list(dict.fromkeys(table["subset"]))
-    figure, axes = plt.subplots(1, len(subsets), figsize=(4.5 * len(subsets), 3.4), squeeze=False, sharey=True)
-    for ax, subset in zip(axes[0], subsets):
-        for model, rows in table[table["subset"] == subset].groupby("model", sort=False):
-            depth = rows["layer"] / n_layers[model]
-            line, = ax.plot(depth, rows["accuracy"], marker="o", markersize=3, label=model)
-            ax.fill_between(depth, rows["ci_low"], rows["ci_high"], color=line.get_color(), alpha=0.15)
-        ax.set_title(f"{location} stream, token {position}, {subset} texts", fontsize=10)
-        ax.set_xlabel("layer / number of layers")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-    axes[0, 0].set_ylabel("probe accuracy")
-    axes[0, -1].legend(fontsize=8)
-    figure.tight_layout()
-    save(figure, png, pdf)
-
-
 def plot_layer_position(table: pd.DataFrame, model: str, png: str, pdf: str, location: str = "residual") -> None:
-    """Heatmap of accuracy over layer x token position for one model, a panel per subset."""
+    """Heatmap of balanced accuracy over layer x token position for one model, a panel per problem."""
     plt = _pyplot()
     import seaborn as sns
 
     table = table[(table["model"] == model) & (table["location"] == location)]
-    subsets = list(dict.fromkeys(table["subset"]))
+    problems = problems_of(table)
     n_layers = table["layer"].nunique()
-    figure, axes = plt.subplots(1, len(subsets), figsize=(3.6 * len(subsets), 1.2 + 0.22 * n_layers), squeeze=False)
-    for ax, subset in zip(axes[0], subsets):
-        wide = table[table["subset"] == subset].pivot(index="layer", columns="position", values="accuracy")
+    figure, axes = plt.subplots(1, len(problems), figsize=(3.6 * len(problems), 1.2 + 0.22 * n_layers), squeeze=False)
+    for ax, (subset, target) in zip(axes[0], problems):
+        part = table[(table["subset"] == subset) & (table["target"] == target)]
+        wide = part.pivot(index="layer", columns="position", values="balanced_accuracy")
         sns.heatmap(wide.sort_index(axis=1, ascending=False), ax=ax, vmin=0, vmax=1, cmap="viridis", annot=True,
-                    fmt=".2f", annot_kws={"fontsize": 6}, cbar_kws={"label": "accuracy"})
-        ax.set_title(f"{model}, {location}, {subset} texts", fontsize=10)
+                    fmt=".2f", annot_kws={"fontsize": 6}, cbar_kws={"label": "balanced accuracy"})
+        ax.set_title(f"{model}, {location}: {subset} texts, target {target}", fontsize=9)
         ax.set_xlabel("token position")
     figure.tight_layout()
     save(figure, png, pdf)

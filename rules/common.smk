@@ -51,10 +51,10 @@ MODELS = list(config["models"])
 GGUF_MODELS = [m for m in MODELS if model_source(m, config["models"][m]) == "gguf"]
 LAYERS = {m: list(range(1, config["models"][m]["n_layers"] + 1)) for m in MODELS}
 CHUNKS = {m: layer_chunks(config["models"][m]["n_layers"], chunk_size(config, m)) for m in MODELS}
-# Fits of one probe job per layer: every fold of every subset, and each fit's control.
-FITS_PER_LAYER = (
-    max(config["probe"]["folds"], 1) * len(config["probe"]["subsets"]) * (2 if config["probe"]["control"] else 1)
-)
+# Probing problems per layer: each subset with the true labels, and all texts with the model's answer.
+PROBLEMS_PER_LAYER = len(config["probe"]["subsets"]) + bool(config["probe"]["answer_probe"])
+# Fits of one probe job per layer: every fold of every problem, and each fit's control.
+FITS_PER_LAYER = max(config["probe"]["folds"], 1) * PROBLEMS_PER_LAYER * (2 if config["probe"]["control"] else 1)
 # Layers per probe job, within one chunk file: about probe.fits_per_job fits each.
 PROBE_GROUPS = {
     m: [
@@ -64,6 +64,8 @@ PROBE_GROUPS = {
     ]
     for m in MODELS
 }
+# Extraction stores the token embeddings as layer 0 of the residual stream, in the first chunk.
+EMBEDDING_LAYER = "residual" in config["locations"]
 
 
 wildcard_constraints:
@@ -115,8 +117,20 @@ def chunk_files(model):
 
 
 def chunk_of_layer(model, layer):
-    first, last = next(c for c in CHUNKS[model] if c[0] <= int(layer) <= c[1])
+    """The chunk file holding ``layer`` (layer 0, the embeddings, is in the first)."""
+    first, last = next(c for c in CHUNKS[model] if c[0] <= max(int(layer), 1) <= c[1])
     return chunk_file(model, first, last)
+
+
+def first_stored_layer(wildcards):
+    """The first layer an extraction job stores: 0 (the token embeddings) in the first chunk."""
+    return 0 if EMBEDDING_LAYER and int(wildcards.first) == 1 else int(wildcards.first)
+
+
+def probe_groups(model, location):
+    """``(first, last)`` layers of each probe job of ``location``; the residual stream's first starts at 0."""
+    return [(0 if location == "residual" and EMBEDDING_LAYER and first == 1 else first, last)
+            for first, last in PROBE_GROUPS[model]]
 
 
 def last_chunk_file(wildcards):
@@ -125,18 +139,42 @@ def last_chunk_file(wildcards):
 
 
 def probe_inputs(wildcards):
-    inputs = {"states": chunk_of_layer(wildcards.model, wildcards.first)}
-    if "model_correct" in config["probe"]["subsets"]:
-        inputs["answers"] = f"results/answers/{wildcards.model}.tsv"
+    return {"states": chunk_of_layer(wildcards.model, wildcards.first), **answers_input(wildcards)}
+
+
+def answers_input(wildcards):
+    """The model's answers, where a subset or target needs them."""
+    if "model_correct" in config["probe"]["subsets"] or config["probe"]["answer_probe"]:
+        return {"answers": f"results/answers/{wildcards.model}.tsv"}
+    return {}
+
+
+def chunk_index_of_layers(model):
+    """For each layer (0, the embeddings, included), the index of its chunk file in :func:`chunk_files`."""
+    return {layer: next(i for i, (first, last) in enumerate(CHUNKS[model]) if first <= max(layer, 1) <= last)
+            for layer in range(0, config["models"][model]["n_layers"] + 1)}
+
+
+def localisation_inputs(wildcards):
+    """The predictions of every location's probes and of the logit lens, by location."""
+    inputs = {location: probe_files(wildcards.model, location, "predictions.h5") for location in config["locations"]}
+    inputs["logit_lens"] = [f"results/baselines/{wildcards.model}/logit_lens.predictions.h5"]
     return inputs
 
 
-def probe_files(model):
+def probe_files(model, location=None, suffix="tsv"):
+    """The probe tables (``tsv``) or predictions (``predictions.h5``) of every job of a model, or of one location."""
     return [
-        f"results/probes/{model}/{location}/layers{first:02d}-{last:02d}.tsv"
-        for location in config["locations"]
-        for first, last in PROBE_GROUPS[model]
+        f"results/probes/{model}/{loc}/layers{first:02d}-{last:02d}.{suffix}"
+        for loc in ([location] if location else config["locations"])
+        for first, last in probe_groups(model, loc)
     ]
+
+
+def score_files():
+    """Every table of probe and baseline scores of the run."""
+    return [path for model in MODELS for path in probe_files(model)] + [
+        f"results/baselines/{model}/{kind}.tsv" for model in MODELS for kind in ("text", "logit_lens")]
 
 
 def appraisal_files():
@@ -221,7 +259,8 @@ def all_targets():
     """Every table and figure of the configured run."""
     figures = ["accuracy_by_layer", "accuracy_by_depth"]
     figures += [f"{kind}/{model}" for kind in ("layer_position", "confusion") for model in MODELS]
-    tables = ["results/accuracy.tsv", "results/answers.tsv", "results/config.yaml"]
+    tables = ["results/accuracy.tsv", "results/localisation.tsv", "results/subsets.tsv", "results/answers.tsv",
+              "results/config.yaml"]
     tables += expand("results/tables/{model}_accuracy_by_layer.txt", model=MODELS)
     if config["dataset"]["appraisal_columns"]:
         figures += [f"appraisal_r2/{model}" for model in MODELS]

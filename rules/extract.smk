@@ -12,6 +12,7 @@ rule extract_hidden_states:
         template=lambda wc: TEMPLATE,
         sample={key: config["dataset"][key] for key in ("limit", "seed")},
         extraction=lambda wc: extraction_settings(wc.model),
+        first_layer=first_stored_layer,
     log:
         "logs/extract_hidden_states/{model}/layers{first}-{last}.log",
     benchmark:

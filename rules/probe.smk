@@ -2,11 +2,14 @@ rule fit_probes:
     input:
         unpack(probe_inputs),
     output:
-        "results/probes/{model}/{location}/layers{first}-{last}.tsv",
+        table="results/probes/{model}/{location}/layers{first}-{last}.tsv",
+        predictions="results/probes/{model}/{location}/layers{first}-{last}.predictions.h5",
     params:
         code=script_code("fit_probes"),
-        probe=config["probe"],
-        n_classes=len(config["dataset"]["labels"]),
+        probe={key: value for key, value in config["probe"].items() if key not in ("fits_per_job", "bootstrap")},
+        labels=sorted(config["dataset"]["labels"]),
+        location=lambda wc: wc.location,
+        layers=lambda wc: list(range(int(wc.first), int(wc.last) + 1)),
     log:
         "logs/fit_probes/{model}/{location}/layers{first}-{last}.log",
     benchmark:
@@ -45,3 +48,107 @@ rule fit_appraisal_probes:
         "../envs/probe.yaml"
     script:
         "../scripts/fit_appraisal_probes.py"
+
+
+rule fit_text_baseline:
+    input:
+        unpack(answers_input),
+        prompts="results/corpus/prompts.tsv",
+    output:
+        "results/baselines/{model}/text.tsv",
+    params:
+        code=script_code("fit_text_baseline"),
+        probe={k: v for k, v in config["probe"].items() if k not in ("fits_per_job", "device", "bootstrap")},
+        labels=sorted(config["dataset"]["labels"]),
+    log:
+        "logs/fit_text_baseline/{model}.log",
+    benchmark:
+        "logs/benchmarks/fit_text_baseline/{model}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2048,
+        runtime=lambda wc, attempt: 30 * attempt,
+    conda:
+        "../envs/probe.yaml"
+    script:
+        "../scripts/fit_text_baseline.py"
+
+
+rule logit_lens:
+    input:
+        unpack(model_inputs),
+        states=lambda wc: chunk_files(wc.model),
+        answers="results/answers/{model}.tsv",
+    output:
+        table="results/baselines/{model}/logit_lens.tsv",
+        predictions="results/baselines/{model}/logit_lens.predictions.h5",
+    params:
+        code=script_code("logit_lens"),
+        model=lambda wc: config["models"][wc.model],
+        labels=sorted(config["dataset"]["labels"]),
+        words=config["answer"]["words"],
+        dtype=config["extraction"]["dtype"],
+        device=config["extraction"]["device"],
+        probe={key: config["probe"][key] for key in ("subsets", "answer_probe", "folds")},
+        layers=lambda wc: list(range(0 if EMBEDDING_LAYER else 1, config["models"][wc.model]["n_layers"] + 1)),
+        chunk_index=lambda wc: chunk_index_of_layers(wc.model),
+    log:
+        "logs/logit_lens/{model}.log",
+    benchmark:
+        "logs/benchmarks/logit_lens/{model}.tsv"
+    threads: 1
+    resources:
+        mem_mb=extraction_mem_mb,
+        runtime=lambda wc, attempt: 15 * attempt,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/logit_lens.py"
+
+
+rule localise:
+    input:
+        unpack(localisation_inputs),
+    output:
+        "results/localisation/{model}.tsv",
+    params:
+        code=script_code("localise"),
+        probe={key: config["probe"][key] for key in ("bootstrap", "seed")},
+        locations=lambda wc: list(localisation_inputs(wc)),
+        n_layers=lambda wc: config["models"][wc.model]["n_layers"],
+    log:
+        "logs/localise/{model}.log",
+    benchmark:
+        "logs/benchmarks/localise/{model}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4096,
+        runtime=lambda wc, attempt: 15 * attempt,
+    conda:
+        "../envs/probe.yaml"
+    script:
+        "../scripts/localise.py"
+
+
+rule count_subsets:
+    input:
+        prompts="results/corpus/prompts.tsv",
+        answers=expand("results/answers/{model}.tsv", model=MODELS),
+    output:
+        report("results/subsets.tsv", caption="../report/subsets_table.rst", category="Tables"),
+    params:
+        code=script_code("count_subsets"),
+        probe={key: config["probe"][key] for key in ("subsets", "answer_probe", "folds")},
+        labels=sorted(config["dataset"]["labels"]),
+        models=MODELS,
+    log:
+        "logs/count_subsets.log",
+    benchmark:
+        "logs/benchmarks/count_subsets.tsv"
+    resources:
+        mem_mb=1024,
+        runtime=5,
+    conda:
+        "../envs/probe.yaml"
+    script:
+        "../scripts/count_subsets.py"

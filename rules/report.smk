@@ -1,8 +1,11 @@
 rule aggregate_accuracy:
     input:
-        [path for model in MODELS for path in probe_files(model)],
+        scores=score_files(),
+        localisation=expand("results/localisation/{model}.tsv", model=MODELS),
     output:
         table=report("results/accuracy.tsv", caption="../report/accuracy_table.rst", category="Tables"),
+        localisation=report("results/localisation.tsv", caption="../report/localisation_table.rst",
+                            category="Tables"),
         text=expand("results/tables/{model}_accuracy_by_layer.txt", model=MODELS),
     params:
         code=script_code("aggregate_accuracy"),
@@ -82,7 +85,8 @@ rule aggregate_appraisal:
 
 rule plot_accuracy:
     input:
-        "results/accuracy.tsv",
+        table="results/accuracy.tsv",
+        localisation="results/localisation.tsv",
     output:
         layer_png=report("results/figures/accuracy_by_layer.png", caption="../report/accuracy_by_layer.rst",
                          category="Figures", subcategory="All models"),
@@ -115,6 +119,7 @@ rule plot_layer_position:
         pdf="results/figures/layer_position/{model}.pdf",
     params:
         code=script_code("plot_layer_position"),
+        model=lambda wc: wc.model,
     log:
         "logs/plot_layer_position/{model}.log",
     benchmark:

@@ -22,7 +22,7 @@ log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg = snakemake.wildcards.model, snakemake.params.model
 settings = snakemake.params.extraction
-layers = list(range(int(snakemake.wildcards.first), int(snakemake.wildcards.last) + 1))
+layers = list(range(snakemake.params.first_layer, int(snakemake.wildcards.last) + 1))
 source = model_source(name, model_cfg)
 path_or_id, revision, local_only = model_location(name, model_cfg, getattr(snakemake.input, "model_dir", None))
 device = pick_device(settings["device"])

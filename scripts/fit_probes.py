@@ -1,37 +1,55 @@
-"""Fit one probe per token position on one location of each layer of a chunk, for every subset of texts."""
+"""Fit one probe per token position on one location of each layer of a group, for every subset of texts and
+target, and keep each probe's pooled out-of-fold predictions."""
 
-import os
-
+import numpy as np
 import pandas as pd
 import torch
 
 from emoprobe.errors import log_to, reported_as_message
-from emoprobe.h5io import read_layer
-from emoprobe.probes import probe_device, probe_layer, subset_rows
+from emoprobe.h5io import read_layer, write_predictions
+from emoprobe.io import write_tsv
+from emoprobe.batched import probe_layer_batched
+from emoprobe.probes import probe_device, probe_targets
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-location, first, last = snakemake.wildcards.location, int(snakemake.wildcards.first), int(snakemake.wildcards.last)
+location, layers, labels = snakemake.params.location, snakemake.params.layers, snakemake.params.labels
 settings = snakemake.params.probe
 fit = {key: settings[key] for key in ("C", "max_iter", "tol", "folds", "test_size", "seed", "stratify", "control")}
 fit["device"] = probe_device(settings["device"])
 log.info("fitting on %s, %d threads", fit["device"], torch.get_num_threads())
 with reported_as_message():
     answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
-tables = []
-for layer in range(first, last + 1):
+tables, predictions = [], {}
+for layer in layers:
     with reported_as_message():
         states, meta = read_layer(snakemake.input.states, layer, location)
-    for subset in settings["subsets"]:
-        rows = subset_rows(subset, meta["row_id"], answers)
-        table = probe_layer(states[rows], meta["label_id"][rows], meta["positions"],
-                            n_classes=snakemake.params.n_classes, **fit)
-        tables.append(table.assign(layer=layer, subset=subset))
-        best = table.loc[table["accuracy"].idxmax()]
-        log.info("%s layer %d, %s (%d texts): best %.3f at token %d, %d iterations%s", location, layer, subset,
-                 len(rows), best.accuracy, best.position, table["n_iter"].max(),
-                 "" if table["converged"].all() else f", NOT converged to tol={settings['tol']:g}")
-table = pd.concat(tables, ignore_index=True)
-partial = snakemake.output[0] + ".partial"
-table.to_csv(partial, sep="\t", index=False, float_format="%.6f")
-os.replace(partial, snakemake.output[0])
+    problems = probe_targets(settings["subsets"], settings["answer_probe"], meta["row_id"], meta["label_id"], answers,
+                             labels)
+    fitted = probe_layer_batched(states, [(rows, label_id) for _, _, rows, label_id in problems], meta["positions"],
+                                 label_names=labels, **fit)
+    for (subset, target, rows, _), (table, predicted) in zip(problems, fitted):
+        tables.append(table.assign(model=snakemake.wildcards.model, location=location, subset=subset, target=target,
+                                   layer=layer))
+        if predicted is not None:
+            kept = predictions.setdefault(f"{subset}/{target}", {
+                "row_id": meta["row_id"][predicted["rows"]], "label_id": predicted["label_id"],
+                "control_label_id": predicted["control_label_id"], "predicted": [], "control_predicted": []})
+            kept["predicted"].append(predicted["predicted"])
+            kept["control_predicted"].append(predicted["control_predicted"])
+        scored = table.dropna(subset=["balanced_accuracy"])
+        if scored.empty:
+            log.info("%s layer %d, %s / %s: nothing scored: %s", location, layer, subset, target, table["note"].iloc[0])
+            continue
+        best = scored.loc[scored["balanced_accuracy"].idxmax()]
+        log.info("%s layer %d, %s / %s (%d texts): best balanced accuracy %.3f at token %d, %d iterations at most%s%s",
+                 location, layer, subset, target, best.n_texts, best.balanced_accuracy, best.position,
+                 table["n_iter"].max(), "" if table["converged"].all() else f", NOT converged to tol={settings['tol']:g}",
+                 f"; {best.note}" if best.note else "")
+write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
+write_predictions(snakemake.output.predictions,
+                  {name: {**arrays, "predicted": np.stack(arrays["predicted"]),
+                          "control_predicted": np.stack(arrays["control_predicted"])}
+                   for name, arrays in predictions.items()},
+                  layers=layers, positions=meta["positions"], attrs={"model": snakemake.wildcards.model,
+                                                                     "location": location, "labels": labels})

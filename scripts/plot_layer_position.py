@@ -1,11 +1,11 @@
-"""Heatmap of one model's probe accuracy over layer and token position."""
+"""Heatmap of one model's probe balanced accuracy over layer and token position."""
 
 import pandas as pd
 
 from emoprobe.errors import log_to
-from emoprobe.report import plot_layer_position, read_probe_table
+from emoprobe.report import plot_layer_position, read_score_table
 
 log = log_to(snakemake.log[0])
-table = pd.concat([read_probe_table(path) for path in snakemake.input], ignore_index=True)
-plot_layer_position(table, snakemake.wildcards.model, snakemake.output.png, snakemake.output.pdf)
-log.info("plotted %s", snakemake.wildcards.model)
+table = pd.concat([read_score_table(path) for path in snakemake.input], ignore_index=True)
+plot_layer_position(table, snakemake.params.model, snakemake.output.png, snakemake.output.pdf)
+log.info("plotted %s", snakemake.params.model)

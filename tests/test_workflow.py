@@ -48,33 +48,85 @@ def test_hdf5_layout(e2e_run):
         assert {"torch_version", "transformers_version", "h5py_version"} <= set(attrs)
         assert attrs["dataset_limit"] == 144 and attrs["dataset_seed"] == 42
         assert np.isfinite(f["attention_16"][:]).all() and np.abs(f["attention_16"][:]).max() > 0
+    with h5py.File(first) as f:  # the token embeddings: layer 0 of the residual stream, in the first chunk only
+        assert "residual_00" in f and "attention_00" not in f and f["residual_00"].shape == (144, 5, 576)
 
 
 def test_accuracy_table_shape_and_ranges(e2e_run):
-    table = pd.read_csv(e2e_run / "results/accuracy.tsv", sep="\t")
-    assert list(table.columns[:9]) == ["model", "location", "subset", "layer", "position", "accuracy", "ci_low",
-                                       "ci_high", "macro_f1"]
-    assert len(table) == 3 * 2 * 30 * 5 and set(table["model"]) == {"smollm2-135m"}
-    assert table.groupby(["location", "subset"]).size().to_dict() == {
-        (location, subset): 150 for location in ("attention", "mlp", "residual") for subset in ("all", "model_correct")}
-    assert sorted(set(table["layer"])) == list(range(1, 31)) and set(table["position"]) == {-1, -2, -3, -4, -5}
-    for column in ("accuracy", "ci_low", "ci_high", "macro_f1", "train_accuracy", "control_accuracy", "chance"):
-        assert table[column].between(0, 1).all(), column
-    assert (table["ci_low"] <= table["accuracy"]).all() and (table["accuracy"] <= table["ci_high"]).all()
-    assert np.allclose(table["selectivity"], table["accuracy"] - table["control_accuracy"], atol=2e-6)
-    every = table[table["subset"] == "all"]
-    assert (every["n_texts"] == 144).all() and (every["folds"] == 5).all()
+    table = pd.read_csv(e2e_run / "results/accuracy.tsv", sep="\t", keep_default_na=False, na_values=[""])
+    assert list(table.columns[:12]) == ["model", "location", "subset", "target", "layer", "position", "n_texts",
+                                        "n_labels", "balanced_accuracy", "balanced_low", "balanced_high", "accuracy"]
+    probes = table[table["location"].isin(["residual", "attention", "mlp"])]
+    problems = [("all", "label"), ("model_correct", "label"), ("all", "answer")]
+    assert probes.groupby(["location", "subset", "target"]).size().to_dict() == {
+        (location, subset, target): (31 if location == "residual" else 30) * 5
+        for location in ("attention", "mlp", "residual") for subset, target in problems}
+    assert sorted(set(probes["layer"])) == list(range(0, 31)) and set(probes["position"]) == {-1, -2, -3, -4, -5}
+    assert len(table[table["location"] == "logit_lens"]) == 3 * 31 and len(table[table["location"] == "text"]) == 3
+    scored = table.dropna(subset=["balanced_accuracy"])
+    for column in ("accuracy", "accuracy_low", "accuracy_high", "balanced_accuracy", "balanced_low", "balanced_high",
+                   "macro_f1", "majority_accuracy", "balanced_chance"):
+        assert scored[column].dropna().between(0, 1).all(), column
+    for low, score, high in (("accuracy_low", "accuracy", "accuracy_high"),
+                             ("balanced_low", "balanced_accuracy", "balanced_high")):
+        assert (scored[low] <= scored[score] + 1e-9).all() and (scored[score] <= scored[high] + 1e-9).all(), score
+    with_control = scored.dropna(subset=["control_balanced_accuracy"])
+    assert np.allclose(with_control["selectivity"],
+                       with_control["balanced_accuracy"] - with_control["control_balanced_accuracy"], atol=2e-6)
+    every = probes[(probes["subset"] == "all") & (probes["target"] == "label")]
+    assert (every["n_texts"] == 144).all() and (every["folds"] == 5).all() and (every["n_labels"] == 13).all()
     assert every["n_train"].isin([115, 116]).all() and every["n_test"].isin([28, 29]).all()
-    assert every["converged"].all()
-    answers = pd.read_csv(e2e_run / "results/answers/smollm2-135m.tsv", sep="\t")
-    correct = table[table["subset"] == "model_correct"]
-    assert (correct["n_texts"] == answers["correct"].sum()).all() and 0 < answers["correct"].sum() < 144
-    # a probe on a real model beats always answering the majority label, and its shuffled-label control
+    assert every["converged"].all() and (every["balanced_chance"] == 1 / 13).all()
+    subsets = pd.read_csv(e2e_run / "results/subsets.tsv", sep="\t", keep_default_na=False)
+    correct = subsets.set_index(["subset", "target"]).loc[("model_correct", "label")]
+    in_subset = probes[probes["subset"] == "model_correct"]
+    assert (in_subset["n_texts"] == correct["n_scored"]).all() and (in_subset["note"] == correct["note"]).all()
+    # a probe on a real model beats chance and its shuffled-label control; the embeddings of the template's
+    # last token, the same in every prompt, carry nothing
     residual = every[(every["location"] == "residual") & (every["position"] == -1)]
-    assert residual["accuracy"].max() > every["chance"].iloc[0] + 0.1
-    assert residual["selectivity"].max() > 0.1 and every["control_accuracy"].mean() < 0.15
+    assert residual["balanced_accuracy"].max() > 1 / 13 + 0.08 and residual["selectivity"].max() > 0.08
+    assert residual.set_index("layer").loc[0, "balanced_accuracy"] <= 1 / 13 + 1e-9
     text = (e2e_run / "results/tables/smollm2-135m_accuracy_by_layer.txt").read_text()
-    assert "token -1" in text and text.count("peak ") == 6 and "selectivity" in text
+    assert "token -1" in text and text.count("peak layer") == 4 * 3 and "text baseline" in text
+
+
+def test_the_logit_lens_of_the_last_layer_is_the_models_answer(e2e_run):
+    table = pd.read_csv(e2e_run / "results/accuracy.tsv", sep="\t", keep_default_na=False, na_values=[""])
+    lens = table[(table["location"] == "logit_lens")].set_index(["subset", "target", "layer"])
+    assert lens.loc[("all", "answer", 30), "accuracy"] == 1.0 and lens.loc[("model_correct", "label", 30), "accuracy"] == 1.0
+    answers = pd.read_csv(e2e_run / "results/answers/smollm2-135m.tsv", sep="\t")
+    assert lens.loc[("all", "label", 30), "accuracy"] == pytest.approx(answers["correct"].mean(), abs=1e-6)
+    assert lens.loc[("all", "answer", 1), "accuracy"] < 0.9
+
+
+def test_localisation_table(e2e_run):
+    places = pd.read_csv(e2e_run / "results/localisation.tsv", sep="\t")
+    assert len(places) == 3 * 3 * 5 + 3 and set(places["location"]) == {"residual", "attention", "mlp", "logit_lens"}
+    for landmark in ("peak", "onset", "plateau"):
+        assert (places[f"{landmark}_low"] <= places[f"{landmark}_layer"]).all()
+        assert (places[f"{landmark}_layer"] <= places[f"{landmark}_high"]).all()
+        assert places[f"{landmark}_layer"].between(1, 30).all()
+        assert np.allclose(places[f"{landmark}_depth"], places[f"{landmark}_layer"] / 30)
+    assert (places["replicates"] == 1000).all()
+    lens = places[places["location"] == "logit_lens"].set_index(["subset", "target"])
+    assert lens.loc[("all", "answer"), "peak_layer"] == 30 and lens.loc[("all", "answer"), "peak_score"] == 1.0
+
+
+def test_a_subset_too_small_to_score_gets_rows_that_say_why(e2e_run, tmp_path):
+    """26 texts: at most 3 of each label, fewer than the 5 folds: nothing can be scored, and every rule carries on."""
+    shutil.copytree(e2e_run / "resources", tmp_path / "resources")  # the prepared model, not prepared again
+    result = run_snakemake(tmp_path, with_changes(small_config(), dataset__limit=26), "--cores", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "results/accuracy.tsv", sep="\t", keep_default_na=False, na_values=[""])
+    assert table["balanced_accuracy"][table["location"] != "logit_lens"].isna().all()
+    assert table["note"][table["location"] != "logit_lens"].str.contains("nothing scored").all()
+    subsets = pd.read_csv(tmp_path / "results/subsets.tsv", sep="\t", keep_default_na=False)
+    assert subsets.set_index(["subset", "target"]).loc[("all", "label"), "n_scored"] == 0
+    counts = subsets.set_index(["subset", "target"]).loc[("all", "label"), small_config()["dataset"]["labels"]]
+    assert counts.sum() == 26 and counts.max() < 5
+    for figure in ("accuracy_by_layer", "accuracy_by_depth", "layer_position/smollm2-135m"):
+        assert (tmp_path / f"results/figures/{figure}.png").stat().st_size > 10_000
+    assert "not scored" in (tmp_path / "results/tables/smollm2-135m_accuracy_by_layer.txt").read_text()
 
 
 def test_answers_and_appraisal_tables(e2e_run):
@@ -101,7 +153,7 @@ def test_report_holds_every_figure_and_table(e2e_run):
     assert result.returncode == 0, result.stderr[-3000:]
     html = (e2e_run / "report.html").read_text()
     for name in ("accuracy_by_layer.png", "accuracy_by_depth.png", "accuracy.tsv", "answers.tsv", "appraisal_r2.tsv",
-                 "shuffled-label control", "normalised depth"):
+                 "localisation.tsv", "subsets.tsv", "shuffled-label control", "normalised depth", "Price"):
         assert name in html, name
 
 
@@ -117,6 +169,7 @@ def test_the_complete_config_is_recorded_with_the_results(e2e_run):
 def test_logs_and_benchmarks_are_written(e2e_run):
     assert "prompts/s" in (e2e_run / "logs/extract_hidden_states/smollm2-135m/layers16-30.log").read_text()
     assert (e2e_run / "logs/benchmarks/fit_probes/smollm2-135m/mlp/layers01-15.tsv").is_file()
+    assert (e2e_run / "logs/benchmarks/fit_probes/smollm2-135m/residual/layers00-15.tsv").is_file()
     assert "answer tokens" in (e2e_run / "logs/answer_emotions/smollm2-135m.log").read_text()
 
 
@@ -126,8 +179,13 @@ def test_unchanged_config_plans_nothing(e2e_run):
 
 def test_new_probe_parameter_reruns_probes_and_aggregation_only(e2e_run):
     jobs = dry_run(e2e_run, with_changes(small_config(), probe__C=0.5))
-    assert jobs == {"fit_probes": 6, "aggregate_accuracy": 1, "plot_accuracy": 1, "plot_layer_position": 1,
-                    "record_config": 1, "all": 1}
+    assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "localise": 1, "aggregate_accuracy": 1,
+                    "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1, "all": 1}
+
+
+def test_new_bootstrap_count_reruns_the_localisation_only(e2e_run):
+    jobs = dry_run(e2e_run, with_changes(small_config(), probe__bootstrap=500))
+    assert jobs == {"localise": 1, "aggregate_accuracy": 1, "plot_accuracy": 1, "record_config": 1, "all": 1}
 
 
 def test_new_appraisal_penalty_reruns_the_appraisal_probes_only(e2e_run):
@@ -179,7 +237,8 @@ def copy_of_the_workflow(directory):
     return directory / "Snakefile"
 
 
-PROBE_CODE_RERUNS = {"fit_probes": 6, "fit_appraisal_probes": 1, "aggregate_accuracy": 1, "aggregate_appraisal": 1,
+PROBE_CODE_RERUNS = {"fit_probes": 6, "fit_appraisal_probes": 1, "fit_text_baseline": 1, "logit_lens": 1,
+                     "count_subsets": 1, "localise": 1, "aggregate_accuracy": 1, "aggregate_appraisal": 1,
                      "plot_accuracy": 1, "plot_layer_position": 1, "plot_appraisal": 1, "all": 1}
 
 
@@ -215,7 +274,7 @@ def test_paper_config_plans_every_job_with_sane_resources(tmp_path):
     result = run_snakemake(tmp_path, config, "--dry-run")
     jobs = planned_jobs(result)
     layers = [model["n_layers"] for model in config["models"].values()]
-    per_job = config["probe"]["fits_per_job"] // 20  # 5 folds x 2 subsets x (probe + control)
+    per_job = config["probe"]["fits_per_job"] // 30  # 5 folds x 3 problems x (probe + control)
     assert len(layers) == 10 and jobs["extract_hidden_states"] == 10 and jobs["answer_emotions"] == 10
     assert jobs["fit_probes"] == 3 * sum(-(-n // per_job) for n in layers)
     assert jobs["fit_appraisal_probes"] == 10 and "prepare_gguf_model" not in jobs
@@ -234,7 +293,8 @@ def test_new_model_runs_only_that_models_jobs(e2e_run):
     jobs = planned_jobs(result)
     # fit_probes: 3 locations x layers 01-15 and 16-18 (the small config's probe.fits_per_job)
     assert jobs == {"prepare_gguf_model": 1, "extract_hidden_states": 1, "answer_emotions": 1, "fit_probes": 6,
-                    "fit_appraisal_probes": 1, "aggregate_accuracy": 1, "summarise_answers": 1,
+                    "fit_appraisal_probes": 1, "fit_text_baseline": 1, "logit_lens": 1, "localise": 1,
+                    "count_subsets": 1, "aggregate_accuracy": 1, "summarise_answers": 1,
                     "aggregate_appraisal": 1, "plot_accuracy": 1, "plot_layer_position": 1, "plot_confusion": 1,
                     "plot_appraisal": 1, "record_config": 1, "all": 1}
     assert "smollm2-135m/layers" not in result.stdout.split("rule aggregate_accuracy")[0].split("output:")[-1]
@@ -252,3 +312,17 @@ def test_hub_token_never_reaches_an_output_or_a_log(e2e_run):
 
     leaked = [p for p in e2e_run.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def test_probe_results_do_not_depend_on_job_grouping_or_threads(e2e_run, tmp_path):
+    """Probe jobs of 4 layers on 2 threads instead of 15 layers on one: byte-identical tables."""
+    for name in ("resources", "results/corpus", "results/hidden", "results/answers"):
+        shutil.copytree(e2e_run / name, tmp_path / name)
+    config = with_changes(small_config(), probe__fits_per_job=4 * 30)
+    result = run_snakemake(tmp_path, config, "results/accuracy.tsv", "results/localisation.tsv", "--cores", "2",
+                           "--set-threads", "fit_probes=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "rule extract_hidden_states" not in result.stdout + result.stderr
+    assert len(list((tmp_path / "results/probes/smollm2-135m/mlp").glob("*.tsv"))) == 8
+    for name in ("results/accuracy.tsv", "results/localisation.tsv"):
+        assert (tmp_path / name).read_bytes() == (e2e_run / name).read_bytes(), name

@@ -1,0 +1,47 @@
+"""The logit lens: each layer's residual stream at the last token through the final norm and the LM head's
+label rows, argmax, scored for every subset and target of the probes; and its predictions."""
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emoprobe.answers import answer_logits, answer_token_ids
+from emoprobe.baselines import logit_lens_table
+from emoprobe.errors import log_to, reported_as_message
+from emoprobe.h5io import read_layer, write_predictions
+from emoprobe.io import write_tsv
+from emoprobe.models import load_decoder, model_location, pick_device
+from emoprobe.probes import probe_targets
+
+log = log_to(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+name, model_cfg, labels = snakemake.wildcards.model, snakemake.params.model, snakemake.params.labels
+settings, layers = snakemake.params.probe, snakemake.params.layers
+path_or_id, revision, local_only = model_location(name, model_cfg, getattr(snakemake.input, "model_dir", None))
+device = pick_device(snakemake.params.device)
+with reported_as_message():
+    model, tokenizer = load_decoder(path_or_id, revision=revision, dtype=snakemake.params.dtype, device=device,
+                                    trust_remote_code=model_cfg["trust_remote_code"], local_only=local_only,
+                                    head=True)
+    token_ids = answer_token_ids(tokenizer, labels, snakemake.params.words)
+    answers = pd.read_csv(snakemake.input.answers, sep="\t")
+    readout = []
+    for layer in layers:
+        path = snakemake.input.states[snakemake.params.chunk_index[layer]]
+        states, meta = read_layer(path, layer, "residual", positions=[-1])
+        readout.append(answer_logits(model, states[:, 0], token_ids).argmax(axis=1))
+readout = np.stack(readout)
+tables, predictions = [], {}
+for subset, target, rows, label_id in probe_targets(settings["subsets"], True, meta["row_id"], meta["label_id"],
+                                                    answers, labels):
+    if target == "answer" and not settings["answer_probe"]:
+        continue
+    table, predicted = logit_lens_table(label_id, readout[:, rows], layers, label_names=labels,
+                                        folds=settings["folds"])
+    tables.append(table.assign(model=name, location="logit_lens", subset=subset, target=target))
+    if predicted is not None:
+        predictions[f"{subset}/{target}"] = {**predicted, "row_id": meta["row_id"][rows][predicted["rows"]]}
+    log.info("%s / %s: balanced accuracy by layer %s", subset, target, np.round(table["balanced_accuracy"], 3).tolist())
+write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
+write_predictions(snakemake.output.predictions, predictions, layers=layers, positions=[-1],
+                  attrs={"model": name, "location": "logit_lens", "labels": labels})

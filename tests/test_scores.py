@@ -1,0 +1,119 @@
+"""Scores and their intervals: known values, and coverage by simulation from a known generating model."""
+
+import numpy as np
+import pytest
+
+from emoprobe import probes, scores
+
+
+def test_wilson_interval():
+    low, high = scores.wilson(50, 100)
+    assert round(low, 3) == 0.404 and round(high, 3) == 0.596
+    assert scores.wilson(10, 10)[1] == pytest.approx(1.0) and scores.wilson(0, 10)[0] == 0.0
+    assert all(np.isnan(scores.wilson(0, 0)))
+
+
+def test_bootstrap_counts_are_seeded_resamples():
+    counts = scores.bootstrap_counts(50, 200, 7)
+    assert counts.shape == (200, 50) and (counts.sum(axis=1) == 50).all()
+    assert np.array_equal(counts, scores.bootstrap_counts(50, 200, 7).copy())
+    assert not np.array_equal(counts, scores.bootstrap_counts(50, 200, 8))
+
+
+def test_balanced_accuracy_of_each_replicate_is_that_of_the_resampled_texts():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, size=60)
+    predicted = np.where(rng.random((3, 60)) < 0.6, y, rng.integers(0, 4, size=(3, 60)))
+    counts = scores.bootstrap_counts(60, 20, 1)
+    replicates = scores.balanced_accuracy_replicates(y, predicted == y, counts)
+    assert replicates.shape == (20, 3)
+    for b in range(20):
+        drawn = np.repeat(np.arange(60), counts[b].astype(int))
+        for layer in range(3):
+            assert replicates[b, layer] == pytest.approx(scores.balanced_accuracy(y[drawn], predicted[layer, drawn]))
+
+
+def test_landmarks_of_a_known_curve():
+    curve = np.array([0.1, 0.12, 0.3, 0.6, 0.7, 0.72, 0.71])
+    peak, onset, plateau = scores.landmarks(curve, peak_margin=0.05)
+    assert (peak, onset, plateau) == (5, 3, 4)  # half-way is 0.41: first reached at index 3
+
+
+def test_localise_finds_the_layer_where_the_label_appears():
+    """Predictions right on 20 % of texts up to layer 3, on 70 % from layer 4, 90 % from layer 8 of 10."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, size=400)
+    rate = np.array([0.2, 0.2, 0.2, 0.7, 0.7, 0.7, 0.7, 0.9, 0.9, 0.9])[:, None]
+    predicted = np.where(rng.random((10, 400)) < rate, y, (y + 1) % 4)
+    row = scores.localise(y, predicted, list(range(1, 11)), scores.bootstrap_counts(400, 1000, 0))
+    assert row["onset_layer"] == 4 and row["onset_low"] == row["onset_high"] == 4
+    assert row["plateau_layer"] in (8, 9) and row["plateau_low"] >= 8 and row["peak_layer"] >= 8 and row["peak_low"] >= 8
+    assert row["peak_score_low"] < row["peak_score"] < row["peak_score_high"]
+
+
+# The simulation: four labels of unequal frequency, Gaussian states with identity covariance whose class
+# means differ; a probe is scored on 300 texts over the workflow's 5 folds. The truth is the held-out score of
+# the probes that were fitted (each fold's probe on the population, weighted as the folds weigh the pooled
+# score), measured on 40,000 fresh texts.
+PRIORS = np.array([0.5, 0.25, 0.15, 0.1])
+MEANS = 1.1 * np.eye(4, 6)
+
+
+def draw(rng, n):
+    y = rng.choice(4, size=n, p=PRIORS)
+    return rng.normal(size=(n, 6)) + MEANS[y], y
+
+
+def stand_in(x_train, y_train, x):
+    """Linear discriminant with the known covariance: class means and priors from the training texts."""
+    means = np.stack([x_train[y_train == k].mean(axis=0) for k in range(4)])
+    prior = np.log(np.bincount(y_train, minlength=4) / len(y_train))
+    return (x @ means.T - 0.5 * (means * means).sum(axis=1) + prior).argmax(axis=1)
+
+
+def coverage(fit, replicates, n=300, seed=0):
+    """Share of replicates whose 95 % intervals (accuracy, balanced accuracy) cover the true held-out scores."""
+    rng = np.random.default_rng(seed)
+    pool_x, pool_y = draw(rng, 40_000)
+    covered = np.zeros(2)
+    for _ in range(replicates):
+        x, y = draw(rng, n)
+        splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
+        predicted, true_accuracy, true_recall = np.empty(n, dtype=np.int64), 0.0, np.zeros(4)
+        for train, test in splits:
+            predicted[test], pool_predicted = fit(x[train], y[train], x[test], pool_x)
+            true_accuracy += len(test) / n * np.mean(pool_predicted == pool_y)
+            for k in range(4):
+                true_recall[k] += np.mean(y[test] == k) * len(test) / np.sum(y == k) * np.mean(
+                    pool_predicted[pool_y == k] == k)
+        row = scores.score_predictions(y, predicted, np.arange(4))
+        covered += [row["accuracy_low"] <= true_accuracy <= row["accuracy_high"],
+                    row["balanced_low"] <= true_recall.mean() <= row["balanced_high"]]
+    return covered / replicates
+
+
+def test_intervals_cover_the_true_score_by_simulation():
+    """1,000 replicates of the stand-in probe: both nominal 95 % intervals cover in 93-97 % of them (0.941 and
+    0.937 when written; a percentile bootstrap of the balanced accuracy gave 0.929)."""
+    accuracy, balanced = coverage(lambda x_train, y_train, x_test, pool: (stand_in(x_train, y_train, x_test),
+                                                                           stand_in(x_train, y_train, pool)), 1000)
+    assert 0.93 <= accuracy <= 0.97, accuracy
+    assert 0.93 <= balanced <= 0.97, balanced
+
+
+@pytest.mark.slow
+def test_intervals_cover_the_true_score_with_the_workflows_own_fits():
+    """200 replicates with the workflow's trainer (standardised features, L-BFGS). With 200 replicates a coverage
+    of 0.95 reads anywhere in about 0.92-0.98 (binomial noise), so this checks 0.91-0.98; the 93-97 % bound is held
+    by the 1,000 replicates above (600 replicates of this trainer, seed 11, gave 0.955 for both intervals)."""
+
+    def fit(x_train, y_train, x_test, pool):
+        z_train, z_rest = probes.standardise(x_train[:, None].astype(np.float32),
+                                             np.concatenate([x_test, pool])[:, None].astype(np.float32))
+        [(weights, intercepts, _, _)] = probes.fit_multinomial(z_train, [y_train], 4, C=1.0, max_iter=1000, tol=1e-4)
+        predicted = probes.predict(z_rest, weights, intercepts)[0]
+        return predicted[:len(x_test)], predicted[len(x_test):]
+
+    accuracy, balanced = coverage(fit, 200, seed=1)
+    assert 0.91 <= accuracy <= 0.98, accuracy
+    assert 0.91 <= balanced <= 0.98, balanced
