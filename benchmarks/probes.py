@@ -50,9 +50,9 @@ from emoprobe.probes import probe_device, probe_layer, probe_targets, split_indi
 DEFAULT_PROTOCOL = dict(C=1.0, max_iter=1000, tol=1e-4, folds=5, test_size=0.2, seed=42, stratify=False, control=True)
 
 
-def default_protocol(states: dict, answers: pd.DataFrame, labels: list[str], device) -> None:
-    """Time the per-fit and the batched trainer on every layer's probes of the default protocol; exit non-zero
-    when a probe's scores differ by more than 0.002."""
+def default_protocol(states: dict, answers: pd.DataFrame, labels: list[str], device) -> float:
+    """Time the per-fit and the batched trainer on every layer's probes of the default protocol; returns the
+    largest difference of a probe's scores between the two."""
     seconds = {"per-fit": 0.0, "batched": 0.0}
     worst = {"accuracy": 0.0, "balanced_accuracy": 0.0, "control_accuracy": 0.0}
     n_fits = 0
@@ -79,8 +79,7 @@ def default_protocol(states: dict, answers: pd.DataFrame, labels: list[str], dev
           f"positions each: per-fit trainer {seconds['per-fit']:.1f} s, batched {seconds['batched']:.1f} s, "
           f"speed-up {seconds['per-fit'] / seconds['batched']:.2f}x; largest |difference| "
           + ", ".join(f"{k} {v:.4f}" for k, v in worst.items()))
-    if max(worst.values()) > 0.002:
-        raise SystemExit("a probe of the batched trainer differs from the per-fit trainer's by more than 0.002")
+    return max(worst.values())
 
 
 def sklearn_fit(x_train, y_train, x_test, y_test, **settings) -> tuple[float, int, float]:
@@ -122,8 +121,8 @@ def main() -> None:
           f"{len(train)} train / {len(test)} test rows, {args.threads} threads")
     if args.answers:
         answers = pd.read_csv(args.answers, sep="\t")
-        default_protocol(states, answers, [c.removeprefix("logit_") for c in answers if c.startswith("logit_")],
-                         device)
+        trainers_differ = default_protocol(states, answers, [c.removeprefix("logit_") for c in answers
+                                                             if c.startswith("logit_")], device)
 
     def workflow_probes(states: dict) -> dict:
         """Per layer, the probe table of the reference's single 80/20 split, no control: the reference's probes,
@@ -186,6 +185,8 @@ def main() -> None:
               f"|difference| {np.abs(changes).max():.4f} ({np.abs(changes).max() * len(test):.0f} test examples), "
               f"mean {changes.mean():+.4f}; best probe {max(t['accuracy'].max() for t in theirs.values()):.4f} "
               f"against {max(t['accuracy'].max() for t in ours.values()):.4f}")
+    if args.answers and trainers_differ > 0.002:
+        raise SystemExit("a probe of the batched trainer differs from the per-fit trainer's by more than 0.002")
     if worst > 0.01:
         raise SystemExit("a probe differs from the converged sklearn fit by more than 0.01")
 

@@ -46,7 +46,7 @@ def text_fits(texts: Sequence[str], *, C: float, max_iter: int, tol: float):
 def text_probe(texts: Sequence[str], label_id: np.ndarray, *, label_names: Sequence[str], C: float, max_iter: int,
                tol: float, folds: int, test_size: float, seed: int, stratify: bool, control: bool
                ) -> tuple[pd.DataFrame, dict | None]:
-    """The bag-of-words probe of one problem: one row of :data:`emoprobe.probes.SCORE_COLUMNS` (``position`` NaN)
+    """The bag-of-words probe of one problem: one row of :data:`emoprobe.scores.SCORE_COLUMNS` (``position`` NaN)
     and its predictions, as :func:`emoprobe.probes.probe_layer` returns them."""
     problem = probe_problem(label_id, label_names, folds)
     if not problem.scorable:
@@ -70,7 +70,7 @@ def logit_lens_table(label_id: np.ndarray, readout: np.ndarray, layers: Sequence
 
     Returns
     -------
-    A table of ``layer`` and :data:`emoprobe.probes.SCORE_COLUMNS` (``position`` -1) and the predictions
+    A table of ``layer`` and :data:`emoprobe.scores.SCORE_COLUMNS` (``position`` -1) and the predictions
     (``rows``, ``label_id``, ``predicted`` [n_layers, 1, m]; the control's -1), or None when nothing is scored.
     """
     problem = probe_problem(label_id, label_names, folds)

@@ -10,13 +10,13 @@ curvature pairs, step length and stopping test.
 Each probe minimises exactly the objective of :func:`emoprobe.probes.fit_multinomial` (scikit-learn's
 ``LogisticRegression(C)`` on features standardised with its training rows' statistics, divided by ``C n``),
 over ``W = M Q`` with one preconditioner ``Q`` per position (from all rows: it changes the path, not the
-optimum) and stops when no entry of its gradient exceeds ``tol``, as alone. The standardisation is folded
-into the weights (``x -> (x - mean) / std`` then ``W``: raw-space weights ``W / std`` and intercept
+optimum), from zero, and stops when no entry of its gradient exceeds ``tol``, as alone. The standardisation
+is folded into the weights (``x -> (x - mean) / std`` then ``W``: raw-space weights ``W / std`` and intercept
 ``b - (W / std) mean``), so the features are never copied per fold.
 
-Every fold starts from the probe fitted on all of the problem's rows (mapped into the fold's
-standardisation): the folds share 80 % of their rows, so they start near their optimum. Those fits on all
-rows are the probe directions a later intervention can read.
+Not done, measured: starting each fold from the probe fitted on all of its problem's texts saved a
+quarter of the iterations, but that start has seen the fold's test texts, and a fit stops within ``tol``
+of its optimum, not at it: scores moved by up to 0.047 against fits from zero (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -34,17 +34,16 @@ from emoprobe.probes import (PRECONDITIONER_SHRINKAGE, Problem, cross_validated_
 
 ARMIJO = 1e-4  # sufficient decrease of the backtracking line search
 MAX_BACKTRACKS = 30
-HISTORY = 10  # curvature pairs per probe
-WARM_START = True
+HISTORY = 10  # curvature pairs per probe: 30 saved no time
 
 
 class Probe(NamedTuple):
-    """One probe to fit: its training rows, their labels ``0..n_classes-1``, and where to start."""
+    """One probe to fit: its training rows, their labels ``0..n_classes-1``, and where to start (raw space)."""
 
     train: np.ndarray  # int64 indices into the rows of the features
     labels: np.ndarray  # int64 [len(train)]
     n_classes: int
-    start: tuple[np.ndarray, np.ndarray] | None = None  # raw-space (weights [K, d], intercepts [K])
+    start: tuple[np.ndarray, np.ndarray] | None = None  # weights [K, d], intercepts [K]; None: zero
 
 
 class Fit(NamedTuple):
@@ -82,7 +81,7 @@ def standardisation(x: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, to
 
 
 def fit_batched(x: np.ndarray | torch.Tensor, probes: Sequence[Probe], *, C: float, max_iter: int, tol: float,
-                device: str | torch.device = "cpu", history_size: int | None = None) -> list[Fit]:
+                device: str | torch.device = "cpu") -> list[Fit]:
     """Fit every probe of ``probes`` on the rows of ``x`` ``[n, d]`` (float32, raw: each probe is standardised
     with its own training rows) in one batched L-BFGS; probes whose float32 line search stalls short of
     ``tol`` finish in float64 from where they stopped.
@@ -91,21 +90,19 @@ def fit_batched(x: np.ndarray | torch.Tensor, probes: Sequence[Probe], *, C: flo
     """
     features = torch.as_tensor(np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x).to(device)
     q, factor = whitening(features)
-    history_size = history_size or HISTORY
-    fits = _solve(features, q, factor, probes, C=C, max_iter=max_iter, tol=tol, history_size=history_size)
+    fits = _solve(features, q, factor, probes, C=C, max_iter=max_iter, tol=tol)
     stalled = [i for i, fit in enumerate(fits) if not fit.converged and fit.n_iter < max_iter]
     if stalled and features.dtype != torch.float64:
         more = _solve(features.double(), q.double(), factor.double(),
                       [probes[i]._replace(start=(fits[i].weights, fits[i].intercepts)) for i in stalled],
-                      C=C, max_iter=max_iter, tol=tol, used=[fits[i].n_iter for i in stalled],
-                      history_size=history_size)
+                      C=C, max_iter=max_iter, tol=tol, used=[fits[i].n_iter for i in stalled])
         for i, fit in zip(stalled, more):
             fits[i] = fit
     return fits
 
 
 def _solve(features: torch.Tensor, q: torch.Tensor, factor: torch.Tensor, probes: Sequence[Probe], *, C: float,
-           max_iter: int, tol: float, used: Sequence[int] | None = None, history_size: int = 10) -> list[Fit]:
+           max_iter: int, tol: float, used: Sequence[int] | None = None, history_size: int = HISTORY) -> list[Fit]:
     """The batched L-BFGS of :func:`fit_batched` in ``features``' dtype; ``used``: iterations each probe has had."""
     n, d = features.shape
     dtype, device = features.dtype, features.device
@@ -188,6 +185,7 @@ def _solve(features: torch.Tensor, q: torch.Tensor, factor: torch.Tensor, probes
                 r = r + (alpha - beta)[:, None] * s
             direction = r
         slope = (grad * direction).sum(dim=1)
+        stalled |= active & (slope >= 0)  # not a descent direction: rounding, as below
         active &= slope < 0
         first = n_iter == 0
         t = torch.where(first, torch.clamp(1.0 / grad.abs().sum(dim=1), max=1.0), torch.ones_like(slope))
@@ -229,8 +227,9 @@ def _solve(features: torch.Tensor, q: torch.Tensor, factor: torch.Tensor, probes
 
 
 def predict_raw(x: np.ndarray, fit: Fit) -> np.ndarray:
-    """Labels ``0..k-1`` the probe gives the rows of ``x`` ``[n, d]``."""
-    return (x @ fit.weights.T + fit.intercepts).argmax(axis=1)
+    """Labels ``0..k-1`` the probe gives the rows of ``x`` ``[n, d]``, in float64 (whose rounding, unlike
+    float32's, moves no argmax with the BLAS's thread count)."""
+    return (x.astype(np.float64) @ fit.weights.T.astype(np.float64) + fit.intercepts).argmax(axis=1)
 
 
 def _groups(row_sets: Sequence[np.ndarray], overlap: float = 0.9) -> list[list[int]]:
@@ -254,7 +253,7 @@ def probe_layer_batched(states: np.ndarray, problems: Sequence[tuple[np.ndarray,
                         test_size: float, seed: int, stratify: bool, control: bool,
                         device: str | torch.device = "cpu") -> list[tuple[pd.DataFrame, dict | None]]:
     """:func:`emoprobe.probes.probe_layer` for several problems of one layer at once, every fit of a position
-    in one batched solve (:func:`fit_batched`), each fold warm-started from the fit on all of the problem's rows.
+    (folds, controls, problems on the same texts) in one batched solve (:func:`fit_batched`).
 
     Parameters
     ----------
@@ -265,8 +264,7 @@ def probe_layer_batched(states: np.ndarray, problems: Sequence[tuple[np.ndarray,
     Returns
     -------
     One ``(table, predictions)`` per problem, as :func:`emoprobe.probes.probe_layer` returns them (``rows``
-    index ``states``); ``predictions["directions"]``: the fits on all rows, raw-space weights float32
-    ``[P, k, d]`` and intercepts ``[P, k]`` over ``predictions["labels"]``, the problem's label ids.
+    index ``states``).
     """
     prepared = []
     for rows, label_id in problems:
@@ -280,26 +278,19 @@ def probe_layer_batched(states: np.ndarray, problems: Sequence[tuple[np.ndarray,
         prepared.append((problem, np.asarray(rows)[problem.rows], y, splits, labellings))
     scorable = [i for i, item in enumerate(prepared) if item is not None]
     results: dict[int, dict] = {i: {"predicted": [], "control_predicted": [], "train_accuracy": [], "n_iter": [],
-                                    "converged": [], "weights": [], "intercepts": []} for i in scorable}
+                                    "converged": []} for i in scorable}
     for group in _groups([prepared[i][1] for i in scorable]):
         members = [scorable[g] for g in group]
         union = np.unique(np.concatenate([prepared[i][1] for i in members]))
         local = {i: np.searchsorted(union, prepared[i][1]) for i in members}
         for p in range(len(positions)):
             x = torch.from_numpy(np.ascontiguousarray(states[union, p])).to(device)
-            full = [Probe(local[i], labels, len(prepared[i][0].labels)) for i in members for labels in prepared[i][4]]
-            full_fits = iter(fit_batched(x, full, C=C, max_iter=max_iter, tol=tol, device=device))
             fold_probes, owners = [], []
             for i in members:
                 _, _, y, splits, labellings = prepared[i]
                 for l, labels in enumerate(labellings):
-                    start = next(full_fits)
-                    if l == 0:
-                        results[i]["weights"].append(start.weights)
-                        results[i]["intercepts"].append(start.intercepts)
                     for f, (train, _) in enumerate(splits):
-                        fold_probes.append(Probe(local[i][train], labels[train], len(prepared[i][0].labels),
-                                                 (start.weights, start.intercepts) if WARM_START else None))
+                        fold_probes.append(Probe(local[i][train], labels[train], len(prepared[i][0].labels)))
                         owners.append((i, l, f))
             fold_fits = fit_batched(x, fold_probes, C=C, max_iter=max_iter, tol=tol, device=device)
             x_np = x.cpu().numpy()
@@ -336,8 +327,6 @@ def probe_layer_batched(states: np.ndarray, problems: Sequence[tuple[np.ndarray,
               "n_test": len(splits[0][1]), "folds": len(splits), "n_iter": max(found["n_iter"]),
               "converged": all(found["converged"])}
         table, predictions = cross_validated_table(problem, y, cv, positions, control=control)
-        predictions["directions"] = (np.stack(found["weights"]), np.stack(found["intercepts"]))
-        predictions["labels"] = problem.labels
         predictions["rows"] = np.asarray(problems[i][0])[predictions["rows"]]
         out.append((table, predictions))
     return out

@@ -7,7 +7,8 @@ Layout::
     /n_tokens   int64   [n_texts]            prompt length in tokens
     /positions  int64   [n_positions]        negative offsets from the prompt end
     /row_index  int64   [n_texts]            corpus-order index of each stored state row
-    /residual_NN   float   [n_texts, n_positions, hidden_size]   residual stream after block NN (1-based)
+    /residual_NN   float   [n_texts, n_positions, hidden_size]   residual stream after block NN (1-based;
+                                                                 residual_00, in the first chunk: the token embeddings)
     /attention_NN  float   [n_texts, n_positions, hidden_size]   attention output of block NN
     /mlp_NN        float   [n_texts, n_positions, hidden_size]   MLP output of block NN
 

@@ -27,7 +27,7 @@ import torch
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from torch.optim.lbfgs import _strong_wolfe  # torch.optim.LBFGS's line search, a plain function
 
-from emoprobe.scores import INTERVAL, balanced_accuracy, score_predictions
+from emoprobe.scores import INTEGER_COLUMNS, INTERVAL, SCORE_COLUMNS, balanced_accuracy, score_predictions
 
 # Ridge added to the feature covariance in the preconditioner Q. It only changes how
 # fast L-BFGS converges, not where to; 0.2 (on standardised features) was fastest on
@@ -375,13 +375,6 @@ def hidden_state_fits(states: np.ndarray, n_classes: int, *, C: float, max_iter:
         return [(predict(x_test, w, b), predict(x_train, w, b), n_iter, ok) for w, b, n_iter, ok in fits]
 
     return fit_fold
-
-
-INTEGER_COLUMNS = ["n_texts", "n_labels", "folds", "n_train", "n_test", "n_iter"]
-SCORE_COLUMNS = ["n_texts", "n_labels", "balanced_accuracy", "balanced_low", "balanced_high", "accuracy",
-                 "accuracy_low", "accuracy_high", "kappa", "macro_f1", "control_balanced_accuracy", "control_accuracy",
-                 "selectivity", "balanced_chance", "majority_accuracy", "train_accuracy", "folds", "n_train", "n_test",
-                 "n_iter", "converged", "interval", "note"]
 
 
 def scored_rows(label_id: np.ndarray, predicted: np.ndarray, labels: np.ndarray, *,

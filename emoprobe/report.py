@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from emoprobe.probes import INTEGER_COLUMNS, SCORE_COLUMNS
+from emoprobe.scores import INTEGER_COLUMNS, SCORE_COLUMNS
 
 KEYS = ["model", "location", "subset", "target", "layer", "position"]
 COLUMNS = KEYS + SCORE_COLUMNS

@@ -26,6 +26,12 @@ from sklearn.metrics import cohen_kappa_score, f1_score
 
 Z95 = float(stats.norm.ppf(0.975))
 INTERVAL = "pooled out-of-fold; accuracy: Wilson; balanced accuracy: Price-Bonett"
+# The columns of a score table after its keys (the tables of :mod:`emoprobe.probes` and :mod:`emoprobe.baselines`).
+INTEGER_COLUMNS = ["n_texts", "n_labels", "folds", "n_train", "n_test", "n_iter"]
+SCORE_COLUMNS = ["n_texts", "n_labels", "balanced_accuracy", "balanced_low", "balanced_high", "accuracy",
+                 "accuracy_low", "accuracy_high", "kappa", "macro_f1", "control_balanced_accuracy", "control_accuracy",
+                 "selectivity", "balanced_chance", "majority_accuracy", "train_accuracy", "folds", "n_train", "n_test",
+                 "n_iter", "converged", "interval", "note"]
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:

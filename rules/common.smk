@@ -226,10 +226,11 @@ def extraction_mem_mb(wildcards, attempt):
     return int((weights * 1.5 + activations) / 2**20 + 1024) * attempt
 
 
-# Seconds per fit per million values. The bundled models take about 0.03 on one thread of a 2-core
-# laptop (docs/performance.md, "The default run": 11-15 s per layer for 20 fits of 6,600 x 5 x 576 values); 0.1 leaves
-# room for wider layers that need more L-BFGS iterations, and a retry doubles it.
-PROBE_SECONDS = 0.1
+# Seconds per fit per million values. The batched trainer took 0.095 (Gemma) to 0.116 (SmolLM2) on one
+# core of the 2-core AVX2 machine of docs/performance.md ("Probes: one batched solve": 30 fits of
+# 6,600 x 5 x 576-640 values in 60-66 s per layer), the other core busy; 0.15 leaves room for wider
+# layers that need more L-BFGS iterations, and a retry doubles it.
+PROBE_SECONDS = 0.15
 
 
 def layer_mb(model):

@@ -12,7 +12,9 @@ from emoprobe.batched import probe_layer_batched
 from emoprobe.probes import probe_device, probe_targets
 
 log = log_to(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+# One thread whatever the job is given: the order of torch's parallel sums, so the last bits of a fit, would
+# change with the thread count, and jobs, not threads, are what keep the cores busy.
+torch.set_num_threads(1)
 location, layers, labels = snakemake.params.location, snakemake.params.layers, snakemake.params.labels
 settings = snakemake.params.probe
 fit = {key: settings[key] for key in ("C", "max_iter", "tol", "folds", "test_size", "seed", "stratify", "control")}
@@ -35,8 +37,8 @@ for layer in layers:
             kept = predictions.setdefault(f"{subset}/{target}", {
                 "row_id": meta["row_id"][predicted["rows"]], "label_id": predicted["label_id"],
                 "control_label_id": predicted["control_label_id"], "predicted": [], "control_predicted": []})
-            kept["predicted"].append(predicted["predicted"])
-            kept["control_predicted"].append(predicted["control_predicted"])
+            for key in ("predicted", "control_predicted"):
+                kept[key].append(predicted[key])
         scored = table.dropna(subset=["balanced_accuracy"])
         if scored.empty:
             log.info("%s layer %d, %s / %s: nothing scored: %s", location, layer, subset, target, table["note"].iloc[0])
@@ -47,9 +49,9 @@ for layer in layers:
                  table["n_iter"].max(), "" if table["converged"].all() else f", NOT converged to tol={settings['tol']:g}",
                  f"; {best.note}" if best.note else "")
 write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
+stacked = ("predicted", "control_predicted")
 write_predictions(snakemake.output.predictions,
-                  {name: {**arrays, "predicted": np.stack(arrays["predicted"]),
-                          "control_predicted": np.stack(arrays["control_predicted"])}
+                  {name: {**arrays, **{key: np.stack(arrays[key]) for key in stacked}}
                    for name, arrays in predictions.items()},
                   layers=layers, positions=meta["positions"], attrs={"model": snakemake.wildcards.model,
                                                                      "location": location, "labels": labels})

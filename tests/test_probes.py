@@ -255,5 +255,3 @@ def test_batched_trainer_agrees_with_the_per_fit_trainer():
         for column in ("accuracy", "balanced_accuracy", "control_accuracy"):
             assert np.abs(table[column] - alone[column]).max() <= 3 / len(rows), column
         assert table["converged"].all() and np.array_equal(predictions["rows"], rows[reference["rows"]])
-        weights, intercepts = predictions["directions"]
-        assert weights.shape == (2, len(np.unique(labels)), 40) and intercepts.shape == (2, len(np.unique(labels)))
