@@ -403,7 +403,9 @@ def scored_rows(label_id: np.ndarray, predicted: np.ndarray, labels: np.ndarray,
 def probe_layer(states: np.ndarray, label_id: np.ndarray, positions: list[int], *, label_names: Sequence[str],
                 C: float, max_iter: int, tol: float, folds: int, test_size: float, seed: int, stratify: bool,
                 control: bool, device: str | torch.device = "cpu") -> tuple[pd.DataFrame, dict | None]:
-    """Fit and score a probe at every position of one layer, over every fold.
+    """Fit and score a probe at every position of one layer, over every fold, one fit at a time: the per-fit
+    trainer. The workflow runs :func:`emoprobe.batched.probe_layer_batched`; this is its reference in
+    ``tests/test_probes.py`` and ``benchmarks/probes.py``.
 
     Parameters
     ----------
