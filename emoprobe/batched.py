@@ -29,7 +29,7 @@ import torch
 
 import pandas as pd
 
-from emoprobe.probes import (PRECONDITIONER_SHRINKAGE, Problem, cross_validated_table, fold_indices, probe_problem,
+from emoprobe.probes import (PRECONDITIONER_SHRINKAGE, cross_validated_table, fold_indices, probe_problem,
                              unscored_table)
 
 ARMIJO = 1e-4  # sufficient decrease of the backtracking line search

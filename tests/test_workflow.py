@@ -184,6 +184,13 @@ def test_new_probe_parameter_reruns_probes_and_aggregation_only(e2e_run):
                     "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1, "all": 1}
 
 
+def test_no_answer_probe_reruns_the_probes_and_baselines_but_not_the_answers(e2e_run):
+    jobs = dry_run(e2e_run, with_changes(small_config(), probe__answer_probe=False))
+    assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "logit_lens": 1, "count_subsets": 1, "localise": 1,
+                    "aggregate_accuracy": 1, "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1,
+                    "all": 1}
+
+
 def test_new_bootstrap_count_reruns_the_localisation_only(e2e_run):
     jobs = dry_run(e2e_run, with_changes(small_config(), probe__bootstrap=500))
     assert jobs == {"localise": 1, "aggregate_accuracy": 1, "plot_accuracy": 1, "record_config": 1, "all": 1}
