@@ -115,10 +115,11 @@ SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
-# no slurmdbd: sacct cannot answer, squeue does (finished jobs stay visible MinJobAge seconds)
+# no slurmdbd: sacct cannot answer, squeue does (finished jobs stay visible MinJobAge seconds:
+# longer than the whole test's run, so the test can list every job it submitted)
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
-MinJobAge=300
+MinJobAge=7200
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory

@@ -54,13 +54,13 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
         # jobs inherit this environment (sbatch --export=ALL): the venv's python comes first
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
         start = time.monotonic()
-        result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=workdir)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env, cwd=workdir)
         output = result.stdout + result.stderr
         print(f"\nSLURM run: {time.monotonic() - start:.0f} s, return code {result.returncode}")
         assert result.returncode == 0, output[-6000:]
 
         submitted = SUBMITTED.findall(output)
-        states = {}  # every job this cluster has seen, still listed for MinJobAge = 300 s
+        states = {}  # every job this cluster has seen, still listed for MinJobAge (slurm_cluster.py)
         for line in cluster.run("squeue", "--noheader", "--states=all",
                                 "--Format=JobID:|,State:|,Comment:|,tres-per-job:|").splitlines():
             job_id, state, comment, gres = line.split("|")[:4]
@@ -73,7 +73,8 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
     rules = Counter(re.sub(r"_wildcards_.*", "", comment).removeprefix("rule_") for _, comment, _ in states.values())
     # everything but the local rules (all, aggregating and plotting) ran as a SLURM job, once
     assert rules == {"prepare_prompts": 1, "prepare_gguf_model": 1, "extract_hidden_states": 2, "answer_emotions": 1,
-                     "fit_probes": 6, "fit_appraisal_probes": 1}
+                     "fit_probes": 6, "fit_appraisal_probes": 1, "fit_text_baseline": 1, "logit_lens": 1,
+                     "localise": 1}
     assert all("gpu" in gres for _, comment, gres in states.values() if "extract_hidden_states" in comment)
 
     from conftest import TOKEN
