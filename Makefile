@@ -11,10 +11,10 @@ BIN := $(VENV)/bin
 .PHONY: run report test install bench bench-gpu clean
 
 run: $(VENV)/.installed
-	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 
 report: $(VENV)/.installed
-	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --report report.html
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --report report.html
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

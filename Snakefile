@@ -14,7 +14,8 @@ include: "rules/models.smk"
 include: "rules/extract.smk"
 include: "rules/answer.smk"
 include: "rules/probe.smk"
-include: "rules/report.smk"
+include: "rules/aggregate.smk"
+include: "rules/figures.smk"
 
 
 localrules:

@@ -39,7 +39,7 @@ def dry_run_jobs(config: dict) -> list[dict]:
         configfile.write_text(yaml.safe_dump(config, sort_keys=False))
         result = subprocess.run(
             [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", workdir,
-             "--configfile", str(configfile), "--replace-workflow-config", "--workflow-profile", "none",
+             "--configfile", str(configfile), "--replace-workflow-config",
              "--dry-run", "--cores", "1", "--nocolor"],
             capture_output=True, text=True, check=False)
     if result.returncode != 0:

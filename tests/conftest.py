@@ -38,7 +38,7 @@ def small_config(limit: int = 144) -> dict:
     return config
 
 
-def snakemake_command(workdir: Path, config: dict, *args: str, profile: Path = ROOT / "profiles/default",
+def snakemake_command(workdir: Path, config: dict, *args: str, profile: Path = ROOT / "profiles/local",
                       snakefile: Path = ROOT / "Snakefile") -> tuple[list[str], dict]:
     """Command line and environment running the workflow of ``snakefile`` in ``workdir`` with ``config``
     replacing config.yaml."""

@@ -47,9 +47,8 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
         (tmp_path / "profile/config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
 
         workdir = tmp_path / "run"
-        # --workflow-profile none: else Snakemake also loads profiles/default beside the Snakefile
-        command, env = snakemake_command(workdir, small_config(), "--workflow-profile", "none",
-                                         profile=tmp_path / "profile")
+        # the README's command: `snakemake --profile profiles/slurm`, nothing else
+        command, env = snakemake_command(workdir, small_config(), profile=tmp_path / "profile")
         env["SLURM_CONF"] = cluster.env["SLURM_CONF"]
         # jobs inherit this environment (sbatch --export=ALL): the venv's python comes first
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]

@@ -1,0 +1,83 @@
+rule aggregate_accuracy:
+    input:
+        scores=score_files(),
+        localisation=expand("results/localisation/{model}.tsv", model=MODELS),
+    output:
+        table=report("results/accuracy.tsv", caption="../report/accuracy_table.rst", category="Tables"),
+        localisation=report("results/localisation.tsv", caption="../report/localisation_table.rst",
+                            category="Tables"),
+        text=expand("results/tables/{model}_accuracy_by_layer.txt", model=MODELS),
+    params:
+        code=script_code("aggregate_accuracy"),
+        order={"models": MODELS, "locations": config["locations"], "subsets": config["probe"]["subsets"]},
+    log:
+        "logs/aggregate_accuracy.log",
+    benchmark:
+        "logs/benchmarks/aggregate_accuracy.tsv"
+    resources:
+        mem_mb=1024,
+        runtime=5,
+    conda:
+        "../envs/probe.yaml"
+    script:
+        "../scripts/aggregate_accuracy.py"
+
+
+rule record_config:
+    output:
+        "results/config.yaml",
+    params:
+        code=script_code("record_config"),
+        # the complete config, defaults filled in: every seed and setting behind the results
+        config=lambda wc: config,
+    log:
+        "logs/record_config.log",
+    benchmark:
+        "logs/benchmarks/record_config.tsv"
+    resources:
+        mem_mb=512,
+        runtime=5,
+    conda:
+        "../envs/corpus.yaml"
+    script:
+        "../scripts/record_config.py"
+
+
+rule summarise_answers:
+    input:
+        expand("results/answers/{model}.tsv", model=MODELS),
+    output:
+        report("results/answers.tsv", caption="../report/answers_table.rst", category="Tables"),
+    params:
+        code=script_code("summarise_answers"),
+    log:
+        "logs/summarise_answers.log",
+    benchmark:
+        "logs/benchmarks/summarise_answers.tsv"
+    resources:
+        mem_mb=1024,
+        runtime=5,
+    conda:
+        "../envs/probe.yaml"
+    script:
+        "../scripts/summarise_answers.py"
+
+
+rule aggregate_appraisal:
+    input:
+        appraisal_files(),
+    output:
+        report("results/appraisal_r2.tsv", caption="../report/appraisal_table.rst", category="Tables"),
+    params:
+        code=script_code("aggregate_appraisal"),
+    log:
+        "logs/aggregate_appraisal.log",
+    benchmark:
+        "logs/benchmarks/aggregate_appraisal.tsv"
+    resources:
+        mem_mb=1024,
+        runtime=5,
+    conda:
+        "../envs/probe.yaml"
+    script:
+        "../scripts/aggregate_appraisal.py"
