@@ -236,7 +236,7 @@ def main() -> None:
                              "operator (on the CPU only)")
     args = parser.parse_args()
 
-    from emoprobe.models import pick_device
+    from emoprobe.device import pick_device
 
     device = pick_device(args.device).type
     if args.profile and device != "cpu":

@@ -45,7 +45,8 @@ import pandas as pd  # noqa: E402
 
 from emoprobe.batched import probe_layer_batched  # noqa: E402
 from emoprobe.h5io import read_layer  # noqa: E402
-from emoprobe.probes import probe_device, probe_layer, probe_targets, split_indices, standardise  # noqa: E402
+from emoprobe.device import pick_device  # noqa: E402
+from emoprobe.probes import probe_layer, probe_targets, split_indices, standardise  # noqa: E402
 
 DEFAULT_PROTOCOL = dict(C=1.0, max_iter=1000, tol=1e-4, folds=5, test_size=0.2, seed=42, stratify=False, control=True)
 
@@ -106,7 +107,7 @@ def main() -> None:
     parser.add_argument("--layers", default="all", help="'all' or comma-separated layers to load")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = probe_device(args.device)
+    device = pick_device(args.device, needs_float64=True)
 
     with h5py.File(args.hidden) as f:
         layers = sorted(int(k.split("_")[1]) for k in f if k.startswith("residual_") and k != "residual_00")

@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from emoprobe.config import chunk_size, layer_chunks, prompt_template  # noqa: E402
-from emoprobe.corpus import build_prompts, read_corpus_table, validate_corpus  # noqa: E402
+from emoprobe.architecture import describe_models  # noqa: E402
+from emoprobe.corpus import build_prompts, checked_corpus  # noqa: E402
 from emoprobe.extract import length_batches, padded_tokens, shared_prefix_length, tokenize  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989  # NVIDIA H100 SXM datasheet, dense bf16 tensor-core peak
@@ -64,10 +65,7 @@ def prompt_tokens(config: dict, tokenizer_dir: str) -> tuple[list[int], int]:
     from transformers import AutoTokenizer
 
     dataset = config["dataset"]
-    table = read_corpus_table(dataset["path"], dataset["encoding"])
-    corpus = validate_corpus(table, dataset["path"], id_column=dataset["id_column"],
-                             text_column=dataset["text_column"], label_column=dataset["label_column"],
-                             labels=dataset["labels"], rename=dataset["rename"])
+    corpus = checked_corpus(dataset["path"], dataset)
     prompts = build_prompts(corpus, prompt_template(config["prompt"]))["prompt"]
     ids = tokenize(AutoTokenizer.from_pretrained(tokenizer_dir), prompts)
     return [len(i) for i in ids], shared_prefix_length(ids, config["positions"])
@@ -91,6 +89,7 @@ def main() -> None:
         config["dataset"]["path"] = args.corpus
     jobs = dry_run_jobs(config)
     validate(config, str(ROOT / "schemas/config.schema.yaml"))  # fills in the defaults, as the workflow does
+    describe_models(config, ROOT)  # n_layers, hidden_size, params_m, as the workflow reads them
     extraction = config["extraction"]
     per_rule = Counter(job["rule"] for job in jobs)
 

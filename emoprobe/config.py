@@ -64,6 +64,28 @@ def duplicate_keys(path: str | Path) -> list[str]:
     return found
 
 
+def prepare_config(config: dict, configfiles: list, schema_path: str | Path, workdir: Path) -> None:
+    """Check the workflow's config and complete it in place, in the order a user's mistakes are best
+    reported: keys given twice in a config file, every schema violation at once, then (the schema's
+    defaults filled in) each model described by itself (:func:`emoprobe.architecture.describe_models`)
+    and the checks across keys (:func:`check_config`). Raises :class:`ConfigError`."""
+    import yaml
+    from snakemake.utils import validate
+
+    from emoprobe.architecture import describe_models
+
+    for path in configfiles:
+        if duplicates := duplicate_keys(path):
+            raise ConfigError(f"{path}: keys given twice: {', '.join(duplicates)}")
+    with open(schema_path) as handle:
+        schema = yaml.safe_load(handle)
+    if errors := schema_errors(config, schema):
+        raise ConfigError("\n  " + "\n  ".join(errors))
+    validate(config, schema=str(schema_path))  # fills in the defaults
+    describe_models(config, workdir)
+    check_config(config, workdir)
+
+
 def model_source(name: str, model: dict) -> str:
     """Which of ``hub``, ``local``, ``gguf`` the model comes from; exactly one must be given."""
     given = [s for s in SOURCES if s in model]
@@ -111,7 +133,7 @@ def sha256_of(paths: list[str | Path]) -> str:
 
 # Modules that decide no number a job writes (messages, config checks, allocator settings): a change
 # to them reruns nothing.
-NEUTRAL_MODULES = frozenset({"errors", "config", "memory"})
+NEUTRAL_MODULES = frozenset({"errors", "config", "memory", "architecture"})
 
 
 def code_sha256(script: str | Path, package: str | Path) -> str:

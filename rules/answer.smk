@@ -6,7 +6,9 @@ rule answer_emotions:
         "results/answers/{model}.tsv",
     params:
         code=script_code("answer_emotions"),
-        model=lambda wc: config["models"][wc.model],
+        model=lambda wc: model_identity(wc.model),
+        layer=lambda wc: LAYERS[wc.model][-1],
+        provenance=lambda wc: hidden_provenance(wc.model),
         labels=config["dataset"]["labels"],
         words=config["answer"]["words"],
         dtype=config["extraction"]["dtype"],
@@ -17,7 +19,7 @@ rule answer_emotions:
         "logs/benchmarks/answer_emotions/{model}.tsv"
     threads: 1
     resources:
-        mem_mb=extraction_mem_mb,
+        mem_mb=lambda wc, attempt: jobs.extraction_mem_mb(config, wc.model, attempt),
         runtime=lambda wc, attempt: 15 * attempt,
     conda:
         "../envs/torch.yaml"

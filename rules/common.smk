@@ -1,9 +1,10 @@
 import os
+import re
 import sys
+from pathlib import Path
 
-import yaml
-
-from snakemake.utils import min_version, validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -12,34 +13,25 @@ min_version("9.0")
 # sys.path whatever the software deployment (venv, conda, cluster).
 sys.path.insert(0, workflow.basedir)
 
-from emoprobe.config import (
-    ConfigError,
-    check_config,
-    chunk_size,
-    code_sha256,
-    count_records,
-    duplicate_keys,
-    layer_chunks,
-    model_source,
-    prompt_template,
-    schema_errors,
-    sha256_of,
-)
+from emoprobe import jobs
+from emoprobe.architecture import package_file
+from emoprobe.config import ConfigError, code_sha256, count_records, model_source, prepare_config, prompt_template, sha256_of
+from emoprobe.corpus import checked_corpus
+from emoprobe.errors import UserError
 
-for configfile_path in workflow.configfiles:
-    if duplicates := duplicate_keys(configfile_path):
-        raise WorkflowError(f"invalid config: {configfile_path}: keys given twice: {', '.join(duplicates)}")
-
-errors = schema_errors(config, yaml.safe_load(open(workflow.source_path("../schemas/config.schema.yaml"))))
-if errors:
-    raise WorkflowError("invalid config:\n  " + "\n  ".join(errors))
-validate(config, schema="../schemas/config.schema.yaml")  # fills in the defaults
 try:
-    check_config(config, Path.cwd())
+    prepare_config(config, workflow.configfiles, workflow.source_path("../schemas/config.schema.yaml"), Path.cwd())
 except ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 
 TEMPLATE = prompt_template(config["prompt"])
+# A local corpus is checked now, so that a bad one stops the workflow within seconds, before any job (a
+# model's download or dequantising) starts; prepare_prompts checks a downloaded one.
+if os.path.exists(config["dataset"]["path"]):
+    try:
+        checked_corpus(config["dataset"]["path"], config["dataset"])
+    except UserError as err:
+        raise WorkflowError(f"invalid corpus: {err}") from None
 # Declared so that executors whose jobs do not inherit this environment pass them on (SLURM's jobs
 # inherit it, and the plugin never writes them into a command line). Only those that are set: a
 # declared variable must be.
@@ -48,22 +40,8 @@ envvars:
 
 
 MODELS = list(config["models"])
-GGUF_MODELS = [m for m in MODELS if model_source(m, config["models"][m]) == "gguf"]
 LAYERS = {m: list(range(1, config["models"][m]["n_layers"] + 1)) for m in MODELS}
-CHUNKS = {m: layer_chunks(config["models"][m]["n_layers"], chunk_size(config, m)) for m in MODELS}
-# Probing problems per layer: each subset with the true labels, and all texts with the model's answer.
-PROBLEMS_PER_LAYER = len(config["probe"]["subsets"]) + bool(config["probe"]["answer_probe"])
-# Fits of one probe job per layer: every fold of every problem, and each fit's control.
-FITS_PER_LAYER = max(config["probe"]["folds"], 1) * PROBLEMS_PER_LAYER * (2 if config["probe"]["control"] else 1)
-# Layers per probe job, within one chunk file: about probe.fits_per_job fits each.
-PROBE_GROUPS = {
-    m: [
-        (first + a - 1, first + b - 1)
-        for first, last in CHUNKS[m]
-        for a, b in layer_chunks(last - first + 1, max(config["probe"]["fits_per_job"] // FITS_PER_LAYER, 1))
-    ]
-    for m in MODELS
-}
+CHUNKS = {m: jobs.extraction_chunks(config, m) for m in MODELS}
 # Extraction stores the token embeddings as layer 0 of the residual stream, in the first chunk.
 EMBEDDING_LAYER = "residual" in config["locations"]
 
@@ -127,12 +105,6 @@ def first_stored_layer(wildcards):
     return 0 if EMBEDDING_LAYER and int(wildcards.first) == 1 else int(wildcards.first)
 
 
-def probe_groups(model, location):
-    """``(first, last)`` layers of each probe job of ``location``; the residual stream's first starts at 0."""
-    return [(0 if location == "residual" and EMBEDDING_LAYER and first == 1 else first, last)
-            for first, last in PROBE_GROUPS[model]]
-
-
 def last_chunk_file(wildcards):
     """The chunk holding the last layer, from which the model's answers are read."""
     return chunk_of_layer(wildcards.model, LAYERS[wildcards.model][-1])
@@ -167,7 +139,7 @@ def probe_files(model, location=None, suffix="tsv"):
     return [
         f"results/probes/{model}/{loc}/layers{first:02d}-{last:02d}.{suffix}"
         for loc in ([location] if location else config["locations"])
-        for first, last in probe_groups(model, loc)
+        for first, last in jobs.probe_groups(config, model, loc)
     ]
 
 
@@ -192,6 +164,34 @@ def model_inputs(wildcards):
     return {}
 
 
+def gguf_parts(wildcards):
+    """The GGUF file (or its parts, in order) of a model, inside the installed packages that ship it."""
+    return [str(package_file(spec)) for spec in config["models"][wildcards.model]["gguf"]["files"]]
+
+
+# Params hold exactly what decides a rule's output: these helpers leave out the keys that only size,
+# schedule or locate work, so that editing those reruns nothing (tests/test_workflow.py edits each).
+
+
+def dataset_settings():
+    """The dataset settings that decide the prompts: not where the corpus lies or comes from (its sha256 is
+    the param that stands for its bytes) nor the size guess for resource requests."""
+    return {k: v for k, v in config["dataset"].items() if k not in ("path", "url", "sha256", "texts_guess")}
+
+
+def model_identity(model):
+    """What decides which model a job loads: its source entry and whether its own code may run; not its
+    size estimates or job layout."""
+    entry = config["models"][model]
+    source = model_source(model, entry)
+    return {"name": model, "source": source, source: entry[source], "trust_remote_code": entry["trust_remote_code"]}
+
+
+def model_shape(model):
+    """The depth and width the model has (read from it at parse time, :mod:`emoprobe.architecture`)."""
+    return {key: config["models"][model][key] for key in ("n_layers", "hidden_size")}
+
+
 def extraction_settings(model):
     """The extraction settings that decide a model's states (not threads or chunking)."""
     settings = {k: v for k, v in config["extraction"].items() if k not in ("threads", "layer_chunk_size")}
@@ -199,61 +199,32 @@ def extraction_settings(model):
     return settings
 
 
-# For runtime requests: tokens per prompt (the two-shot prompts average 58 with SmolLM2's
-# tokenizer, benchmarks/scaling.py) and a rate well below what a job reaches in float32 on CPUs
-# (this 2-core laptop: about 200 GFLOP/s) and in 16-bit on a GPU (an H100: hundreds of TFLOP/s).
-TOKENS_PER_TEXT = 64
-FLOP_RATE = {"float32": 5e10, "bfloat16": 2e13, "float16": 2e13}
+def hidden_provenance(model):
+    """File attributes each reader of the model's hidden-state files expects
+    (:func:`emoprobe.h5io.check_provenance`): the model, its source, the prompt template and the sample."""
+    entry = config["models"][model]
+    source = model_source(model, entry)
+    return {"model": model, "source": {source: entry[source]}, "prompt_template": TEMPLATE,
+            "dataset_limit": config["dataset"]["limit"], "dataset_seed": config["dataset"]["seed"],
+            "storage_dtype": extraction_settings(model)["storage_dtype"]}
 
 
-def extraction_runtime(wildcards, attempt):
-    """Minutes: 2 x parameters x tokens through the chunk's last layer, at FLOP_RATE, plus loading."""
-    model = config["models"][wildcards.model]
-    params = model.get("compute_params_m", model["params_m"]) * 1e6 * int(wildcards.last) / model["n_layers"]
-    seconds = 2 * params * N_TEXTS * TOKENS_PER_TEXT / FLOP_RATE[config["extraction"]["dtype"]]
-    return int(15 + seconds / 60) * attempt
+def predictions_provenance(model, location):
+    """File attributes the readers of a probe or logit-lens predictions file expect."""
+    return {"model": model, "location": location, "labels": sorted(config["dataset"]["labels"])}
 
 
-def model_bytes_per_param():
-    return 2 if config["extraction"]["dtype"] in ("float16", "bfloat16") else 4
-
-
-def extraction_mem_mb(wildcards, attempt):
-    """Weights plus a batch of activations (batch_tokens x width x a few buffers), growing with attempt."""
-    model = config["models"][wildcards.model]
-    weights = model["params_m"] * 1e6 * model_bytes_per_param()
-    activations = config["extraction"]["batch_tokens"] * model["hidden_size"] * 4 * 64
-    return int((weights * 1.5 + activations) / 2**20 + 1024) * attempt
-
-
-# Seconds per fit per million values. The batched trainer took 0.095 (Gemma) to 0.116 (SmolLM2) on one
-# core of the 2-core AVX2 machine of docs/performance.md ("Probes: one batched solve": 30 fits of
-# 6,600 x 5 x 576-640 values in 60-66 s per layer), the other core busy; 0.15 leaves room for wider
-# layers that need more L-BFGS iterations, and a retry doubles it.
-PROBE_SECONDS = 0.15
-
-
-def layer_mb(model):
-    """Size in float32 of one location of one layer: texts x positions x width."""
-    return N_TEXTS * len(config["positions"]) * config["models"][model]["hidden_size"] * 4 / 2**20
-
-
-def probe_mem_mb(wildcards, attempt):
-    """One layer in float32, its standardised train/test copies and float64 statistics, and the libraries."""
-    return int(layer_mb(wildcards.model) * 5 + 1024) * attempt
-
-
-def probe_runtime(wildcards, attempt):
-    """Minutes: PROBE_SECONDS per fit of a million (text x feature) values of all positions, on one CPU thread."""
-    values = layer_mb(wildcards.model) * 2**20 / 4
-    seconds = PROBE_SECONDS * FITS_PER_LAYER * values / 1e6 * (int(wildcards.last) - int(wildcards.first) + 1)
-    return int(10 + seconds / 60) * attempt
-
-
-def appraisal_mem_mb(wildcards, attempt):
-    """As a probe, plus the ridge's Gram matrix."""
-    width = config["models"][wildcards.model]["hidden_size"]
-    return int(layer_mb(wildcards.model) * 5 + width * width * 8 * 3 / 2**20 + 1024) * attempt
+def recorded_config():
+    """The config behind the results, defaults filled in, for results/config.yaml: every seed and setting
+    that decides a number, with the sha256 of the corpus read; without the keys that only size or schedule
+    jobs, so that editing those does not rewrite the record."""
+    recorded = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
+    recorded["dataset"] = {**dataset_settings(), "path": config["dataset"]["path"], "sha256": corpus_sha256()}
+    recorded["extraction"] = {k: v for k, v in config["extraction"].items() if k != "threads"}
+    recorded["probe"] = {k: v for k, v in config["probe"].items() if k != "fits_per_job"}
+    recorded["models"] = {name: {k: v for k, v in entry.items() if k not in ("params_m", "compute_params_m")}
+                          for name, entry in config["models"].items()}
+    return recorded
 
 
 def all_targets():

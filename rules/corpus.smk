@@ -25,7 +25,7 @@ rule prepare_prompts:
         "results/corpus/prompts.tsv",
     params:
         code=script_code("prepare_prompts"),
-        dataset={k: v for k, v in config["dataset"].items() if k not in ("path", "url", "sha256")},
+        dataset=dataset_settings(),
         corpus_sha256=corpus_sha256(),
         template=lambda wc: TEMPLATE,
     log:

@@ -6,7 +6,8 @@ rule extract_hidden_states:
         "results/hidden/{model}/layers{first}-{last}.h5",
     params:
         code=script_code("extract_hidden_states"),
-        model=lambda wc: config["models"][wc.model],
+        model=lambda wc: model_identity(wc.model),
+        shape=lambda wc: model_shape(wc.model),
         positions=config["positions"],
         locations=config["locations"],
         template=lambda wc: TEMPLATE,
@@ -22,8 +23,8 @@ rule extract_hidden_states:
     # multi-threaded extraction queued behind them would leave a core idle until they end.
     priority: 1
     resources:
-        mem_mb=extraction_mem_mb,
-        runtime=extraction_runtime,
+        mem_mb=lambda wc, attempt: jobs.extraction_mem_mb(config, wc.model, attempt),
+        runtime=lambda wc, attempt: jobs.extraction_runtime(config, wc.model, int(wc.last), N_TEXTS, attempt),
     conda:
         "../envs/torch.yaml"
     script:

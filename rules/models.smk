@@ -1,4 +1,7 @@
 rule prepare_gguf_model:
+    input:
+        # the GGUF file or its parts, inside their installed packages (resolved at parse time)
+        parts=gguf_parts,
     output:
         directory("resources/models/{model}"),
     params:
@@ -10,8 +13,7 @@ rule prepare_gguf_model:
     benchmark:
         "logs/benchmarks/prepare_gguf_model/{model}.tsv"
     resources:
-        # the dequantised weights in float32, the GGUF blocks and transformers' staging copies
-        mem_mb=lambda wc, attempt: int(config["models"][wc.model]["params_m"] * 4 * 4 + 2048) * attempt,
+        mem_mb=lambda wc, attempt: jobs.gguf_mem_mb(config, wc.model, attempt),
         runtime=30,
     conda:
         "../envs/models.yaml"

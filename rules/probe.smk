@@ -10,14 +10,17 @@ rule fit_probes:
         labels=sorted(config["dataset"]["labels"]),
         location=lambda wc: wc.location,
         layers=lambda wc: list(range(int(wc.first), int(wc.last) + 1)),
+        provenance=lambda wc: hidden_provenance(wc.model),
     log:
         "logs/fit_probes/{model}/{location}/layers{first}-{last}.log",
     benchmark:
         "logs/benchmarks/fit_probes/{model}/{location}/layers{first}-{last}.tsv"
     threads: 1
     resources:
-        mem_mb=probe_mem_mb,
-        runtime=probe_runtime,
+        mem_mb=lambda wc, attempt: jobs.probe_mem_mb(config, wc.model, N_TEXTS, attempt),
+        runtime=lambda wc, attempt: jobs.probe_runtime(
+            config, wc.model, int(wc.last) - int(wc.first) + 1, N_TEXTS, attempt
+        ),
     conda:
         "../envs/probe.yaml"
     script:
@@ -36,13 +39,16 @@ rule fit_appraisal_probes:
         columns=config["dataset"]["appraisal_columns"],
         # the emotion probes' folds, not their other settings, whose change need not rerun these
         split={key: config["probe"][key] for key in ("folds", "test_size", "seed", "stratify")},
+        # the layers of each chunk file, in the order of input.states
+        layers=lambda wc: [list(range(first, last + 1)) for first, last in CHUNKS[wc.model]],
+        provenance=lambda wc: hidden_provenance(wc.model),
     log:
         "logs/fit_appraisal_probes/{model}.log",
     benchmark:
         "logs/benchmarks/fit_appraisal_probes/{model}.tsv"
     threads: 1
     resources:
-        mem_mb=appraisal_mem_mb,
+        mem_mb=lambda wc, attempt: jobs.appraisal_mem_mb(config, wc.model, N_TEXTS, attempt),
         runtime=lambda wc, attempt: 30 * attempt,
     conda:
         "../envs/probe.yaml"
@@ -84,7 +90,7 @@ rule logit_lens:
         predictions="results/baselines/{model}/logit_lens.predictions.h5",
     params:
         code=script_code("logit_lens"),
-        model=lambda wc: config["models"][wc.model],
+        model=lambda wc: model_identity(wc.model),
         labels=sorted(config["dataset"]["labels"]),
         words=config["answer"]["words"],
         dtype=config["extraction"]["dtype"],
@@ -92,13 +98,14 @@ rule logit_lens:
         probe={key: config["probe"][key] for key in ("subsets", "answer_probe", "folds")},
         layers=lambda wc: list(range(0 if EMBEDDING_LAYER else 1, config["models"][wc.model]["n_layers"] + 1)),
         chunk_index=lambda wc: chunk_index_of_layers(wc.model),
+        provenance=lambda wc: hidden_provenance(wc.model),
     log:
         "logs/logit_lens/{model}.log",
     benchmark:
         "logs/benchmarks/logit_lens/{model}.tsv"
     threads: 1
     resources:
-        mem_mb=extraction_mem_mb,
+        mem_mb=lambda wc, attempt: jobs.extraction_mem_mb(config, wc.model, attempt),
         runtime=lambda wc, attempt: 15 * attempt,
     conda:
         "../envs/torch.yaml"
@@ -115,6 +122,7 @@ rule localise:
         code=script_code("localise"),
         probe={key: config["probe"][key] for key in ("bootstrap", "seed")},
         locations=lambda wc: list(localisation_inputs(wc)),
+        provenance=lambda wc: {location: predictions_provenance(wc.model, location) for location in localisation_inputs(wc)},
         n_layers=lambda wc: config["models"][wc.model]["n_layers"],
     log:
         "logs/localise/{model}.log",

@@ -1,13 +1,13 @@
 """The model's own answer to every prompt, from the stored last-layer states."""
 
-import os
-
 import torch
 
 from emoprobe.answers import answer_logits, answer_table, answer_token_ids
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import read_layer
-from emoprobe.models import load_decoder, model_location, pick_device
+from emoprobe.io import write_tsv
+from emoprobe.device import pick_device
+from emoprobe.models import load_decoder, model_location
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -16,7 +16,8 @@ labels = sorted(snakemake.params.labels)
 path_or_id, revision, local_only = model_location(name, model_cfg, getattr(snakemake.input, "model_dir", None))
 device = pick_device(snakemake.params.device)
 with reported_as_message():
-    states, meta = read_layer(snakemake.input.states, model_cfg["n_layers"], "residual", positions=[-1])
+    states, meta = read_layer(snakemake.input.states, snakemake.params.layer, "residual", positions=[-1],
+                              provenance=snakemake.params.provenance)
     model, tokenizer = load_decoder(path_or_id, revision=revision, dtype=snakemake.params.dtype, device=device,
                                     trust_remote_code=model_cfg["trust_remote_code"], local_only=local_only,
                                     head=True)
@@ -27,6 +28,4 @@ logits = answer_logits(model, states[:, 0], token_ids)
 table = answer_table(meta["row_id"], meta["label_id"], logits, labels)
 log.info("accuracy %.4f on %d texts; answers %s", table["correct"].mean(), len(table),
          table["answer"].value_counts().to_dict())
-partial = snakemake.output[0] + ".partial"
-table.to_csv(partial, sep="\t", index=False, float_format="%.6g")
-os.replace(partial, snakemake.output[0])
+write_tsv(table, snakemake.output[0], float_format="%.6g")

@@ -1,19 +1,17 @@
 """Download the corpus from dataset.url, checking its sha256."""
 
-import os
 import urllib.request
 
 from emoprobe.config import sha256_of
 from emoprobe.errors import log_to
+from emoprobe.io import atomic_path
 
 log = log_to(snakemake.log[0])
 url, expected = snakemake.params.url, snakemake.params.sha256
-partial = snakemake.output[0] + ".partial"
 log.info("downloading %s", url)
-with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
-    out.write(response.read())
-actual = sha256_of([partial])
-if expected and actual != expected:
-    os.unlink(partial)
-    raise SystemExit(f"error: {url}: sha256 {actual} differs from dataset.sha256 {expected}")
-os.replace(partial, snakemake.output[0])
+with atomic_path(snakemake.output[0]) as partial:
+    with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+        out.write(response.read())
+    actual = sha256_of([partial])
+    if expected and actual != expected:
+        raise SystemExit(f"error: {url}: sha256 {actual} differs from dataset.sha256 {expected}")

@@ -16,7 +16,8 @@ from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.extract import extract_to_hdf5
 from emoprobe.config import model_source
-from emoprobe.models import ModelError, load_decoder, model_location, pick_device
+from emoprobe.device import pick_device
+from emoprobe.models import ModelError, load_decoder, model_location
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -33,8 +34,9 @@ with reported_as_message():
     model, tokenizer = load_decoder(path_or_id, revision=revision, dtype=settings["dtype"], device=device,
                                     trust_remote_code=model_cfg["trust_remote_code"], local_only=local_only)
     for key, actual in (("n_layers", model.config.num_hidden_layers), ("hidden_size", model.config.hidden_size)):
-        if model_cfg[key] != actual:
-            raise ModelError(f"models.{name}.{key}: the config says {model_cfg[key]}, the model has {actual}")
+        if snakemake.params.shape[key] != actual:
+            raise ModelError(f"models.{name}.{key}: the workflow planned {snakemake.params.shape[key]}, the model "
+                             f"loaded has {actual}")
     prompts = read_prompts(snakemake.input.prompts)
     attrs = {
         "model": name,

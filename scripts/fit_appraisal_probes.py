@@ -1,31 +1,27 @@
 """Ridge probes from every layer's residual stream to every appraisal rating, for one model."""
 
-import os
-import re
-
 import pandas as pd
 
 from emoprobe.appraisal import appraisal_r2, appraisal_table
 from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import read_layer
+from emoprobe.io import write_tsv
 from emoprobe.probes import fold_indices
 
 log = log_to(snakemake.log[0])
 settings, split, columns = snakemake.params.appraisal, snakemake.params.split, snakemake.params.columns
 prompts = read_prompts(snakemake.input.prompts).set_index("row_id")
 tables = []
-for path in snakemake.input.states:
-    first, last = map(int, re.search(r"layers(\d+)-(\d+)\.h5$", path).groups())
-    for layer in range(first, last + 1):
+for path, layers in zip(snakemake.input.states, snakemake.params.layers):
+    for layer in layers:
         with reported_as_message():
-            states, meta = read_layer(path, layer, "residual", positions=settings["positions"])
+            states, meta = read_layer(path, layer, "residual", positions=settings["positions"],
+                                      provenance=snakemake.params.provenance)
         ratings = prompts.loc[meta["row_id"], columns].to_numpy(dtype=float)
         splits = fold_indices(meta["label_id"], **split)
         table = appraisal_table(appraisal_r2(states, ratings, splits, settings["alpha"]), layer, meta["positions"],
                                 columns)
         log.info("layer %d: best R² %.3f (%s)", layer, table["r2"].max(), table.loc[table["r2"].idxmax(), "appraisal"])
         tables.append(table)
-partial = snakemake.output[0] + ".partial"
-pd.concat(tables, ignore_index=True).to_csv(partial, sep="\t", index=False, float_format="%.6f")
-os.replace(partial, snakemake.output[0])
+write_tsv(pd.concat(tables, ignore_index=True), snakemake.output[0])

@@ -9,7 +9,8 @@ from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import read_layer, write_predictions
 from emoprobe.io import write_tsv
 from emoprobe.batched import probe_layer_batched
-from emoprobe.probes import probe_device, probe_targets
+from emoprobe.device import pick_device
+from emoprobe.probes import probe_targets
 
 log = log_to(snakemake.log[0])
 # One thread whatever the job is given: the order of torch's parallel sums, so the last bits of a fit, would
@@ -18,14 +19,14 @@ torch.set_num_threads(1)
 location, layers, labels = snakemake.params.location, snakemake.params.layers, snakemake.params.labels
 settings = snakemake.params.probe
 fit = {key: settings[key] for key in ("C", "max_iter", "tol", "folds", "test_size", "seed", "stratify", "control")}
-fit["device"] = probe_device(settings["device"])
+fit["device"] = pick_device(settings["device"], needs_float64=True)
 log.info("fitting on %s, %d threads", fit["device"], torch.get_num_threads())
 with reported_as_message():
     answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
 tables, predictions = [], {}
 for layer in layers:
     with reported_as_message():
-        states, meta = read_layer(snakemake.input.states, layer, location)
+        states, meta = read_layer(snakemake.input.states, layer, location, provenance=snakemake.params.provenance)
     problems = probe_targets(settings["subsets"], settings["answer_probe"], meta["row_id"], meta["label_id"], answers,
                              labels)
     fitted = probe_layer_batched(states, [(rows, label_id) for _, _, rows, label_id in problems], meta["positions"],

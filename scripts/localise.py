@@ -13,7 +13,7 @@ model, settings = snakemake.wildcards.model, snakemake.params.probe
 tables = []
 for location in snakemake.params.locations:
     with reported_as_message():
-        problems = read_predictions(snakemake.input[location])
+        problems = read_predictions(snakemake.input[location], provenance=snakemake.params.provenance[location])
     rows = localisation_rows(problems, n_layers=snakemake.params.n_layers, replicates=settings["bootstrap"],
                              seed=settings["seed"])
     tables.append(pd.DataFrame(rows).assign(model=model, location=location))

@@ -10,7 +10,8 @@ from emoprobe.baselines import logit_lens_table
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import read_layer, write_predictions
 from emoprobe.io import write_tsv
-from emoprobe.models import load_decoder, model_location, pick_device
+from emoprobe.device import pick_device
+from emoprobe.models import load_decoder, model_location
 from emoprobe.probes import probe_targets
 
 log = log_to(snakemake.log[0])
@@ -28,7 +29,7 @@ with reported_as_message():
     readout = []
     for layer in layers:
         path = snakemake.input.states[snakemake.params.chunk_index[layer]]
-        states, meta = read_layer(path, layer, "residual", positions=[-1])
+        states, meta = read_layer(path, layer, "residual", positions=[-1], provenance=snakemake.params.provenance)
         readout.append(answer_logits(model, states[:, 0], token_ids).argmax(axis=1))
 readout = np.stack(readout)
 tables, predictions = [], {}

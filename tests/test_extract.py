@@ -1,6 +1,7 @@
 """Hidden-state extraction on the real SmolLM2: batching, left padding, early stop, HDF5 files."""
 
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -302,6 +303,23 @@ def test_incomplete_or_misshapen_file_is_refused(tmp_path):
         f.attrs["complete"] = False
     with pytest.raises(HiddenFileError, match="not marked complete"):
         read_layer(path, 1)
+
+
+def test_a_file_of_another_model_template_or_sample_is_refused_by_name(tmp_path):
+    path = tmp_path / "chunk.h5"
+    attrs = {"model": "m", "source": {"gguf": {"files": ["p/m.gguf"], "sha256": None}}, "prompt_template": "T: {text}",
+             "dataset_limit": 144, "dataset_seed": 42}
+    with HiddenStateWriter(path, row_id=[1], label_id=[0], n_tokens=[3], positions=[-1], keys=[("residual", 1)],
+                           hidden_size=2, storage_dtype="float32", attrs=attrs) as writer:
+        writer.write(np.array([0]), {("residual", 1): np.ones((1, 1, 2), np.float32)})
+    states, _ = read_layer(path, 1, provenance=attrs)  # what the writing job recorded: accepted
+    assert states.shape == (1, 1, 2)
+    for key, other in (("model", "n"), ("prompt_template", "U: {text}"), ("dataset_limit", 0),
+                       ("source", {"gguf": {"files": ["p/other.gguf"], "sha256": None}})):
+        with pytest.raises(HiddenFileError, match=rf"{path}: attribute '{key}' is .* this job expects {re.escape(repr(other))}"):
+            read_layer(path, 1, provenance={**attrs, key: other})
+    with pytest.raises(HiddenFileError, match="no attribute 'revision'"):
+        read_layer(path, 1, provenance={"revision": "main"})
 
 
 def test_layer_chunks_and_the_shared_prefix_do_not_change_the_states(smollm2, tmp_path):

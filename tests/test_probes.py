@@ -222,11 +222,18 @@ def test_probe_targets_the_models_answer():
         ("all", "label", [0, 1], [0, 2]), ("model_correct", "label", [1], [2]), ("all", "answer", [0, 1], [0, 2])]
 
 
-def test_probe_device():
+def test_one_device_picker_for_every_job(monkeypatch):
     import torch
 
-    assert probes.probe_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert probes.probe_device("cpu").type == "cpu"
+    from emoprobe.device import pick_device
+
+    assert pick_device("cpu").type == "cpu" and str(pick_device("cuda:1")) == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device("auto").type == "mps"
+    assert pick_device("auto", needs_float64=True).type == "cpu"  # MPS has no float64: the probes' fallback needs it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto", needs_float64=True).type == "cuda"
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")

@@ -5,6 +5,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from conftest import run_snakemake, small_config, snakemake_command
 from emoprobe.h5io import read_layer
 
@@ -73,3 +75,31 @@ def test_batching_sorting_and_chunking_do_not_change_the_results(e2e_run, tmp_pa
     assert ours[["model", "layer", "position"]].equals(reference[["model", "layer", "position"]])
     # states equal to 1e-4 of their norm may move a text across a probe's boundary: at most five of 144
     assert (np.abs(ours["accuracy"] - reference["accuracy"]) <= 5 / reference["n_texts"] + 1e-9).all()
+
+
+def test_an_atomic_directory_replaces_the_old_one_only_when_whole(tmp_path):
+    from emoprobe.io import atomic_directory
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as partial:
+            (partial / "new.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (target / "old.txt").read_text() == "old"
+    with atomic_directory(target) as partial:
+        (partial / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and [p.name for p in target.iterdir()] == ["new.txt"]
+
+
+def test_scripts_write_through_the_atomic_helpers_and_take_values_from_params():
+    """One mechanism, one place: no script renames its own partial files or reads values back out of paths."""
+    import re
+
+    from conftest import ROOT
+
+    for script in sorted((ROOT / "scripts").glob("*.py")):
+        code = script.read_text()
+        assert not re.search(r"os\.replace|\.partial|shutil\.rmtree|re\.(search|match|fullmatch)\(", code), script.name
+        assert not re.search(r"open\([^)]*snakemake\.output[^)]*[\"']w", code), script.name

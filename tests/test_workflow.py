@@ -178,6 +178,38 @@ def test_unchanged_config_plans_nothing(e2e_run):
     assert dry_run(e2e_run, small_config()) == {}
 
 
+# Keys that decide no number: sizes and guesses for resource requests, where a corpus on disk would come
+# from, the job layout where it stays the same (fits_per_job 479 still gives 15 layers of 30 fits per
+# job), and threads.
+NEUTRAL_EDITS = {"models__smollm2-135m__params_m": 140, "models__smollm2-135m__compute_params_m": 90.0,
+                 "dataset__texts_guess": 5000, "dataset__url": "https://example.org/other.csv",
+                 "dataset__sha256": "0" * 64, "probe__fits_per_job": 479, "extraction__threads": 3}
+
+
+def test_keys_that_decide_no_output_rerun_nothing(e2e_run):
+    assert dry_run(e2e_run, with_changes(small_config(), **NEUTRAL_EDITS)) == {}
+
+
+def test_new_answer_words_rerun_the_answers_and_what_reads_them_not_the_states(e2e_run):
+    jobs = dry_run(e2e_run, with_changes(small_config(), answer__words={"neutral": "none"}))
+    assert jobs == {"answer_emotions": 1, "logit_lens": 1, "fit_probes": 6, "fit_text_baseline": 1,
+                    "count_subsets": 1, "localise": 1, "summarise_answers": 1, "aggregate_accuracy": 1,
+                    "plot_accuracy": 1, "plot_layer_position": 1, "plot_confusion": 1, "record_config": 1, "all": 1}
+
+
+def test_new_probe_tolerance_reruns_the_fits_not_the_appraisal_or_the_answers(e2e_run):
+    jobs = dry_run(e2e_run, with_changes(small_config(), probe__tol=1e-3))
+    assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "localise": 1, "aggregate_accuracy": 1,
+                    "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1, "all": 1}
+
+
+def test_new_storage_dtype_reruns_the_extraction_and_everything_after_it(e2e_run):
+    jobs = dry_run(e2e_run, with_changes(small_config(), extraction__storage_dtype="float16"))
+    assert "prepare_prompts" not in jobs and "prepare_gguf_model" not in jobs
+    assert jobs["extract_hidden_states"] == 2 and jobs["answer_emotions"] == 1 and jobs["fit_probes"] == 6
+    assert jobs["fit_appraisal_probes"] == 1 and jobs["logit_lens"] == 1
+
+
 def test_new_probe_parameter_reruns_probes_and_aggregation_only(e2e_run):
     jobs = dry_run(e2e_run, with_changes(small_config(), probe__C=0.5))
     assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "localise": 1, "aggregate_accuracy": 1,

@@ -1,0 +1,105 @@
+"""How the workflow cuts a run into jobs, and what each job asks the scheduler for.
+
+Pure arithmetic over the (validated, described) config: the layer chunks of the extraction, the layer
+groups of the probe jobs, and each job's memory and runtime requests. Only the standard library is
+imported here: this runs every time Snakemake parses the workflow. None of it decides a number the
+workflow writes; it decides how the work is split and scheduled.
+"""
+
+from __future__ import annotations
+
+from emoprobe.config import chunk_size, layer_chunks
+
+# Tokens per prompt for the runtime requests: the two-shot prompts average 58 with SmolLM2's tokenizer
+# (benchmarks/scaling.py), the zero-shot ones fewer.
+TOKENS_PER_TEXT = 64
+# FLOP/s well below what an extraction reaches in float32 on CPUs and in 16-bit on a GPU
+# (docs/performance.md), so that a request is rarely too short.
+FLOP_RATE = {"float32": 5e10, "bfloat16": 2e13, "float16": 2e13}
+# Seconds per probe fit per million (text x feature) values on one CPU thread: above what the batched
+# trainer takes on the bundled models (docs/performance.md), with room for wider layers that need
+# more L-BFGS iterations; a retry doubles it.
+PROBE_SECONDS = 0.15
+
+
+def extraction_chunks(config: dict, model: str) -> list[tuple[int, int]]:
+    """``(first, last)`` 1-based layers of each extraction job (one HDF5 file each) of ``model``."""
+    return layer_chunks(config["models"][model]["n_layers"], chunk_size(config, model))
+
+
+def problems_per_layer(config: dict) -> int:
+    """Probing problems per layer: each subset with the true labels, and all texts with the model's answer."""
+    return len(config["probe"]["subsets"]) + bool(config["probe"]["answer_probe"])
+
+
+def fits_per_layer(config: dict) -> int:
+    """Fits of one layer and location: every fold of every problem, each with its control when asked."""
+    probe = config["probe"]
+    return max(probe["folds"], 1) * problems_per_layer(config) * (2 if probe["control"] else 1)
+
+
+def probe_groups(config: dict, model: str, location: str) -> list[tuple[int, int]]:
+    """``(first, last)`` layers of each probe job of ``model`` and ``location``.
+
+    Each job holds about ``probe.fits_per_job`` fits and never spans two extraction chunks (it reads one
+    file). The residual stream's first group starts at layer 0, the token embeddings, which extraction
+    stores in the first chunk.
+    """
+    per_job = max(config["probe"]["fits_per_job"] // fits_per_layer(config), 1)
+    groups = [(first + a - 1, first + b - 1)
+              for first, last in extraction_chunks(config, model)
+              for a, b in layer_chunks(last - first + 1, per_job)]
+    if location == "residual":
+        groups[0] = (0, groups[0][1])
+    return groups
+
+
+def model_bytes_per_param(config: dict) -> int:
+    return 2 if config["extraction"]["dtype"] in ("float16", "bfloat16") else 4
+
+
+def extraction_runtime(config: dict, model: str, last: int, n_texts: int, attempt: int) -> int:
+    """Minutes for an extraction through layer ``last``: 2 x parameters x tokens at FLOP_RATE, plus loading."""
+    entry = config["models"][model]
+    params = entry.get("compute_params_m", entry["params_m"]) * 1e6 * last / entry["n_layers"]
+    seconds = 2 * params * n_texts * TOKENS_PER_TEXT / FLOP_RATE[config["extraction"]["dtype"]]
+    return int(15 + seconds / 60) * attempt
+
+
+def extraction_mem_mb(config: dict, model: str, attempt: int) -> int:
+    """MiB for a job holding the model: weights plus a batch of activations (batch_tokens x width x a few
+    buffers), growing with the attempt."""
+    entry = config["models"][model]
+    weights = entry["params_m"] * 1e6 * model_bytes_per_param(config)
+    activations = config["extraction"]["batch_tokens"] * entry["hidden_size"] * 4 * 64
+    return int((weights * 1.5 + activations) / 2**20 + 1024) * attempt
+
+
+def gguf_mem_mb(config: dict, model: str, attempt: int) -> int:
+    """MiB for dequantising a GGUF model: the weights in float32, the GGUF blocks and transformers' copies."""
+    return int(config["models"][model]["params_m"] * 4 * 4 + 2048) * attempt
+
+
+def layer_mb(config: dict, model: str, n_texts: int) -> float:
+    """MiB of one location of one layer in float32: texts x positions x width."""
+    return n_texts * len(config["positions"]) * config["models"][model]["hidden_size"] * 4 / 2**20
+
+
+def probe_mem_mb(config: dict, model: str, n_texts: int, attempt: int) -> int:
+    """MiB for a probe job: one layer in float32, its standardised train/test copies and float64
+    statistics, and the libraries."""
+    return int(layer_mb(config, model, n_texts) * 5 + 1024) * attempt
+
+
+def probe_runtime(config: dict, model: str, n_layers: int, n_texts: int, attempt: int) -> int:
+    """Minutes for a probe job of ``n_layers`` layers: PROBE_SECONDS per fit per million values of all
+    positions, on one CPU thread."""
+    values = layer_mb(config, model, n_texts) * 2**20 / 4
+    seconds = PROBE_SECONDS * fits_per_layer(config) * values / 1e6 * n_layers
+    return int(10 + seconds / 60) * attempt
+
+
+def appraisal_mem_mb(config: dict, model: str, n_texts: int, attempt: int) -> int:
+    """MiB for the appraisal job: as a probe job, plus the ridge's float64 Gram matrices."""
+    width = config["models"][model]["hidden_size"]
+    return int(layer_mb(config, model, n_texts) * 5 + width * width * 8 * 3 / 2**20 + 1024) * attempt

@@ -1,0 +1,66 @@
+"""How a run is cut into jobs and what each asks for (emoprobe.jobs): pure arithmetic, checked by hand."""
+
+import copy
+
+import pytest
+
+from emoprobe import jobs
+
+CONFIG = {
+    "positions": [-1, -2, -3, -4, -5],
+    "extraction": {"dtype": "float32", "batch_tokens": 4096},
+    "probe": {"subsets": ["all", "model_correct"], "answer_probe": True, "folds": 5, "control": True,
+              "fits_per_job": 150},
+    "models": {"m": {"n_layers": 30, "hidden_size": 576, "params_m": 135, "compute_params_m": 106.5,
+                     "layer_chunk_size": 15}},
+}
+
+
+def with_probe(**settings):
+    config = copy.deepcopy(CONFIG)
+    config["probe"].update(settings)
+    return config
+
+
+def test_fits_per_layer_count_folds_problems_and_controls():
+    assert jobs.problems_per_layer(CONFIG) == 3
+    assert jobs.fits_per_layer(CONFIG) == 5 * 3 * 2
+    assert jobs.fits_per_layer(with_probe(folds=0, control=False, answer_probe=False)) == 2  # one split, 2 subsets
+
+
+def test_probe_groups_hold_about_fits_per_job_fits_and_never_span_two_chunk_files():
+    # 150 fits / 30 per layer = 5 layers per job, within each 15-layer chunk
+    assert jobs.probe_groups(CONFIG, "m", "mlp") == [(1, 5), (6, 10), (11, 15), (16, 20), (21, 25), (26, 30)]
+    # the residual stream's first job also reads the embeddings, stored as layer 0 of the first chunk
+    assert jobs.probe_groups(CONFIG, "m", "residual")[0] == (0, 5)
+    assert jobs.probe_groups(with_probe(fits_per_job=179), "m", "mlp") == jobs.probe_groups(CONFIG, "m", "mlp")
+    assert jobs.probe_groups(with_probe(fits_per_job=400), "m", "mlp") == [(1, 13), (14, 15), (16, 28), (29, 30)]
+    assert jobs.probe_groups(with_probe(fits_per_job=1), "m", "mlp")[:2] == [(1, 1), (2, 2)]  # at least a layer
+
+
+def test_extraction_chunks_follow_the_chunk_size():
+    assert jobs.extraction_chunks(CONFIG, "m") == [(1, 15), (16, 30)]
+    config = copy.deepcopy(CONFIG)
+    del config["models"]["m"]["layer_chunk_size"]
+    assert jobs.extraction_chunks(config, "m") == [(1, 30)]
+
+
+def test_requests_grow_with_the_work_and_the_attempt():
+    # 2 x 106.5e6 x 15/30 parameters x 6600 texts x 64 tokens at 5e10 FLOP/s = 899.7 s, after 15 minutes
+    assert jobs.extraction_runtime(CONFIG, "m", last=15, n_texts=6600, attempt=1) == 29
+    assert jobs.extraction_runtime(CONFIG, "m", last=15, n_texts=6600, attempt=2) == 58
+    # weights 135e6 x 4 bytes x 1.5, activations 4096 x 576 x 4 x 64 bytes, 1 GiB of libraries
+    assert jobs.extraction_mem_mb(CONFIG, "m", attempt=1) == int((135e6 * 4 * 1.5 + 4096 * 576 * 256) / 2**20 + 1024)
+    assert jobs.layer_mb(CONFIG, "m", 6600) == pytest.approx(6600 * 5 * 576 * 4 / 2**20)
+    one, five = (jobs.probe_runtime(CONFIG, "m", n, 6600, attempt=1) for n in (1, 5))
+    assert 10 <= one < five
+    assert jobs.probe_mem_mb(CONFIG, "m", 6600, attempt=2) == 2 * jobs.probe_mem_mb(CONFIG, "m", 6600, attempt=1)
+    assert jobs.appraisal_mem_mb(CONFIG, "m", 6600, 1) > jobs.probe_mem_mb(CONFIG, "m", 6600, 1)
+
+
+def test_sixteen_bit_extraction_asks_for_half_the_weight_memory():
+    config = copy.deepcopy(CONFIG)
+    config["extraction"]["dtype"] = "bfloat16"
+    assert jobs.model_bytes_per_param(config) == 2 and jobs.model_bytes_per_param(CONFIG) == 4
+    assert jobs.extraction_mem_mb(config, "m", 1) < jobs.extraction_mem_mb(CONFIG, "m", 1)
+    assert jobs.extraction_runtime(config, "m", 30, 6600, 1) == 15  # a GPU's rate: loading dominates
