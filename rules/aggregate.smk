@@ -4,21 +4,20 @@ rule aggregate_accuracy:
         localisation=expand("results/localisation/{model}.tsv", model=MODELS),
     output:
         table=report("results/accuracy.tsv", caption="../report/accuracy_table.rst", category="Tables"),
-        localisation=report("results/localisation.tsv", caption="../report/localisation_table.rst",
-                            category="Tables"),
+        localisation=report("results/localisation.tsv", caption="../report/localisation_table.rst", category="Tables"),
         text=expand("results/tables/{model}_accuracy_by_layer.txt", model=MODELS),
-    params:
-        code=script_code("aggregate_accuracy"),
-        order={"models": MODELS, "locations": config["locations"], "subsets": config["probe"]["subsets"]},
     log:
         "logs/aggregate_accuracy.log",
     benchmark:
         "logs/benchmarks/aggregate_accuracy.tsv"
+    conda:
+        "../envs/scores.yaml"
     resources:
         mem_mb=1024,
         runtime=5,
-    conda:
-        "../envs/probe.yaml"
+    params:
+        code=script_code("aggregate_accuracy"),
+        order={"models": MODELS, "locations": config["locations"], "subsets": config["probe"]["subsets"]},
     script:
         "../scripts/aggregate_accuracy.py"
 
@@ -26,18 +25,18 @@ rule aggregate_accuracy:
 rule record_config:
     output:
         "results/config.yaml",
-    params:
-        code=script_code("record_config"),
-        config=lambda wc: recorded_config(),
     log:
         "logs/record_config.log",
     benchmark:
         "logs/benchmarks/record_config.tsv"
+    conda:
+        "../envs/record-config.yaml"
     resources:
         mem_mb=512,
         runtime=5,
-    conda:
-        "../envs/corpus.yaml"
+    params:
+        code=script_code("record_config"),
+        config=lambda wc: recorded_config(),
     script:
         "../scripts/record_config.py"
 
@@ -47,18 +46,18 @@ rule summarise_answers:
         expand("results/answers/{model}.tsv", model=MODELS),
     output:
         report("results/answers.tsv", caption="../report/answers_table.rst", category="Tables"),
-    params:
-        code=script_code("summarise_answers"),
-        models=MODELS,
     log:
         "logs/summarise_answers.log",
     benchmark:
         "logs/benchmarks/summarise_answers.tsv"
+    conda:
+        "../envs/scores.yaml"
     resources:
         mem_mb=1024,
         runtime=5,
-    conda:
-        "../envs/probe.yaml"
+    params:
+        code=script_code("summarise_answers"),
+        models=MODELS,
     script:
         "../scripts/summarise_answers.py"
 
@@ -68,17 +67,17 @@ rule aggregate_appraisal:
         appraisal_files(),
     output:
         report("results/appraisal_r2.tsv", caption="../report/appraisal_table.rst", category="Tables"),
-    params:
-        code=script_code("aggregate_appraisal"),
-        models=MODELS,
     log:
         "logs/aggregate_appraisal.log",
     benchmark:
         "logs/benchmarks/aggregate_appraisal.tsv"
+    conda:
+        "../envs/tables.yaml"
     resources:
         mem_mb=1024,
         runtime=5,
-    conda:
-        "../envs/probe.yaml"
+    params:
+        code=script_code("aggregate_appraisal"),
+        models=MODELS,
     script:
         "../scripts/aggregate_appraisal.py"

@@ -4,6 +4,16 @@ rule answer_emotions:
         states=last_chunk_file,
     output:
         "results/answers/{model}.tsv",
+    log:
+        "logs/answer_emotions/{model}.log",
+    benchmark:
+        "logs/benchmarks/answer_emotions/{model}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: jobs.extraction_mem_mb(config, wc.model, attempt),
+        runtime=lambda wc, attempt: 15 * attempt,
     params:
         code=script_code("answer_emotions"),
         model=lambda wc: model_identity(wc.model),
@@ -13,15 +23,5 @@ rule answer_emotions:
         words=config["answer"]["words"],
         dtype=config["extraction"]["dtype"],
         device=config["extraction"]["device"],
-    log:
-        "logs/answer_emotions/{model}.log",
-    benchmark:
-        "logs/benchmarks/answer_emotions/{model}.tsv"
-    threads: 1
-    resources:
-        mem_mb=lambda wc, attempt: jobs.extraction_mem_mb(config, wc.model, attempt),
-        runtime=lambda wc, attempt: 15 * attempt,
-    conda:
-        "../envs/torch.yaml"
     script:
         "../scripts/answer_emotions.py"

@@ -8,14 +8,22 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-# The emoprobe package sits beside this workflow. Jobs import it through the
-# symlink scripts/emoprobe, since Snakemake puts each script's directory on
-# sys.path whatever the software deployment (venv, conda, cluster).
-sys.path.insert(0, workflow.basedir)
+# emoprobe is installed like any package: in the launching venv by `make install` (pip install
+# --editable .), in each conda env of envs/ from this workflow's directory, which pip finds here
+# (the envs' "-e ${EMOPROBE_WORKFLOW}"; Snakemake runs conda, and conda pip, from .snakemake/conda).
+os.environ.update(EMOPROBE_WORKFLOW=workflow.basedir)  # set for conda, not read: no envvars entry
 
 from emoprobe import jobs
 from emoprobe.architecture import package_file
-from emoprobe.config import ConfigError, code_sha256, count_records, model_source, prepare_config, prompt_template, sha256_of
+from emoprobe.config import (
+    ConfigError,
+    code_sha256,
+    count_records,
+    model_source,
+    prepare_config,
+    prompt_template,
+    sha256_of,
+)
 from emoprobe.corpus import checked_corpus
 from emoprobe.errors import UserError
 
@@ -32,6 +40,8 @@ if os.path.exists(config["dataset"]["path"]):
         checked_corpus(config["dataset"]["path"], config["dataset"])
     except UserError as err:
         raise WorkflowError(f"invalid corpus: {err}") from None
+
+
 # Declared so that executors whose jobs do not inherit this environment pass them on (SLURM's jobs
 # inherit it, and the plugin never writes them into a command line). Only those that are set: a
 # declared variable must be.
@@ -77,8 +87,9 @@ def corpus_sha256():
 def script_code(name):
     """sha256 of the emoprobe code that scripts/{name}.py runs (see emoprobe.config.code_sha256): a param
     of its rule, so that a change of that code reruns the rule."""
-    return code_sha256(os.path.join(workflow.basedir, "scripts", f"{name}.py"),
-                       os.path.join(workflow.basedir, "emoprobe"))
+    return code_sha256(
+        os.path.join(workflow.basedir, "scripts", f"{name}.py"), os.path.join(workflow.basedir, "emoprobe")
+    )
 
 
 # Texts in the run, for resource estimates: the sample size, else the corpus's records, else (the
@@ -123,8 +134,10 @@ def answers_input(wildcards):
 
 def chunk_index_of_layers(model):
     """For each layer (0, the embeddings, included), the index of its chunk file in :func:`chunk_files`."""
-    return {layer: next(i for i, (first, last) in enumerate(CHUNKS[model]) if first <= max(layer, 1) <= last)
-            for layer in range(0, config["models"][model]["n_layers"] + 1)}
+    return {
+        layer: next(i for i, (first, last) in enumerate(CHUNKS[model]) if first <= max(layer, 1) <= last)
+        for layer in range(0, config["models"][model]["n_layers"] + 1)
+    }
 
 
 def localisation_inputs(wildcards):
@@ -146,7 +159,8 @@ def probe_files(model, location=None, suffix="tsv"):
 def score_files():
     """Every table of probe and baseline scores of the run."""
     return [path for model in MODELS for path in probe_files(model)] + [
-        f"results/baselines/{model}/{kind}.tsv" for model in MODELS for kind in ("text", "logit_lens")]
+        f"results/baselines/{model}/{kind}.tsv" for model in MODELS for kind in ("text", "logit_lens")
+    ]
 
 
 def appraisal_files():
@@ -204,9 +218,14 @@ def hidden_provenance(model):
     (:func:`emoprobe.h5io.check_provenance`): the model, its source, the prompt template and the sample."""
     entry = config["models"][model]
     source = model_source(model, entry)
-    return {"model": model, "source": {source: entry[source]}, "prompt_template": TEMPLATE,
-            "dataset_limit": config["dataset"]["limit"], "dataset_seed": config["dataset"]["seed"],
-            "storage_dtype": extraction_settings(model)["storage_dtype"]}
+    return {
+        "model": model,
+        "source": {source: entry[source]},
+        "prompt_template": TEMPLATE,
+        "dataset_limit": config["dataset"]["limit"],
+        "dataset_seed": config["dataset"]["seed"],
+        "storage_dtype": extraction_settings(model)["storage_dtype"],
+    }
 
 
 def predictions_provenance(model, location):
@@ -222,8 +241,10 @@ def recorded_config():
     recorded["dataset"] = {**dataset_settings(), "path": config["dataset"]["path"], "sha256": corpus_sha256()}
     recorded["extraction"] = {k: v for k, v in config["extraction"].items() if k != "threads"}
     recorded["probe"] = {k: v for k, v in config["probe"].items() if k != "fits_per_job"}
-    recorded["models"] = {name: {k: v for k, v in entry.items() if k not in ("params_m", "compute_params_m")}
-                          for name, entry in config["models"].items()}
+    recorded["models"] = {
+        name: {k: v for k, v in entry.items() if k not in ("params_m", "compute_params_m")}
+        for name, entry in config["models"].items()
+    }
     return recorded
 
 
@@ -231,8 +252,13 @@ def all_targets():
     """Every table and figure of the configured run."""
     figures = ["accuracy_by_layer", "accuracy_by_depth"]
     figures += [f"{kind}/{model}" for kind in ("layer_position", "confusion") for model in MODELS]
-    tables = ["results/accuracy.tsv", "results/localisation.tsv", "results/subsets.tsv", "results/answers.tsv",
-              "results/config.yaml"]
+    tables = [
+        "results/accuracy.tsv",
+        "results/localisation.tsv",
+        "results/subsets.tsv",
+        "results/answers.tsv",
+        "results/config.yaml",
+    ]
     tables += expand("results/tables/{model}_accuracy_by_layer.txt", model=MODELS)
     if config["dataset"]["appraisal_columns"]:
         figures += [f"appraisal_r2/{model}" for model in MODELS]

@@ -1,19 +1,19 @@
 rule download_corpus:
     output:
         "resources/corpus/{filename}",
-    params:
-        code=script_code("download_corpus"),
-        url=config["dataset"]["url"],
-        sha256=config["dataset"]["sha256"],
     log:
         "logs/download_corpus/{filename}.log",
     benchmark:
         "logs/benchmarks/download_corpus/{filename}.tsv"
+    conda:
+        "../envs/download.yaml"
     resources:
         mem_mb=512,
         runtime=10,
-    conda:
-        "../envs/corpus.yaml"
+    params:
+        code=script_code("download_corpus"),
+        url=config["dataset"]["url"],
+        sha256=config["dataset"]["sha256"],
     script:
         "../scripts/download_corpus.py"
 
@@ -23,19 +23,19 @@ rule prepare_prompts:
         csv=corpus_csv(),
     output:
         "results/corpus/prompts.tsv",
+    log:
+        "logs/prepare_prompts.log",
+    benchmark:
+        "logs/benchmarks/prepare_prompts.tsv"
+    conda:
+        "../envs/corpus.yaml"
+    resources:
+        mem_mb=1024,
+        runtime=5,
     params:
         code=script_code("prepare_prompts"),
         dataset=dataset_settings(),
         corpus_sha256=corpus_sha256(),
         template=lambda wc: TEMPLATE,
-    log:
-        "logs/prepare_prompts.log",
-    benchmark:
-        "logs/benchmarks/prepare_prompts.tsv"
-    resources:
-        mem_mb=1024,
-        runtime=5,
-    conda:
-        "../envs/corpus.yaml"
     script:
         "../scripts/prepare_prompts.py"

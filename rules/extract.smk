@@ -4,6 +4,19 @@ rule extract_hidden_states:
         prompts="results/corpus/prompts.tsv",
     output:
         "results/hidden/{model}/layers{first}-{last}.h5",
+    log:
+        "logs/extract_hidden_states/{model}/layers{first}-{last}.log",
+    benchmark:
+        "logs/benchmarks/extract_hidden_states/{model}/layers{first}-{last}.tsv"
+    # Before the probe jobs of a model already extracted: those take one core each, and a
+    # multi-threaded extraction queued behind them would leave a core idle until they end.
+    priority: 1
+    conda:
+        "../envs/torch.yaml"
+    threads: config["extraction"]["threads"]
+    resources:
+        mem_mb=lambda wc, attempt: jobs.extraction_mem_mb(config, wc.model, attempt),
+        runtime=lambda wc, attempt: jobs.extraction_runtime(config, wc.model, int(wc.last), N_TEXTS, attempt),
     params:
         code=script_code("extract_hidden_states"),
         model=lambda wc: model_identity(wc.model),
@@ -14,18 +27,5 @@ rule extract_hidden_states:
         sample={key: config["dataset"][key] for key in ("limit", "seed")},
         extraction=lambda wc: extraction_settings(wc.model),
         first_layer=first_stored_layer,
-    log:
-        "logs/extract_hidden_states/{model}/layers{first}-{last}.log",
-    benchmark:
-        "logs/benchmarks/extract_hidden_states/{model}/layers{first}-{last}.tsv"
-    threads: config["extraction"]["threads"]
-    # Before the probe jobs of a model already extracted: those take one core each, and a
-    # multi-threaded extraction queued behind them would leave a core idle until they end.
-    priority: 1
-    resources:
-        mem_mb=lambda wc, attempt: jobs.extraction_mem_mb(config, wc.model, attempt),
-        runtime=lambda wc, attempt: jobs.extraction_runtime(config, wc.model, int(wc.last), N_TEXTS, attempt),
-    conda:
-        "../envs/torch.yaml"
     script:
         "../scripts/extract_hidden_states.py"

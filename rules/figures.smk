@@ -3,24 +3,32 @@ rule plot_accuracy:
         table="results/accuracy.tsv",
         localisation="results/localisation.tsv",
     output:
-        layer_png=report("results/figures/accuracy_by_layer.png", caption="../report/accuracy_by_layer.rst",
-                         category="Figures", subcategory="All models"),
+        layer_png=report(
+            "results/figures/accuracy_by_layer.png",
+            caption="../report/accuracy_by_layer.rst",
+            category="Figures",
+            subcategory="All models",
+        ),
         layer_pdf="results/figures/accuracy_by_layer.pdf",
-        depth_png=report("results/figures/accuracy_by_depth.png", caption="../report/accuracy_by_depth.rst",
-                         category="Figures", subcategory="All models"),
+        depth_png=report(
+            "results/figures/accuracy_by_depth.png",
+            caption="../report/accuracy_by_depth.rst",
+            category="Figures",
+            subcategory="All models",
+        ),
         depth_pdf="results/figures/accuracy_by_depth.pdf",
-    params:
-        code=script_code("plot_accuracy"),
-        n_layers={model: config["models"][model]["n_layers"] for model in MODELS},
     log:
         "logs/plot_accuracy.log",
     benchmark:
         "logs/benchmarks/plot_accuracy.tsv"
+    conda:
+        "../envs/plot.yaml"
     resources:
         mem_mb=1024,
         runtime=5,
-    conda:
-        "../envs/plot.yaml"
+    params:
+        code=script_code("plot_accuracy"),
+        n_layers={model: config["models"][model]["n_layers"] for model in MODELS},
     script:
         "../scripts/plot_accuracy.py"
 
@@ -29,21 +37,25 @@ rule plot_layer_position:
     input:
         lambda wc: probe_files(wc.model),
     output:
-        png=report("results/figures/layer_position/{model}.png", caption="../report/layer_position.rst",
-                   category="Figures", subcategory="{model}"),
+        png=report(
+            "results/figures/layer_position/{model}.png",
+            caption="../report/layer_position.rst",
+            category="Figures",
+            subcategory="{model}",
+        ),
         pdf="results/figures/layer_position/{model}.pdf",
-    params:
-        code=script_code("plot_layer_position"),
-        model=lambda wc: wc.model,
     log:
         "logs/plot_layer_position/{model}.log",
     benchmark:
         "logs/benchmarks/plot_layer_position/{model}.tsv"
+    conda:
+        "../envs/plot-seaborn.yaml"
     resources:
         mem_mb=1024,
         runtime=5,
-    conda:
-        "../envs/plot.yaml"
+    params:
+        code=script_code("plot_layer_position"),
+        model=lambda wc: wc.model,
     script:
         "../scripts/plot_layer_position.py"
 
@@ -52,21 +64,25 @@ rule plot_appraisal:
     input:
         "results/appraisal/{model}.tsv",
     output:
-        png=report("results/figures/appraisal_r2/{model}.png", caption="../report/appraisal_r2.rst",
-                   category="Figures", subcategory="{model}"),
+        png=report(
+            "results/figures/appraisal_r2/{model}.png",
+            caption="../report/appraisal_r2.rst",
+            category="Figures",
+            subcategory="{model}",
+        ),
         pdf="results/figures/appraisal_r2/{model}.pdf",
-    params:
-        code=script_code("plot_appraisal"),
-        position=config["appraisal"]["positions"][0],
     log:
         "logs/plot_appraisal/{model}.log",
     benchmark:
         "logs/benchmarks/plot_appraisal/{model}.tsv"
+    conda:
+        "../envs/plot-seaborn.yaml"
     resources:
         mem_mb=1024,
         runtime=5,
-    conda:
-        "../envs/plot.yaml"
+    params:
+        code=script_code("plot_appraisal"),
+        position=config["appraisal"]["positions"][0],
     script:
         "../scripts/plot_appraisal.py"
 
@@ -75,20 +91,24 @@ rule plot_confusion:
     input:
         "results/answers/{model}.tsv",
     output:
-        png=report("results/figures/confusion/{model}.png", caption="../report/confusion.rst",
-                   category="Figures", subcategory="{model}"),
+        png=report(
+            "results/figures/confusion/{model}.png",
+            caption="../report/confusion.rst",
+            category="Figures",
+            subcategory="{model}",
+        ),
         pdf="results/figures/confusion/{model}.pdf",
-    params:
-        code=script_code("plot_confusion"),
-        labels=config["dataset"]["labels"],
     log:
         "logs/plot_confusion/{model}.log",
     benchmark:
         "logs/benchmarks/plot_confusion/{model}.tsv"
+    conda:
+        "../envs/plot-seaborn.yaml"
     resources:
         mem_mb=1024,
         runtime=5,
-    conda:
-        "../envs/plot.yaml"
+    params:
+        code=script_code("plot_confusion"),
+        labels=config["dataset"]["labels"],
     script:
         "../scripts/plot_confusion.py"

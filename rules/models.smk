@@ -4,18 +4,18 @@ rule prepare_gguf_model:
         parts=gguf_parts,
     output:
         directory("resources/models/{model}"),
-    params:
-        code=script_code("prepare_gguf_model"),
-        gguf=lambda wc: config["models"][wc.model]["gguf"],
-        dtype=config["extraction"]["dtype"],
     log:
         "logs/prepare_gguf_model/{model}.log",
     benchmark:
         "logs/benchmarks/prepare_gguf_model/{model}.tsv"
+    conda:
+        "../envs/models.yaml"
     resources:
         mem_mb=lambda wc, attempt: jobs.gguf_mem_mb(config, wc.model, attempt),
         runtime=30,
-    conda:
-        "../envs/models.yaml"
+    params:
+        code=script_code("prepare_gguf_model"),
+        gguf=lambda wc: config["models"][wc.model]["gguf"],
+        dtype=config["extraction"]["dtype"],
     script:
         "../scripts/prepare_gguf_model.py"

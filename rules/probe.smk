@@ -4,6 +4,18 @@ rule fit_probes:
     output:
         table="results/probes/{model}/{location}/layers{first}-{last}.tsv",
         predictions="results/probes/{model}/{location}/layers{first}-{last}.predictions.h5",
+    log:
+        "logs/fit_probes/{model}/{location}/layers{first}-{last}.log",
+    benchmark:
+        "logs/benchmarks/fit_probes/{model}/{location}/layers{first}-{last}.tsv"
+    conda:
+        "../envs/probe.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: jobs.probe_mem_mb(config, wc.model, N_TEXTS, attempt),
+        runtime=lambda wc, attempt: jobs.probe_runtime(
+            config, wc.model, int(wc.last) - int(wc.first) + 1, N_TEXTS, attempt
+        ),
     params:
         code=script_code("fit_probes"),
         probe={key: value for key, value in config["probe"].items() if key not in ("fits_per_job", "bootstrap")},
@@ -11,18 +23,6 @@ rule fit_probes:
         location=lambda wc: wc.location,
         layers=lambda wc: list(range(int(wc.first), int(wc.last) + 1)),
         provenance=lambda wc: hidden_provenance(wc.model),
-    log:
-        "logs/fit_probes/{model}/{location}/layers{first}-{last}.log",
-    benchmark:
-        "logs/benchmarks/fit_probes/{model}/{location}/layers{first}-{last}.tsv"
-    threads: 1
-    resources:
-        mem_mb=lambda wc, attempt: jobs.probe_mem_mb(config, wc.model, N_TEXTS, attempt),
-        runtime=lambda wc, attempt: jobs.probe_runtime(
-            config, wc.model, int(wc.last) - int(wc.first) + 1, N_TEXTS, attempt
-        ),
-    conda:
-        "../envs/probe.yaml"
     script:
         "../scripts/fit_probes.py"
 
@@ -33,6 +33,16 @@ rule fit_appraisal_probes:
         prompts="results/corpus/prompts.tsv",
     output:
         "results/appraisal/{model}.tsv",
+    log:
+        "logs/fit_appraisal_probes/{model}.log",
+    benchmark:
+        "logs/benchmarks/fit_appraisal_probes/{model}.tsv"
+    conda:
+        "../envs/probe.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: jobs.appraisal_mem_mb(config, wc.model, N_TEXTS, attempt),
+        runtime=lambda wc, attempt: 30 * attempt,
     params:
         code=script_code("fit_appraisal_probes"),
         appraisal=config["appraisal"],
@@ -42,16 +52,6 @@ rule fit_appraisal_probes:
         # the layers of each chunk file, in the order of input.states
         layers=lambda wc: [list(range(first, last + 1)) for first, last in CHUNKS[wc.model]],
         provenance=lambda wc: hidden_provenance(wc.model),
-    log:
-        "logs/fit_appraisal_probes/{model}.log",
-    benchmark:
-        "logs/benchmarks/fit_appraisal_probes/{model}.tsv"
-    threads: 1
-    resources:
-        mem_mb=lambda wc, attempt: jobs.appraisal_mem_mb(config, wc.model, N_TEXTS, attempt),
-        runtime=lambda wc, attempt: 30 * attempt,
-    conda:
-        "../envs/probe.yaml"
     script:
         "../scripts/fit_appraisal_probes.py"
 
@@ -62,20 +62,20 @@ rule fit_text_baseline:
         prompts="results/corpus/prompts.tsv",
     output:
         "results/baselines/{model}/text.tsv",
-    params:
-        code=script_code("fit_text_baseline"),
-        probe={k: v for k, v in config["probe"].items() if k not in ("fits_per_job", "device", "bootstrap")},
-        labels=sorted(config["dataset"]["labels"]),
     log:
         "logs/fit_text_baseline/{model}.log",
     benchmark:
         "logs/benchmarks/fit_text_baseline/{model}.tsv"
+    conda:
+        "../envs/probe-prompts.yaml"
     threads: 1
     resources:
         mem_mb=2048,
         runtime=lambda wc, attempt: 30 * attempt,
-    conda:
-        "../envs/probe.yaml"
+    params:
+        code=script_code("fit_text_baseline"),
+        probe={k: v for k, v in config["probe"].items() if k not in ("fits_per_job", "device", "bootstrap")},
+        labels=sorted(config["dataset"]["labels"]),
     script:
         "../scripts/fit_text_baseline.py"
 
@@ -88,6 +88,16 @@ rule logit_lens:
     output:
         table="results/baselines/{model}/logit_lens.tsv",
         predictions="results/baselines/{model}/logit_lens.predictions.h5",
+    log:
+        "logs/logit_lens/{model}.log",
+    benchmark:
+        "logs/benchmarks/logit_lens/{model}.tsv"
+    conda:
+        "../envs/logit-lens.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: jobs.extraction_mem_mb(config, wc.model, attempt),
+        runtime=lambda wc, attempt: 15 * attempt,
     params:
         code=script_code("logit_lens"),
         model=lambda wc: model_identity(wc.model),
@@ -99,16 +109,6 @@ rule logit_lens:
         layers=lambda wc: list(range(0 if EMBEDDING_LAYER else 1, config["models"][wc.model]["n_layers"] + 1)),
         chunk_index=lambda wc: chunk_index_of_layers(wc.model),
         provenance=lambda wc: hidden_provenance(wc.model),
-    log:
-        "logs/logit_lens/{model}.log",
-    benchmark:
-        "logs/benchmarks/logit_lens/{model}.tsv"
-    threads: 1
-    resources:
-        mem_mb=lambda wc, attempt: jobs.extraction_mem_mb(config, wc.model, attempt),
-        runtime=lambda wc, attempt: 15 * attempt,
-    conda:
-        "../envs/torch.yaml"
     script:
         "../scripts/logit_lens.py"
 
@@ -118,22 +118,24 @@ rule localise:
         unpack(localisation_inputs),
     output:
         "results/localisation/{model}.tsv",
-    params:
-        code=script_code("localise"),
-        probe={key: config["probe"][key] for key in ("bootstrap", "seed")},
-        locations=lambda wc: list(localisation_inputs(wc)),
-        provenance=lambda wc: {location: predictions_provenance(wc.model, location) for location in localisation_inputs(wc)},
-        n_layers=lambda wc: config["models"][wc.model]["n_layers"],
     log:
         "logs/localise/{model}.log",
     benchmark:
         "logs/benchmarks/localise/{model}.tsv"
+    conda:
+        "../envs/localise.yaml"
     threads: 1
     resources:
         mem_mb=4096,
         runtime=lambda wc, attempt: 15 * attempt,
-    conda:
-        "../envs/probe.yaml"
+    params:
+        code=script_code("localise"),
+        probe={key: config["probe"][key] for key in ("bootstrap", "seed")},
+        locations=lambda wc: list(localisation_inputs(wc)),
+        provenance=lambda wc: {
+            location: predictions_provenance(wc.model, location) for location in localisation_inputs(wc)
+        },
+        n_layers=lambda wc: config["models"][wc.model]["n_layers"],
     script:
         "../scripts/localise.py"
 
@@ -144,19 +146,19 @@ rule count_subsets:
         answers=expand("results/answers/{model}.tsv", model=MODELS),
     output:
         report("results/subsets.tsv", caption="../report/subsets_table.rst", category="Tables"),
+    log:
+        "logs/count_subsets.log",
+    benchmark:
+        "logs/benchmarks/count_subsets.tsv"
+    conda:
+        "../envs/probe-prompts.yaml"
+    resources:
+        mem_mb=1024,
+        runtime=5,
     params:
         code=script_code("count_subsets"),
         probe={key: config["probe"][key] for key in ("subsets", "answer_probe", "folds")},
         labels=sorted(config["dataset"]["labels"]),
         models=MODELS,
-    log:
-        "logs/count_subsets.log",
-    benchmark:
-        "logs/benchmarks/count_subsets.tsv"
-    resources:
-        mem_mb=1024,
-        runtime=5,
-    conda:
-        "../envs/probe.yaml"
     script:
         "../scripts/count_subsets.py"

@@ -347,6 +347,12 @@ def test_lint_is_clean():
     assert result.returncode == 0 and "Congratulations" in result.stdout + result.stderr, result.stdout + result.stderr
 
 
+def test_snakefmt_leaves_the_snakefile_and_rules_unchanged():
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_hub_token_never_reaches_an_output_or_a_log(e2e_run):
     from conftest import TOKEN
 
