@@ -8,7 +8,10 @@ the ``srun`` that Snakemake's job step runs inside each job does not see it: the
 drops every ``SLURM_*`` variable but the job's ids. That srun finds slurm.conf where SLURM clients
 look next, after /etc/slurm/slurm.conf: /run/slurm/conf, the config cache of a configless slurmd.
 On exit every job is cancelled, every daemon this module started is stopped by its PID (SIGTERM,
-then SIGKILL) and the link is removed; nothing else is touched.
+then SIGKILL) and the link is removed; nothing else is touched. A test process killed before its
+exit leaves the link, and daemons started in their own session outlive it: the next cluster finds
+the link's directory by its owner file, and when that owner is dead stops the daemons that run on
+its slurm.conf and removes the link (see :func:`_clear_orphaned_cluster`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ SBIN = os.pathsep.join(["/usr/sbin", "/sbin"])
 MUNGE_DIR = Path("/run/munge")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 CONF_CACHE = Path("/run/slurm/conf")
+OWNER_FILE = "owner"  # "<pid> <start time>" of the test process that started the cluster
 
 
 def find_program(name: str) -> str | None:
@@ -70,6 +74,69 @@ class SlurmCluster:
     def log(self, daemon: str = "slurmctld") -> str:
         path = self.directory / f"{daemon}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _process_identity(pid: int) -> str:
+    """``"<pid> <start time>"``, or ``""`` for no such process: a PID alone is reused once its process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime; the name may hold spaces
+
+
+def _pids_with_argument(argument: str) -> list[int]:
+    """The PIDs of the processes that have ``argument`` as one word of their command line."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                words = (entry / "cmdline").read_bytes().split(b"\0")
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                continue
+            if os.fsencode(argument) in words:
+                pids.append(int(entry.name))
+    return pids
+
+
+def _munge_tag(pid: int) -> str:
+    """The name of the munged files (socket, pid, log, seed) of the cluster that test process ``pid`` starts."""
+    return f"emoprobe-test-{pid}"
+
+
+def _clear_orphaned_cluster() -> None:
+    """Stop the daemons of a cluster whose test process died before its cleanup, and drop its link.
+
+    Only a link at :data:`CONF_CACHE` to a directory this module made (its slurm.conf names the
+    cluster ``emoprobe-test``) is cleared, and only when the test process recorded in its
+    :data:`OWNER_FILE` is no longer running; a configless slurmd's own cache, a live cluster of
+    another test run, or a link to anything else stay, and :func:`slurm_cluster` refuses to start.
+    """
+    if not CONF_CACHE.is_symlink():
+        return
+    directory = CONF_CACHE.readlink()
+    conf, owner = directory / "slurm.conf", directory / OWNER_FILE
+    if directory.exists() and not (conf.exists() and "ClusterName=emoprobe-test\n" in conf.read_text()):
+        return
+    recorded = owner.read_text().strip() if owner.exists() else ""
+    if recorded and _process_identity(int(recorded.split()[0])) == recorded:
+        return
+    orphans = _pids_with_argument(str(conf))  # slurmctld and slurmd, started with -f
+    if recorded:
+        orphans += _pids_with_argument(f"--pid-file={MUNGE_DIR / _munge_tag(int(recorded.split()[0]))}.pid")
+    for pid in orphans:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if recorded:
+        _remove_munge_files(_munge_tag(int(recorded.split()[0])))
+    CONF_CACHE.unlink()
+
+
+def _remove_munge_files(tag: str) -> None:
+    for suffix in (".socket", ".socket.lock", ".pid", ".log", ".seed"):
+        (MUNGE_DIR / f"{tag}{suffix}").unlink(missing_ok=True)
 
 
 def _prepare_munge() -> None:
@@ -175,9 +242,8 @@ def slurm_cluster(directory: Path, partition: str = "debug", gpu_model: str = "t
 
     if Path("/etc/slurm/slurm.conf").exists():
         raise RuntimeError("/etc/slurm/slurm.conf exists: jobs would find that cluster's config, not this one's")
-    if CONF_CACHE.is_symlink() and not CONF_CACHE.exists():
-        CONF_CACHE.unlink()  # left by a run that was killed
-    if CONF_CACHE.exists():
+    _clear_orphaned_cluster()
+    if CONF_CACHE.exists() or CONF_CACHE.is_symlink():
         raise RuntimeError(f"{CONF_CACHE} exists: a configless slurmd runs here, whose config jobs would find")
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -186,11 +252,12 @@ def slurm_cluster(directory: Path, partition: str = "debug", gpu_model: str = "t
     node = socket.gethostname().split(".")[0]
     _prepare_munge()
     # our own munged on our own socket: a munged of the machine, if any, is left alone
-    tag = f"emoprobe-test-{os.getpid()}"
+    tag = _munge_tag(os.getpid())
     munge_socket = MUNGE_DIR / f"{tag}.socket"
     conf = directory / "slurm.conf"
     conf.write_text(_slurm_conf(directory, node, partition, gpu_model, munge_socket))
     (directory / "gres.conf").write_text(f"AutoDetect=off\nNodeName={node} Name=gpu Type={gpu_model} File=/dev/null\n")
+    (directory / OWNER_FILE).write_text(_process_identity(os.getpid()))
     env = {**os.environ, "SLURM_CONF": str(conf)}
     cluster = SlurmCluster(directory, conf, node, partition, gpu_model, env)
 
@@ -230,7 +297,6 @@ def slurm_cluster(directory: Path, partition: str = "debug", gpu_model: str = "t
                 pass
         for process in reversed(processes):  # slurmd, slurmctld, munged
             _stop(process)
-        for suffix in (".socket", ".socket.lock", ".pid", ".log", ".seed"):
-            (MUNGE_DIR / f"{tag}{suffix}").unlink(missing_ok=True)
+        _remove_munge_files(tag)
         if CONF_CACHE.is_symlink() and CONF_CACHE.readlink() == directory:
             CONF_CACHE.unlink()

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, small_config, snakemake_command
+import slurm_cluster as cluster_module
 from slurm_cluster import slurm_cluster, slurmctld_path
 
 RESULTS = ("results/accuracy.tsv", "results/tables/smollm2-135m_accuracy_by_layer.txt", "results/answers.tsv",
@@ -31,6 +32,37 @@ def test_profile_names_plugin_options_that_exist():
     options = {name.replace("_", "-") for name in ExecutorSettings.__dataclass_fields__}
     for key in (k for k in profile if k.startswith("slurm-")):
         assert key.removeprefix("slurm-") in options, key
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or cluster_module.CONF_CACHE.exists() or cluster_module.CONF_CACHE.is_symlink(),
+                    reason="needs root and no /run/slurm/conf")
+def test_a_cluster_whose_test_process_was_killed_is_cleared_and_a_live_one_is_not(tmp_path):
+    """A killed test run leaves /run/slurm/conf and its daemons (CI once failed on such a leftover)."""
+    link = cluster_module.CONF_CACHE
+    ours, other = tmp_path / "ours", tmp_path / "other"
+    for directory in (ours, other):
+        directory.mkdir()
+    (ours / "slurm.conf").write_text("ClusterName=emoprobe-test\nSlurmctldPort=1\n")
+    (other / "slurm.conf").write_text("ClusterName=production\n")
+    link.parent.mkdir(exist_ok=True)
+    daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "-f", str(ours / "slurm.conf")])
+    try:
+        (ours / cluster_module.OWNER_FILE).write_text(cluster_module._process_identity(os.getpid()))
+        link.symlink_to(ours)
+        cluster_module._clear_orphaned_cluster()  # its owner (this process) runs: a live cluster
+        assert link.is_symlink() and daemon.poll() is None
+
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        (ours / cluster_module.OWNER_FILE).write_text(f"{dead.stdout.strip()} 1")
+        cluster_module._clear_orphaned_cluster()
+        assert not link.is_symlink() and daemon.wait(10) == -9
+
+        link.symlink_to(other)  # someone else's cluster
+        cluster_module._clear_orphaned_cluster()
+        assert link.is_symlink()
+    finally:
+        daemon.kill()
+        link.unlink(missing_ok=True)
 
 
 @pytest.mark.skipif(slurmctld_path() is None, reason="SLURM is not installed (no slurmctld on PATH); "
