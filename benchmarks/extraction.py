@@ -94,6 +94,16 @@ def load_prompts(path: str, n: int, seed: int, template: str):
     return build_prompts(table.iloc[rows], template)[["row_id", "label_id", "prompt"]].reset_index(drop=True)
 
 
+def add_prompt_arguments(parser: argparse.ArgumentParser, n_prompts: int) -> None:
+    """The model and prompts a benchmark runs on (what :func:`load_prompts` reads): ``--model``, ``--prompts``,
+    ``--template``, ``--n-prompts``, ``--seed``."""
+    parser.add_argument("--model", default="resources/models/smollm2-135m", help="a prepared model directory")
+    parser.add_argument("--prompts", default="results/corpus/prompts.tsv", help="the workflow's prompts table")
+    parser.add_argument("--template", choices=sorted(TEMPLATES), default="zero_shot")
+    parser.add_argument("--n-prompts", type=int, default=n_prompts)
+    parser.add_argument("--seed", type=int, default=0, help="of the sample of prompts")
+
+
 def reference_method(model_dir: str, prompts: list[str], threads: int, device: str, out: str, queue) -> None:
     """The notebook's extraction: full causal LM in float32, hooks on every block, batches of 4 in file order.
 
@@ -219,11 +229,7 @@ def measure(target, *args):
 def main() -> None:
     settings = yaml.safe_load((ROOT / "config.yaml").read_text())["extraction"]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resources/models/smollm2-135m", help="a prepared model directory")
-    parser.add_argument("--prompts", default="results/corpus/prompts.tsv", help="the workflow's prompts table")
-    parser.add_argument("--template", choices=sorted(TEMPLATES), default="zero_shot")
-    parser.add_argument("--n-prompts", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=0)
+    add_prompt_arguments(parser, n_prompts=400)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto", help="auto (cuda, then cpu), cpu or cuda; both methods run there")
     parser.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16", "float16"], default=["float32"],

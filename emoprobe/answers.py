@@ -10,7 +10,7 @@ no second forward pass is needed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,9 +37,39 @@ def answer_token_ids(tokenizer, labels: Sequence[str], words: Mapping[str, str])
     return ids
 
 
+def label_readout(model: torch.nn.Module, token_ids: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's next-token logits of ``token_ids``, as a function of the last block's output.
+
+    Parameters
+    ----------
+    model : a causal LM (``...ForCausalLM``).
+    token_ids : the rows of its LM head to keep (the labels' first tokens).
+
+    Returns
+    -------
+    callable
+        Maps ``[..., hidden_size]`` states (the last block's output, the model's device and dtype) to
+        ``[..., len(token_ids)]`` float32 logits: the final norm, those rows of the LM head, and Gemma's
+        final soft-capping, which is what ``model(prompt).logits[-1, token_ids]`` gives.
+    """
+    norm = model.get_decoder().norm
+    head = model.get_output_embeddings()
+    rows = torch.as_tensor(list(token_ids), device=head.weight.device)
+    weight = head.weight.index_select(0, rows)
+    bias = head.bias.index_select(0, rows) if getattr(head, "bias", None) is not None else None
+    cap = getattr(model.config, "final_logit_softcapping", None)
+
+    @torch.inference_mode()
+    def readout(hidden: torch.Tensor) -> torch.Tensor:
+        logits = torch.nn.functional.linear(norm(hidden), weight, bias).float()
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    return readout
+
+
 def answer_logits(model: torch.nn.Module, last_state: np.ndarray, token_ids: Sequence[int],
                   batch_size: int = 1024) -> np.ndarray:
-    """Next-token logits of ``token_ids`` from the residual stream after the last block.
+    """Next-token logits of ``token_ids`` from the residual stream after the last block (:func:`label_readout`).
 
     Parameters
     ----------
@@ -50,23 +80,14 @@ def answer_logits(model: torch.nn.Module, last_state: np.ndarray, token_ids: Seq
     Returns
     -------
     numpy.ndarray of float32, shape [n_texts, len(token_ids)]
-        What ``model(prompt).logits[-1, token_ids]`` gives, including Gemma's final soft-capping.
     """
-    norm = model.get_decoder().norm
-    head = model.get_output_embeddings()
+    readout = label_readout(model, token_ids)
     parameter = next(model.parameters())
-    rows = torch.as_tensor(list(token_ids), device=parameter.device)
-    weight = head.weight.index_select(0, rows)
-    bias = head.bias.index_select(0, rows) if getattr(head, "bias", None) is not None else None
-    cap = getattr(model.config, "final_logit_softcapping", None)
     out = []
     with torch.inference_mode():
         for start in range(0, len(last_state), batch_size):
             hidden = torch.from_numpy(last_state[start:start + batch_size]).to(parameter.device, parameter.dtype)
-            logits = torch.nn.functional.linear(norm(hidden), weight, bias).float()
-            if cap:
-                logits = torch.tanh(logits / cap) * cap
-            out.append(logits.cpu().numpy())
+            out.append(readout(hidden).cpu().numpy())
     return np.concatenate(out)
 
 

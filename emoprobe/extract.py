@@ -132,15 +132,18 @@ def max_padded_width(config, prefix_length: int) -> int | None:
 
 
 class PrefixCache(DynamicCache):
-    """The keys and values of the shared prefix, lent to every batch.
+    """The keys and values of tokens that several passes continue from, lent to each pass.
 
     Until :meth:`freeze` it fills like a ``DynamicCache`` (that is how :func:`encode_prefix`
-    computes the prefix). Frozen, each layer's :meth:`update` returns the prefix's keys and
-    values broadcast over the batch, followed by the batch's own (exactly what a copy of the
-    cache repeated over the batch would return), and stores nothing: the prefix is never copied
-    per batch, and each layer's keys and values are freed once its attention has used them
-    instead of piling up across all layers until the pass ends (about 190 MB for a batch of
-    4,096 tokens through SmolLM2's 30 layers).
+    computes the shared prefix). Frozen, each layer's :meth:`update` returns the stored keys and
+    values followed by the pass's own, and stores nothing. A pass may hold several copies of the
+    stored rows, one after another (its batch a multiple of theirs: the shared prefix's one row
+    for every prompt of a batch, or a batch's rows once per condition, see
+    :mod:`emoprobe.interventions`); they get the stored keys and values broadcast, exactly what a
+    copy of the cache repeated that often would return. So they are never copied per pass, and
+    each layer's keys and values are freed once its attention has used them instead of piling up
+    across all layers until the pass ends (about 190 MB for a batch of 4,096 tokens through
+    SmolLM2's 30 layers).
     """
 
     frozen = False
@@ -150,12 +153,22 @@ class PrefixCache(DynamicCache):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values ``[batch, kv_heads, prefix + new tokens, head_dim]`` for layer ``layer_idx``."""
+        """Keys and values ``[batch, kv_heads, stored + new tokens, head_dim]`` for layer ``layer_idx``."""
         if not self.frozen:
             return super().update(key_states, value_states, layer_idx, *args, **kwargs)
-        layer, batch = self.layers[layer_idx], key_states.shape[0]
-        return (torch.cat([layer.keys.expand(batch, -1, -1, -1), key_states], dim=-2),
-                torch.cat([layer.values.expand(batch, -1, -1, -1), value_states], dim=-2))
+        layer = self.layers[layer_idx]
+        return _continued(layer.keys, key_states), _continued(layer.values, value_states)
+
+
+def _continued(stored: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """``stored`` ``[rows, heads, tokens, head_dim]`` followed by ``new`` ``[copies * rows, heads, n, head_dim]``
+    along the tokens, the stored rows broadcast over the copies (copy-major: new row ``c * rows + r``
+    continues stored row ``r``)."""
+    rows, copies = stored.shape[0], new.shape[0] // stored.shape[0]
+    if copies * rows != new.shape[0]:
+        raise ValueError(f"a pass of {new.shape[0]} rows cannot continue {rows} stored rows")
+    out = torch.cat([stored.expand(copies, *stored.shape), new.view(copies, rows, *new.shape[1:])], dim=-2)
+    return out.view(new.shape[0], *out.shape[2:])
 
 
 class SharedPrefix(NamedTuple):

@@ -81,6 +81,33 @@ def smollm2(e2e_run):
                         device=torch.device("cpu"), trust_remote_code=False, local_only=True)
 
 
+@pytest.fixture(scope="session")
+def smollm2_lm(e2e_run):
+    """The dequantised SmolLM2 of the e2e run with its LM head, on the CPU: ``(causal_lm, tokenizer)``."""
+    import torch
+
+    from emoprobe.models import load_decoder
+
+    return load_decoder(str(e2e_run / "resources/models/smollm2-135m"), revision=None, dtype="float32",
+                        device=torch.device("cpu"), trust_remote_code=False, local_only=True, head=True)
+
+
+@pytest.fixture(scope="session")
+def gemma3_lm(tmp_path_factory):
+    """The bundled Gemma-3-270M, dequantised as the workflow's prepare_gguf_model does, with its LM head, on
+    the CPU: ``(causal_lm, tokenizer)``."""
+    import torch
+
+    from emoprobe.architecture import package_file
+    from emoprobe.models import load_decoder, prepare_gguf
+
+    gguf = default_config()["models"]["gemma3-270m"]["gguf"]
+    directory = tmp_path_factory.mktemp("gemma3") / "gemma3-270m"
+    prepare_gguf([package_file(spec) for spec in gguf["files"]], gguf["sha256"], directory)
+    return load_decoder(str(directory), revision=None, dtype="float32", device=torch.device("cpu"),
+                        trust_remote_code=False, local_only=True, head=True)
+
+
 def with_changes(config: dict, **paths) -> dict:
     """A deep copy of ``config`` with ``a__b=value`` setting ``config[a][b]``."""
     config = copy.deepcopy(config)

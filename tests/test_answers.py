@@ -9,15 +9,8 @@ from conftest import default_config
 from emoprobe.answers import answer_logits, answer_table, answer_token_ids
 from emoprobe.config import ConfigError
 from emoprobe.h5io import read_layer
-from emoprobe.models import load_decoder
 
 LABELS = sorted(default_config()["dataset"]["labels"])
-
-
-@pytest.fixture(scope="module")
-def smollm2_lm(e2e_run):
-    return load_decoder(str(e2e_run / "resources/models/smollm2-135m"), revision=None, dtype="float32",
-                        device=torch.device("cpu"), trust_remote_code=False, local_only=True, head=True)
 
 
 def test_answers_equal_the_full_causal_lm(e2e_run, smollm2_lm):

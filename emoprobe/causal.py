@@ -1,0 +1,290 @@
+"""The causal experiments of Tak et al. (2025) on the cached last-token path, as tidy tables.
+
+Each experiment edits one location in a window of layers around a centre layer at the prompt's last token
+(:mod:`emoprobe.interventions`) and compares the model's answer, the argmax over the label logits, with
+its *clean* answer (the unedited run's): the bundled models answer few texts correctly, and almost always
+with one label, so every metric is defined on the clean answer, as the paper's code effectively does.
+
+``zero`` and ``random`` ablation: the fraction of texts whose answer is unchanged. ``patching``: over a
+fixed seeded set of (target, source) pairs whose clean answers differ, the fraction whose patched answer
+is the source's clean answer (``transfer``), the target's (``kept``), or neither. ``promotion``: the
+residual stream pushed along an emotion probe's direction; the paper's normalised change of that
+emotion's probability and the fraction of texts whose answer becomes it. ``surgery``: the residual stream
+pushed along a signed combination of appraisal probes' directions; the answers' distribution before and
+after. Fractions come with Wilson 95 % intervals over texts (pairs); mean changes with a bootstrap
+interval over texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emoprobe import interventions
+from emoprobe.interventions import Edit, LastTokenBatch
+from emoprobe.scores import wilson
+
+Condition = Mapping[tuple[str, int], Edit]
+# one batch's conditions, in groups whose edits start at one layer (each group runs in passes of one start)
+Plan = Callable[[np.ndarray, LastTokenBatch], list[list[Condition]]]
+
+
+def condition_logits(batches: Iterable[tuple[np.ndarray, LastTokenBatch]], plan: Plan,
+                     readout: Callable[[torch.Tensor], torch.Tensor], n_texts: int, max_rows: int = 2048
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Label logits of every condition of ``plan`` on every text, and the clean logits.
+
+    Parameters
+    ----------
+    batches : ``(indices, batch)`` pairs covering the texts ``0 .. n_texts - 1`` once
+        (:func:`emoprobe.interventions.iter_last_token_batches`).
+    plan : gives a batch's conditions, grouped; every batch must give the same number in the same order.
+    readout : the last block's output ``[..., hidden]`` -> label logits ``[..., n_labels]``
+        (:func:`emoprobe.answers.label_readout`).
+    max_rows : at most this many rows (conditions x texts) in one pass.
+
+    Returns
+    -------
+    logits : numpy.ndarray of float32, shape [n_conditions, n_texts, n_labels]
+    clean : numpy.ndarray of float32, shape [n_texts, n_labels]
+    """
+    logits = clean = None
+    for indices, batch in batches:
+        groups = plan(indices, batch)
+        out = []
+        for group in groups:
+            per_pass = max(1, max_rows // len(batch))
+            for start in range(0, len(group), per_pass):
+                out.append(readout(batch.run_many(group[start:start + per_pass])))
+        batch_logits = torch.cat(out).cpu().numpy()
+        if logits is None:
+            logits = np.full((len(batch_logits), n_texts, batch_logits.shape[-1]), np.nan, dtype=np.float32)
+            clean = np.full((n_texts, batch_logits.shape[-1]), np.nan, dtype=np.float32)
+        logits[:, indices] = batch_logits
+        clean[indices] = readout(batch.clean[("residual", len(batch.blocks))]).cpu().numpy()
+    if logits is None or np.isnan(clean).any():
+        raise ValueError(f"the batches do not cover all {n_texts} texts")
+    return logits, clean
+
+
+def ablation_plan(kind: str, locations: Sequence[str], centres: Sequence[int], span: int, n_layers: int,
+                  seed: int, row_ids: np.ndarray) -> tuple[Plan, list[dict]]:
+    """Zero (``kind="zero"``) or random ablation of each location in the window of ``span`` layers around each
+    centre: the plan and one description per condition (``location``, ``layer`` = the centre, ``span``).
+
+    Random ablation replaces the output by Gaussian noise rescaled to the output's norm, drawn per text
+    from ``(seed, row_id, location, layer)`` (:func:`emoprobe.interventions.gaussian_noise`), so a text gets
+    the same noise whatever batch it is in; ``row_ids[i]`` is text ``i``'s.
+    """
+    if kind not in ("zero", "random"):
+        raise ValueError(f"ablation kind {kind!r} is neither 'zero' nor 'random'")
+    windows = {centre: interventions.layer_window(centre, span, n_layers) for centre in centres}
+    described = [{"location": location, "layer": centre, "span": span} for centre in centres for location in locations]
+
+    def plan(indices: np.ndarray, batch: LastTokenBatch) -> list[list[Condition]]:
+        hidden = batch.clean[("residual", 0)].shape[1]
+
+        def edit(key):
+            if kind == "zero":
+                return interventions.zero
+            return interventions.scaled_noise(interventions.gaussian_noise(seed, row_ids[indices], key, hidden).to(
+                batch.clean[key].device))
+
+        return [[{(location, layer): edit((location, layer)) for layer in windows[centre]} for location in locations]
+                for centre in centres]
+
+    return plan, described
+
+
+def patching_pairs(clean_answer: np.ndarray, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed seeded set of up to ``n_pairs`` (target, source) text pairs whose clean answers differ, each text
+    a target at most once: ``(targets, sources)``, int64 indices into ``clean_answer``, targets sorted.
+
+    Targets are drawn at random among the texts that have a text of another answer; each target's source
+    at random among the texts of other answers. Fewer pairs when fewer texts qualify.
+    """
+    rng = np.random.default_rng(seed)
+    answers, counts = np.unique(clean_answer, return_counts=True)
+    eligible = np.flatnonzero(counts[np.searchsorted(answers, clean_answer)] < len(clean_answer))
+    targets = np.sort(rng.permutation(eligible)[:n_pairs])
+    sources = np.array([rng.choice(np.flatnonzero(clean_answer != clean_answer[t])) for t in targets], dtype=np.int64)
+    return targets.astype(np.int64), sources
+
+
+def patching_plan(locations: Sequence[str], centres: Sequence[int], span: int, n_layers: int,
+                  source_states: Mapping[tuple[str, int], torch.Tensor]) -> tuple[Plan, list[dict]]:
+    """Patching of each location in the window around each centre: each target's output replaced by its
+    source's clean output there. ``source_states[key]`` is ``[n_targets, hidden]``, row ``i`` the source of
+    target ``i`` (the texts the batches run are the targets, in that order)."""
+    windows = {centre: interventions.layer_window(centre, span, n_layers) for centre in centres}
+    described = [{"location": location, "layer": centre, "span": span} for centre in centres for location in locations]
+
+    def plan(indices: np.ndarray, batch: LastTokenBatch) -> list[list[Condition]]:
+        rows = torch.as_tensor(indices)
+        return [[{(location, layer): interventions.replace_with(source_states[(location, layer)][rows].to(
+                    batch.clean[(location, layer)].device)) for layer in windows[centre]} for location in locations]
+                for centre in centres]
+
+    return plan, described
+
+
+def unchanged_rows(logits: np.ndarray, clean: np.ndarray, described: Sequence[dict]) -> pd.DataFrame:
+    """One row per ablation condition: ``n_texts``, ``unchanged`` (the fraction of texts whose answer is their
+    clean answer) and its Wilson 95 % interval ``unchanged_low``, ``unchanged_high``."""
+    same = logits.argmax(-1) == clean.argmax(-1)[None]
+    rows = []
+    for description, kept in zip(described, same):
+        low, high = wilson(int(kept.sum()), len(kept))
+        rows.append({**description, "n_texts": len(kept), "unchanged": kept.mean(), "unchanged_low": low,
+                     "unchanged_high": high})
+    return pd.DataFrame(rows)
+
+
+def patching_rows(logits: np.ndarray, target_clean: np.ndarray, source_answer: np.ndarray,
+                  described: Sequence[dict]) -> pd.DataFrame:
+    """One row per patching condition: ``n_pairs``, and the fractions of pairs whose patched answer is the
+    source's clean answer (``transfer``), the target's (``kept``) or neither, with Wilson 95 % intervals."""
+    answer, target_answer = logits.argmax(-1), target_clean.argmax(-1)
+    rows = []
+    for description, patched in zip(described, answer):
+        outcome = {"transfer": patched == source_answer, "kept": patched == target_answer}
+        outcome["neither"] = ~(outcome["transfer"] | outcome["kept"])
+        row = {**description, "n_pairs": len(patched)}
+        for name, hit in outcome.items():
+            low, high = wilson(int(hit.sum()), len(hit))
+            row.update({name: hit.mean(), f"{name}_low": low, f"{name}_high": high})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def raw_direction(weights: np.ndarray) -> np.ndarray:
+    """The unit vector of a probe's weight row in the raw state space, float32 ``[hidden]``.
+
+    ``weights`` are the raw-space weights (the standardisation folded in: ``w / sigma``), as the probe
+    jobs save them; a zero row (a class the probe never saw) raises.
+    """
+    norm = float(np.linalg.norm(weights))
+    if norm == 0:
+        raise ValueError("a probe weight row of zeros has no direction")
+    return (weights / norm).astype(np.float32)
+
+
+def normalised_change(p_clean: np.ndarray, p_after: np.ndarray) -> np.ndarray:
+    """The paper's promotion metric per text: ``delta = p_after - p_clean``, divided by ``1 - p_clean`` when
+    positive (the room left to gain) and by ``p_clean`` when negative (the room left to lose); in [-1, 1]."""
+    delta = p_after - p_clean
+    room = np.where(delta > 0, 1 - p_clean, p_clean)
+    return np.divide(delta, room, out=np.zeros_like(delta), where=room > 0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (the label logits), in float64."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def promotion_plan(emotions: Sequence[int], betas: Sequence[float], centres: Sequence[int], span: int,
+                   n_layers: int, directions: Mapping[int, np.ndarray], mean_norms: Mapping[int, float]
+                   ) -> tuple[Plan, list[dict]]:
+    """Emotion promotion: the residual stream of each layer ``l`` of the window around each centre pushed
+    along the unit direction of emotion ``e``'s probe row at ``l``, ``h + beta * mean_norms[l] * u_e``.
+
+    ``directions[l]`` is ``[n_labels, hidden]`` of unit rows (:func:`raw_direction` of the probe's raw-space
+    weights at layer ``l``), ``mean_norms[l]`` the mean norm of the clean residual stream there at the last
+    token, over the texts: ``beta`` is relative to it, since models' norms differ by orders of magnitude.
+    Each description holds ``emotion`` (label id), ``beta``, and ``beta_absolute``, the step's norm at the
+    centre layer.
+    """
+    windows = {centre: interventions.layer_window(centre, span, n_layers) for centre in centres}
+    described = [{"location": "residual", "layer": centre, "span": span, "emotion": emotion, "beta": beta,
+                  "beta_absolute": beta * mean_norms[centre]}
+                 for centre in centres for emotion in emotions for beta in betas]
+
+    def plan(indices: np.ndarray, batch: LastTokenBatch) -> list[list[Condition]]:
+        device = batch.clean[("residual", 0)].device
+        steps = {layer: torch.from_numpy(np.asarray(directions[layer], dtype=np.float32)).to(device)
+                 for layer in set().union(*windows.values())}
+        return [[{("residual", layer): interventions.add(beta * mean_norms[layer] * steps[layer][emotion])
+                  for layer in windows[centre]} for emotion in emotions for beta in betas] for centre in centres]
+
+    return plan, described
+
+
+def mean_interval(values: np.ndarray, replicates: int, seed: int) -> tuple[float, float]:
+    """Percentile 95 % bootstrap interval of the mean of ``values`` over texts (``[n]``)."""
+    from emoprobe.scores import bootstrap_counts
+
+    means = bootstrap_counts(len(values), replicates, seed) @ values.astype(np.float64) / len(values)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def promotion_rows(logits: np.ndarray, clean: np.ndarray, described: Sequence[dict], *, replicates: int = 1000,
+                   seed: int = 0) -> pd.DataFrame:
+    """One row per promotion condition: ``n_texts``; ``change``, the mean over texts of the paper's normalised
+    change of the emotion's probability (:func:`normalised_change`, softmax over the label logits) with a
+    bootstrap 95 % interval; ``promoted``, the fraction of texts whose answer is the emotion, with its Wilson
+    interval, next to ``clean_promoted``, that fraction without the edit."""
+    p_clean, clean_answer = softmax(clean), clean.argmax(-1)
+    rows = []
+    for description, after in zip(described, logits):
+        emotion = description["emotion"]
+        change = normalised_change(p_clean[:, emotion], softmax(after)[:, emotion])
+        promoted = after.argmax(-1) == emotion
+        change_low, change_high = mean_interval(change, replicates, seed)
+        low, high = wilson(int(promoted.sum()), len(promoted))
+        rows.append({**description, "n_texts": len(change), "change": change.mean(), "change_low": change_low,
+                     "change_high": change_high, "promoted": promoted.mean(), "promoted_low": low,
+                     "promoted_high": high, "clean_promoted": (clean_answer == emotion).mean()})
+    return pd.DataFrame(rows)
+
+
+def surgery_direction(weights: Mapping[str, np.ndarray], recipe: Mapping[str, int], held_fixed: Sequence[str] = ()
+                      ) -> np.ndarray:
+    """The unit direction of an appraisal recipe, float32 ``[hidden]``.
+
+    ``v = sum(sign * w_a / |w_a|)`` over the recipe's appraisals ``a`` (``sign`` +1 or -1; ``weights[a]``
+    the raw-space weight vector of the ridge probe of ``a``), then, as the paper describes, made orthogonal
+    to the weight vectors of the appraisals ``held_fixed`` (so that moving along it leaves their probes'
+    readings unchanged), and scaled to norm 1.
+    """
+    v = sum(sign * raw_direction(weights[name]).astype(np.float64) for name, sign in recipe.items())
+    if held_fixed:
+        basis, _ = np.linalg.qr(np.stack([np.asarray(weights[name], dtype=np.float64) for name in held_fixed], axis=1))
+        v = v - basis @ (basis.T @ v)
+    return raw_direction(v)
+
+
+def surgery_plan(recipes: Mapping[str, np.ndarray], betas: Sequence[float], centres: Sequence[int], span: int,
+                 n_layers: int, mean_norms: Mapping[int, float]) -> tuple[Plan, list[dict]]:
+    """Appraisal surgery: the residual stream of each layer ``l`` of the window pushed along a recipe's unit
+    direction, ``h + beta * mean_norms[l] * v``; ``recipes[name]`` is ``{layer: v}`` (one direction per
+    layer, from that layer's appraisal probes, or a seeded random one for a control)."""
+    windows = {centre: interventions.layer_window(centre, span, n_layers) for centre in centres}
+    described = [{"location": "residual", "layer": centre, "span": span, "recipe": name, "beta": beta,
+                  "beta_absolute": beta * mean_norms[centre]}
+                 for centre in centres for name in recipes for beta in betas]
+
+    def plan(indices: np.ndarray, batch: LastTokenBatch) -> list[list[Condition]]:
+        device = batch.clean[("residual", 0)].device
+        return [[{("residual", layer): interventions.add(
+                    beta * mean_norms[layer] * torch.from_numpy(np.asarray(recipes[name][layer])).to(device))
+                  for layer in windows[centre]} for name in recipes for beta in betas] for centre in centres]
+
+    return plan, described
+
+
+def answer_distribution_rows(logits: np.ndarray, clean: np.ndarray, described: Sequence[dict],
+                             labels: Sequence[str]) -> pd.DataFrame:
+    """One row per (condition, label): how many texts answer ``label`` without the edit (``clean_count``) and
+    with it (``count``), and the difference (``shift``)."""
+    clean_counts = np.bincount(clean.argmax(-1), minlength=len(labels))
+    rows = []
+    for description, after in zip(described, logits):
+        counts = np.bincount(after.argmax(-1), minlength=len(labels))
+        rows.extend({**description, "label": label, "clean_count": int(clean_counts[k]), "count": int(counts[k]),
+                     "shift": int(counts[k] - clean_counts[k])} for k, label in enumerate(labels))
+    return pd.DataFrame(rows)

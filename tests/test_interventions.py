@@ -1,0 +1,276 @@
+"""Interventions at the last token on the real SmolLM2: the cached last-token path is the plain full-prompt
+run, edits that change nothing change nothing, and the last layer's residual stream is the answer."""
+
+import numpy as np
+import pytest
+import torch
+
+from emoprobe import causal, interventions
+from emoprobe.answers import answer_token_ids, label_readout
+from emoprobe.extract import tokenize
+from emoprobe.models import decoder_layers
+
+from test_extract import SMALL_PROMPTS, small_gemma3
+
+LABELS = ["anger", "boredom", "disgust", "fear", "guilt", "joy", "neutral", "pride", "relief", "sadness", "shame",
+          "surprise", "trust"]
+TEXTS = ["I passed my driving test.", "My dog died last week and I cannot stop crying about it.", "rain.",
+         "Someone stole my bike from outside the library while I was studying for the exam.",
+         "My brother lied to our parents and blamed me for the broken window.", "I won the lottery!"]
+PROMPTS = [f"What are the inferred emotions in the following contexts? Context: {text} Answer:" for text in TEXTS]
+LOCATIONS = ["residual", "attention", "mlp"]
+
+
+@pytest.fixture(scope="module")
+def smollm2_parts(smollm2_lm):
+    """``(base decoder, its blocks, label readout, token ids of PROMPTS, pad id)``."""
+    model, tokenizer = smollm2_lm
+    base = model.get_decoder()
+    return base, decoder_layers(base), label_readout(model, answer_token_ids(tokenizer, LABELS, {})), \
+        tokenize(tokenizer, PROMPTS), tokenizer.pad_token_id
+
+
+def batches(base, blocks, token_ids, pad_id, share_prefix):
+    """Every prompt in padded batches of at most four (two batches for six prompts)."""
+    return list(interventions.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id, batch_tokens=4096,
+                                                      max_batch_size=4, max_padding=0.9, share_prefix=share_prefix,
+                                                      locations=LOCATIONS))
+
+
+def relative(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None = None) -> float:
+    """Largest difference over the largest magnitude of ``scale`` (default ``b``): pass the clean logits,
+    since a zeroed last residual stream makes every logit 0."""
+    return float((a - b).abs().max() / (b if scale is None else scale).abs().max())
+
+
+def edits_of(kind: str, location: str, layers: list[int], batch, indices: np.ndarray) -> dict:
+    hidden = batch.clean[("residual", 0)].shape[1]
+    if kind == "zero":
+        return {(location, layer): interventions.zero for layer in layers}
+    if kind == "random":
+        return {(location, layer): interventions.scaled_noise(interventions.gaussian_noise(7, indices, (location, layer),
+                                                                                           hidden)) for layer in layers}
+    if kind == "patch":  # each row gets the next row's clean output
+        return {(location, layer): interventions.replace_with(batch.clean[(location, layer)].roll(1, 0))
+                for layer in layers}
+    direction = torch.randn(hidden, generator=torch.Generator().manual_seed(3))
+    return {(location, layer): interventions.add(8.0 * direction) for layer in layers}
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_the_cached_last_token_path_is_the_full_prompt_run_with_the_same_hook(smollm2_parts, share_prefix):
+    base, blocks, readout, token_ids, pad_id = smollm2_parts
+    found = batches(base, blocks, token_ids, pad_id, share_prefix)
+    assert [len(i) for i, _ in found] == [4, 2]
+    assert len({len(token_ids[i]) for i in found[0][0]}) > 1  # padded
+    for indices, batch in found:
+        prompts = [token_ids[i] for i in indices]
+        clean = readout(interventions.full_prompt_outputs(base, blocks, prompts, pad_id, {}))
+        assert relative(readout(batch.clean[("residual", 30)]), clean) <= 1e-4
+        for location in LOCATIONS:
+            for centre, span in ((1, 3), (15, 5), (30, 3)):
+                window = interventions.layer_window(centre, span, 30)
+                for kind in ("zero", "random", "patch", "steer"):
+                    edits = edits_of(kind, location, window, batch, indices)
+                    cached, plain = readout(batch.run(edits)), readout(
+                        interventions.full_prompt_outputs(base, blocks, prompts, pad_id, edits))
+                    assert relative(cached, plain, clean) <= 1e-4, (location, centre, kind)
+
+
+def test_edits_that_change_nothing_give_the_clean_logits(smollm2_parts):
+    base, blocks, readout, token_ids, pad_id = smollm2_parts
+    for indices, batch in batches(base, blocks, token_ids, pad_id, True):
+        clean = readout(batch.clean[("residual", 30)])
+        assert relative(readout(batch.run({})), clean) <= 1e-5  # zero ablation of nothing, from block 1
+        for location in LOCATIONS:
+            window = interventions.layer_window(12, 3, 30)
+            write_back = {(location, layer): interventions.replace_with(batch.clean[(location, layer)]) for layer in window}
+            assert relative(readout(batch.run(write_back)), clean) <= 1e-5
+            no_step = {(location, layer): interventions.add(torch.zeros(576)) for layer in window}
+            assert relative(readout(batch.run(no_step)), clean) <= 1e-5
+
+
+def test_the_last_residual_stream_is_the_answer(smollm2_parts):
+    """Patched there, every target answers as its source; zeroed there, every text gives one answer."""
+    base, blocks, readout, token_ids, pad_id = smollm2_parts
+    for indices, batch in batches(base, blocks, token_ids, pad_id, True):
+        source = batch.clean[("residual", 30)].flip(0)
+        patched = readout(batch.run({("residual", 30): interventions.replace_with(source)}))
+        assert torch.equal(patched.argmax(1), readout(source).argmax(1))
+        zeroed = readout(batch.run({("residual", 30): interventions.zero})).argmax(1)
+        assert len(set(zeroed.tolist())) == 1
+
+
+def test_the_window_is_clipped_to_the_model():
+    assert interventions.layer_window(1, 3, 30) == [1, 2]
+    assert interventions.layer_window(15, 5, 30) == [13, 14, 15, 16, 17]
+    assert interventions.layer_window(30, 5, 30) == [28, 29, 30]
+    with pytest.raises(ValueError, match="layer 31 is not between 1 and 30"):
+        interventions.layer_window(31, 3, 30)
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_sliding_window_layers_see_the_same_context_in_the_cached_path(share_prefix):
+    """A small Gemma-3 (window 8, shorter than the prompts) in padded batches: cached equals plain."""
+    model = small_gemma3(window=8)
+    blocks = decoder_layers(model)
+    readout = torch.nn.Linear(32, 13).requires_grad_(False)
+    found = list(interventions.iter_last_token_batches(model, blocks, SMALL_PROMPTS, pad_id=0, batch_tokens=1000,
+                                                       max_batch_size=8, max_padding=0.9, share_prefix=share_prefix,
+                                                       locations=LOCATIONS))
+    for indices, batch in found:
+        prompts = [SMALL_PROMPTS[i] for i in indices]
+        clean = readout(batch.clean[("residual", 2)])
+        for location in LOCATIONS:
+            for layers in ([1], [2], [1, 2]):
+                for kind in ("zero", "random", "patch", "steer"):
+                    edits = edits_of(kind, location, layers, batch, indices)
+                    plain = readout(interventions.full_prompt_outputs(model, blocks, prompts, 0, edits))
+                    assert relative(readout(batch.run(edits)), plain, clean) <= 1e-4, (location, layers, kind)
+
+
+@pytest.fixture(scope="module")
+def answered_prompts(e2e_run, smollm2_lm):
+    """40 real prompts of the e2e run, about half of them with the minority answers: ``(token_ids, row_ids)``."""
+    import pandas as pd
+
+    prompts = pd.read_csv(e2e_run / "results/corpus/prompts.tsv", sep="\t", keep_default_na=False)
+    answers = pd.read_csv(e2e_run / "results/answers/smollm2-135m.tsv", sep="\t")
+    majority = answers["answer"].value_counts().index[0]
+    chosen = pd.concat([answers[answers["answer"] != majority].head(20), answers[answers["answer"] == majority].head(20)])
+    rows = prompts.set_index("row_id").loc[chosen["row_id"]]
+    return tokenize(smollm2_lm[1], rows["prompt"].tolist()), chosen["row_id"].to_numpy()
+
+
+def run_plan(parts, token_ids, plan, max_batch_size):
+    base, blocks, readout, _, pad_id = parts
+    found = interventions.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id, batch_tokens=1 << 16,
+                                                  max_batch_size=max_batch_size, max_padding=0.5, locations=LOCATIONS)
+    return causal.condition_logits(found, plan, readout, len(token_ids), max_rows=64)
+
+
+def test_ablation_tables_do_not_depend_on_the_batching(smollm2_parts, answered_prompts):
+    token_ids, row_ids = answered_prompts
+    plan, described = causal.ablation_plan("random", LOCATIONS, [5, 30], 3, 30, seed=1, row_ids=row_ids)
+    small, clean_small = run_plan(smollm2_parts, token_ids, plan, max_batch_size=7)
+    large, clean_large = run_plan(smollm2_parts, token_ids, plan, max_batch_size=64)
+    scale = np.abs(clean_large).max()
+    assert np.abs(small - large).max() <= 1e-4 * scale and np.abs(clean_small - clean_large).max() <= 1e-4 * scale
+    table = causal.unchanged_rows(large, clean_large, described)
+    assert table[["location", "layer", "span"]].values.tolist() == [[loc, c, 3] for c in (5, 30) for loc in LOCATIONS]
+    assert (table["n_texts"] == 40).all()
+    assert ((table["unchanged_low"] <= table["unchanged"]) & (table["unchanged"] <= table["unchanged_high"])).all()
+
+
+def test_patching_the_last_residual_stream_transfers_every_pair(smollm2_parts, answered_prompts, smollm2_lm):
+    token_ids, row_ids = answered_prompts
+    keys = [(location, layer) for location in LOCATIONS for layer in range(1, 31)]
+    none, clean = run_plan(smollm2_parts, token_ids, lambda indices, batch: [[{}]], max_batch_size=64)
+    targets, sources = causal.patching_pairs(clean.argmax(1), n_pairs=12, seed=0)
+    assert len(targets) == 12 and len(set(targets)) == 12
+    assert (clean.argmax(1)[targets] != clean.argmax(1)[sources]).all()
+    assert np.array_equal(causal.patching_pairs(clean.argmax(1), n_pairs=12, seed=0)[1], sources)
+    states = {}  # every text's clean outputs, then the sources' in target order
+    base, blocks, readout, _, pad_id = smollm2_parts
+    for indices, batch in interventions.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
+                                                                batch_tokens=1 << 16, max_batch_size=64,
+                                                                max_padding=0.5, locations=LOCATIONS):
+        for key in keys:
+            states.setdefault(key, torch.empty(len(token_ids), 576))[torch.as_tensor(indices)] = batch.clean[key]
+    source_states = {key: value[torch.as_tensor(sources)] for key, value in states.items()}
+    plan, described = causal.patching_plan(LOCATIONS, [16, 30], 5, 30, source_states)
+    logits, target_clean = run_plan(smollm2_parts, [token_ids[t] for t in targets], plan, max_batch_size=64)
+    table = causal.patching_rows(logits, target_clean, clean.argmax(1)[sources], described)
+    last = table[(table["location"] == "residual") & (table["layer"] == 30)].iloc[0]
+    assert last["transfer"] == 1.0 and last["kept"] == 0.0 and last["n_pairs"] == 12
+    assert np.allclose(table[["transfer", "kept", "neither"]].sum(axis=1), 1.0)
+
+
+def test_zero_ablation_of_the_last_residual_stream_gives_every_text_one_answer(smollm2_parts, answered_prompts):
+    token_ids, row_ids = answered_prompts
+    plan, described = causal.ablation_plan("zero", ["residual"], [30], 1, 30, seed=0, row_ids=row_ids)
+    logits, clean = run_plan(smollm2_parts, token_ids, plan, max_batch_size=64)
+    assert len(set(logits[0].argmax(1).tolist())) == 1
+    table = causal.unchanged_rows(logits, clean, described)
+    assert table["unchanged"].iloc[0] == (clean.argmax(1) == logits[0, 0].argmax()).mean()
+
+
+def test_the_promotion_metric_is_the_papers():
+    p_clean = np.array([0.2, 0.2, 0.5, 0.0, 1.0])
+    p_after = np.array([0.6, 0.1, 0.5, 0.3, 0.4])
+    assert np.allclose(causal.normalised_change(p_clean, p_after), [0.4 / 0.8, -0.1 / 0.2, 0.0, 0.3, -0.6])
+    assert np.allclose(causal.softmax(np.array([[0.0, np.log(3.0)]])), [[0.25, 0.75]])
+    assert np.allclose(np.linalg.norm(causal.raw_direction(np.array([3.0, 4.0]))), 1.0)
+    with pytest.raises(ValueError, match="no direction"):
+        causal.raw_direction(np.zeros(4))
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_the_cached_path_is_the_full_prompt_run_on_gemma3(gemma3_lm, share_prefix):
+    """Real Gemma-3-270M: five sliding-window layers to each global one (6, 12, 18), one key/value head."""
+    model, tokenizer = gemma3_lm
+    base = model.get_decoder()
+    blocks = decoder_layers(base)
+    readout = label_readout(model, answer_token_ids(tokenizer, LABELS, {}))
+    token_ids = tokenize(tokenizer, PROMPTS)
+    found = batches(base, blocks, token_ids, tokenizer.pad_token_id, share_prefix)
+    assert len({len(token_ids[i]) for i in found[0][0]}) > 1  # padded
+    for indices, batch in found:
+        prompts = [token_ids[i] for i in indices]
+        clean = readout(batch.clean[("residual", 18)])
+        for location in LOCATIONS:
+            for centre in (3, 6, 12, 18):
+                window = interventions.layer_window(centre, 3, 18)
+                for kind in ("zero", "random", "patch", "steer"):
+                    edits = edits_of(kind, location, window, batch, indices)
+                    plain = readout(interventions.full_prompt_outputs(base, blocks, prompts, tokenizer.pad_token_id,
+                                                                      edits))
+                    assert relative(readout(batch.run(edits)), plain, clean) <= 1e-4, (location, centre, kind)
+
+
+def test_promotion_along_the_readout_of_an_emotion_makes_it_the_answer(smollm2_parts, answered_prompts, smollm2_lm):
+    """A step along what the last layer's readout of an emotion responds to (its LM-head row, through the final
+    norm's gains) makes that emotion the answer; a step of 0 changes nothing."""
+    token_ids, _ = answered_prompts
+    model, tokenizer = smollm2_lm
+    rows = model.get_output_embeddings().weight[answer_token_ids(tokenizer, LABELS, {})]
+    readout_directions = (rows * model.get_decoder().norm.weight).detach().numpy()
+    directions = {30: np.stack([causal.raw_direction(row) for row in readout_directions])}
+    _, clean = run_plan(smollm2_parts, token_ids, lambda indices, batch: [[{}]], max_batch_size=64)
+    base, blocks, _, _, pad_id = smollm2_parts
+    norms = {30: float(np.mean([batch.clean[("residual", 30)].norm(dim=-1).mean().item() for _, batch in
+                                interventions.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
+                                                                      batch_tokens=1 << 16, max_batch_size=64,
+                                                                      max_padding=0.5)]))}
+    emotions = [LABELS.index("joy"), LABELS.index("fear")]
+    plan, described = causal.promotion_plan(emotions, [0.0, 4.0], [30], 1, 30, directions, norms)
+    logits, clean_again = run_plan(smollm2_parts, token_ids, plan, max_batch_size=64)
+    table = causal.promotion_rows(logits, clean_again, described, replicates=200)
+    assert table[["emotion", "beta"]].values.tolist() == [[emotions[0], 0.0], [emotions[0], 4.0],
+                                                           [emotions[1], 0.0], [emotions[1], 4.0]]
+    still = table[table["beta"] == 0.0]
+    assert np.allclose(still["change"], 0.0, atol=1e-5) and (still["promoted"] == still["clean_promoted"]).all()
+    pushed = table[table["beta"] == 4.0]
+    assert (pushed["promoted"] >= 0.9).all() and (pushed["change"] > 0.5).all()
+    assert (pushed["change_low"] <= pushed["change"]).all() and (pushed["change"] <= pushed["change_high"]).all()
+    assert np.allclose(pushed["beta_absolute"], 4.0 * norms[30])
+
+
+def test_a_surgery_direction_leaves_the_appraisals_held_fixed_alone():
+    rng = np.random.default_rng(0)
+    weights = {name: rng.standard_normal(16) for name in ("pleasantness", "self_control", "urgency", "effort")}
+    plain = causal.surgery_direction(weights, {"pleasantness": 1, "self_control": -1})
+    expected = weights["pleasantness"] / np.linalg.norm(weights["pleasantness"]) - weights["self_control"] / \
+        np.linalg.norm(weights["self_control"])
+    assert np.allclose(plain, expected / np.linalg.norm(expected), atol=1e-6)
+    held = causal.surgery_direction(weights, {"pleasantness": 1}, held_fixed=["urgency", "effort"])
+    assert np.isclose(np.linalg.norm(held), 1.0) and abs(held @ weights["urgency"]) < 1e-5 and \
+        abs(held @ weights["effort"]) < 1e-5 and held @ weights["pleasantness"] > 0
+
+
+def test_answer_distributions_count_every_text_once():
+    clean = np.eye(3, dtype=np.float32)[[0, 0, 1, 2, 0]]
+    after = np.eye(3, dtype=np.float32)[[[1, 1, 1, 2, 0]]]
+    table = causal.answer_distribution_rows(after, clean, [{"recipe": "pleasantness+", "beta": 1.0}], ["a", "b", "c"])
+    assert table["clean_count"].tolist() == [3, 1, 1] and table["count"].tolist() == [1, 3, 1]
+    assert table["shift"].tolist() == [-2, 2, 0]
