@@ -43,6 +43,34 @@ def appraisal_r2(states: np.ndarray, ratings: np.ndarray, splits: Sequence[tuple
     return r2.mean(axis=0)
 
 
+def appraisal_directions(states: np.ndarray, ratings: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ridge probes of :func:`appraisal_r2` fitted on all texts, in the raw state space.
+
+    Parameters
+    ----------
+    states : numpy.ndarray of float32, shape [n_texts, n_positions, hidden_size]
+    ratings : numpy.ndarray of float64, shape [n_texts, n_appraisals]
+
+    Returns
+    -------
+    weights : numpy.ndarray of float32, shape [n_positions, n_appraisals, hidden_size]
+    intercepts : numpy.ndarray of float32, shape [n_positions, n_appraisals]
+        The probe of appraisal ``a`` at position ``p`` predicts ``x @ weights[p, a] + intercepts[p, a]``
+        from a raw state ``x``: the standardisation (the texts' mean and standard deviation, a constant
+        feature's scale 1) folded into the ridge's coefficients.
+    """
+    weights = np.empty((states.shape[1], ratings.shape[1], states.shape[2]), dtype=np.float64)
+    intercepts = np.empty((states.shape[1], ratings.shape[1]))
+    for position in range(states.shape[1]):
+        raw = states[:, position].astype(np.float64)
+        mean, std = raw.mean(axis=0), raw.std(axis=0)
+        std[std == 0] = 1.0
+        ridge = Ridge(alpha=alpha).fit((raw - mean) / std, ratings)
+        weights[position] = ridge.coef_ / std
+        intercepts[position] = ridge.intercept_ - weights[position] @ mean
+    return weights.astype(np.float32), intercepts.astype(np.float32)
+
+
 def appraisal_table(r2: np.ndarray, layer: int, positions: Sequence[int], columns: Sequence[str]) -> pd.DataFrame:
     """Tidy ``layer, position, appraisal, r2`` rows of one layer's ``[n_positions, n_appraisals]`` R²."""
     return pd.DataFrame([

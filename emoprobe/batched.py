@@ -264,7 +264,10 @@ def probe_layer_batched(states: np.ndarray, problems: Sequence[tuple[np.ndarray,
     Returns
     -------
     One ``(table, predictions)`` per problem, as :func:`emoprobe.probes.probe_layer` returns them (``rows``
-    index ``states``).
+    index ``states``), ``predictions`` with three more arrays: the probe fitted on all of the problem's
+    texts at each position, in the raw state space (``argmax(x @ weights[p].T + intercepts[p])``):
+    ``classes`` (int64 [k], the label ids of its rows), ``weights`` (float32 [len(positions), k, hidden])
+    and ``intercepts`` (float32 [len(positions), k]).
     """
     prepared = []
     for rows, label_id in problems:
@@ -278,7 +281,7 @@ def probe_layer_batched(states: np.ndarray, problems: Sequence[tuple[np.ndarray,
         prepared.append((problem, np.asarray(rows)[problem.rows], y, splits, labellings))
     scorable = [i for i, item in enumerate(prepared) if item is not None]
     results: dict[int, dict] = {i: {"predicted": [], "control_predicted": [], "train_accuracy": [], "n_iter": [],
-                                    "converged": []} for i in scorable}
+                                    "converged": [], "weights": [], "intercepts": []} for i in scorable}
     for group in _groups([prepared[i][1] for i in scorable]):
         members = [scorable[g] for g in group]
         union = np.unique(np.concatenate([prepared[i][1] for i in members]))
@@ -292,10 +295,17 @@ def probe_layer_batched(states: np.ndarray, problems: Sequence[tuple[np.ndarray,
                     for f, (train, _) in enumerate(splits):
                         fold_probes.append(Probe(local[i][train], labels[train], len(prepared[i][0].labels)))
                         owners.append((i, l, f))
+                # one more on all of the problem's texts: the probe whose weights are kept (its directions)
+                fold_probes.append(Probe(local[i], y, len(prepared[i][0].labels)))
+                owners.append((i, 0, None))
             fold_fits = fit_batched(x, fold_probes, C=C, max_iter=max_iter, tol=tol, device=device)
             x_np = x.cpu().numpy()
             per_problem = {i: (np.full(len(local[i]), -1), np.full(len(local[i]), -1), []) for i in members}
             for (i, l, f), fit in zip(owners, fold_fits):
+                if f is None:
+                    results[i]["weights"].append(fit.weights)
+                    results[i]["intercepts"].append(fit.intercepts)
+                    continue
                 _, _, y, splits, labellings = prepared[i]
                 train, test = splits[f]
                 predicted, control_predicted, train_accuracy = per_problem[i]
@@ -328,5 +338,8 @@ def probe_layer_batched(states: np.ndarray, problems: Sequence[tuple[np.ndarray,
               "converged": all(found["converged"])}
         table, predictions = cross_validated_table(problem, y, cv, positions, control=control)
         predictions["rows"] = np.asarray(problems[i][0])[predictions["rows"]]
+        predictions.update(classes=np.asarray(problem.labels, dtype=np.int64),
+                           weights=np.stack(found["weights"]).astype(np.float32),
+                           intercepts=np.stack(found["intercepts"]).astype(np.float32))
         out.append((table, predictions))
     return out

@@ -260,3 +260,41 @@ def read_predictions(paths: Sequence, *, provenance: dict | None = None) -> dict
         for key in ("predicted", "control_predicted"):
             problem[key] = np.concatenate(problem[key]).astype(np.int64)[order]
     return joined
+
+
+def write_directions(path, problems: dict[str, dict], *, layers: Sequence[int], positions: Sequence[int],
+                     attrs: dict) -> None:
+    """Store the probes fitted on all texts of each problem (the emotion probes' ``{subset}/{target}``, or the
+    appraisal probes' ``appraisal``) of one job, atomically: what steering along a probe's direction reads.
+
+    Layout: ``/layers``, ``/positions``, and a group per problem holding ``classes`` (int64 [k]: the label
+    ids, or appraisal indices, of the rows), ``weights`` (float32 [n_layers, n_positions, k, hidden]) and
+    ``intercepts`` (float32 [n_layers, n_positions, k]), in the raw state space: a probe reads
+    ``x @ weights[l, p].T + intercepts[l, p]`` of the stored state ``x``.
+    """
+    with atomic_path(path) as partial, h5py.File(partial, "w") as f:
+        f.create_dataset("layers", data=np.asarray(layers, dtype=np.int64))
+        f.create_dataset("positions", data=np.asarray(positions, dtype=np.int64))
+        for name, arrays in problems.items():
+            group = f.create_group(name)
+            group.create_dataset("classes", data=np.asarray(arrays["classes"], dtype=np.int64))
+            for key in ("weights", "intercepts"):
+                group.create_dataset(key, data=np.asarray(arrays[key], dtype=np.float32))
+        for key, value in attrs.items():
+            f.attrs[key] = str(value) if isinstance(value, str) else json.dumps(value)
+
+
+def read_directions(path, name: str, layer: int, position: int = -1, *, provenance: dict | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(classes, weights [k, hidden], intercepts [k])`` of problem ``name``'s probe at ``layer`` and
+    ``position`` (:func:`write_directions`); raises :class:`HiddenFileError` naming the file when it has no
+    such problem, layer or position, or its attributes differ from ``provenance``."""
+    with h5py.File(path, "r") as f:
+        check_provenance(path, dict(f.attrs), provenance)
+        layers, positions = f["layers"][:].tolist(), f["positions"][:].tolist()
+        if name not in f or layer not in layers or position not in positions:
+            raise HiddenFileError(f"{path}: no probe {name!r} at layer {layer}, position {position} "
+                                  f"(it holds {sorted(k for k in f if isinstance(f[k], h5py.Group))}, layers "
+                                  f"{layers}, positions {positions})")
+        group, l, p = f[name], layers.index(layer), positions.index(position)
+        return group["classes"][:], group["weights"][l, p], group["intercepts"][l, p]

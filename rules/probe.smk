@@ -4,6 +4,7 @@ rule fit_probes:
     output:
         table="results/probes/{model}/{location}/layers{first}-{last}.tsv",
         predictions="results/probes/{model}/{location}/layers{first}-{last}.predictions.h5",
+        directions="results/probes/{model}/{location}/layers{first}-{last}.directions.h5",
     log:
         "logs/fit_probes/{model}/{location}/layers{first}-{last}.log",
     benchmark:
@@ -32,7 +33,8 @@ rule fit_appraisal_probes:
         states=lambda wc: chunk_files(wc.model),
         prompts="results/corpus/prompts.tsv",
     output:
-        "results/appraisal/{model}.tsv",
+        table="results/appraisal/{model}.tsv",
+        directions="results/appraisal/{model}.directions.h5",
     log:
         "logs/fit_appraisal_probes/{model}.log",
     benchmark:

@@ -1,18 +1,21 @@
-"""Ridge probes from every layer's residual stream to every appraisal rating, for one model."""
+"""Ridge probes from every layer's residual stream to every appraisal rating, for one model: their held-out R²
+and the weights of their fit on all texts."""
 
+import numpy as np
 import pandas as pd
 
-from emoprobe.appraisal import appraisal_r2, appraisal_table
+from emoprobe.appraisal import appraisal_directions, appraisal_r2, appraisal_table
 from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
-from emoprobe.h5io import read_layer
+from emoprobe.h5io import read_layer, write_directions
 from emoprobe.io import write_tsv
 from emoprobe.probes import fold_indices
 
 log = log_to(snakemake.log[0])
 settings, split, columns = snakemake.params.appraisal, snakemake.params.split, snakemake.params.columns
 prompts = read_prompts(snakemake.input.prompts).set_index("row_id")
-tables = []
+tables, fitted_layers = [], []
+directions = {"classes": list(range(len(columns))), "weights": [], "intercepts": []}
 for path, layers in zip(snakemake.input.states, snakemake.params.layers):
     for layer in layers:
         with reported_as_message():
@@ -22,6 +25,14 @@ for path, layers in zip(snakemake.input.states, snakemake.params.layers):
         splits = fold_indices(meta["label_id"], **split)
         table = appraisal_table(appraisal_r2(states, ratings, splits, settings["alpha"]), layer, meta["positions"],
                                 columns)
+        weights, intercepts = appraisal_directions(states, ratings, settings["alpha"])
+        directions["weights"].append(weights)
+        directions["intercepts"].append(intercepts)
+        fitted_layers.append(layer)
         log.info("layer %d: best R² %.3f (%s)", layer, table["r2"].max(), table.loc[table["r2"].idxmax(), "appraisal"])
         tables.append(table)
-write_tsv(pd.concat(tables, ignore_index=True), snakemake.output[0])
+write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
+write_directions(snakemake.output.directions,
+                 {"appraisal": {**directions, **{key: np.stack(directions[key]) for key in ("weights", "intercepts")}}},
+                 layers=fitted_layers, positions=meta["positions"],
+                 attrs={"model": snakemake.wildcards.model, "appraisals": columns})

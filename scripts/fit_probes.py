@@ -1,12 +1,12 @@
 """Fit one probe per token position on one location of each layer of a group, for every subset of texts and
-target, and keep each probe's pooled out-of-fold predictions."""
+target, and keep each probe's pooled out-of-fold predictions and the weights of its fit on all texts."""
 
 import numpy as np
 import pandas as pd
 import torch
 
 from emoprobe.errors import log_to, reported_as_message
-from emoprobe.h5io import read_layer, write_predictions
+from emoprobe.h5io import read_layer, write_directions, write_predictions
 from emoprobe.io import write_tsv
 from emoprobe.batched import probe_layer_batched
 from emoprobe.device import pick_device
@@ -23,7 +23,7 @@ fit["device"] = pick_device(settings["device"], needs_float64=True)
 log.info("fitting on %s, %d threads", fit["device"], torch.get_num_threads())
 with reported_as_message():
     answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
-tables, predictions = [], {}
+tables, predictions, directions = [], {}, {}
 for layer in layers:
     with reported_as_message():
         states, meta = read_layer(snakemake.input.states, layer, location, provenance=snakemake.params.provenance)
@@ -40,6 +40,10 @@ for layer in layers:
                 "control_label_id": predicted["control_label_id"], "predicted": [], "control_predicted": []})
             for key in ("predicted", "control_predicted"):
                 kept[key].append(predicted[key])
+            fitted_on_all = directions.setdefault(f"{subset}/{target}", {"classes": predicted["classes"],
+                                                                         "weights": [], "intercepts": []})
+            for key in ("weights", "intercepts"):
+                fitted_on_all[key].append(predicted[key])
         scored = table.dropna(subset=["balanced_accuracy"])
         if scored.empty:
             log.info("%s layer %d, %s / %s: nothing scored: %s", location, layer, subset, target, table["note"].iloc[0])
@@ -51,8 +55,12 @@ for layer in layers:
                  f"; {best.note}" if best.note else "")
 write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
 stacked = ("predicted", "control_predicted")
+attrs = {"model": snakemake.wildcards.model, "location": location, "labels": labels}
 write_predictions(snakemake.output.predictions,
                   {name: {**arrays, **{key: np.stack(arrays[key]) for key in stacked}}
                    for name, arrays in predictions.items()},
-                  layers=layers, positions=meta["positions"], attrs={"model": snakemake.wildcards.model,
-                                                                     "location": location, "labels": labels})
+                  layers=layers, positions=meta["positions"], attrs=attrs)
+write_directions(snakemake.output.directions,
+                 {name: {**arrays, **{key: np.stack(arrays[key]) for key in ("weights", "intercepts")}}
+                  for name, arrays in directions.items()},
+                 layers=layers, positions=meta["positions"], attrs=attrs)

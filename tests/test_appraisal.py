@@ -5,7 +5,7 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 
 from emoprobe import probes
-from emoprobe.appraisal import appraisal_r2, appraisal_table
+from emoprobe.appraisal import appraisal_directions, appraisal_r2, appraisal_table
 
 
 def test_r2_finds_the_position_that_carries_the_ratings():
@@ -36,3 +36,19 @@ def test_table_layout():
     table = appraisal_table(np.array([[0.1, 0.2]]), layer=3, positions=[-1], columns=["urgency", "effort"])
     assert table.to_dict("records") == [{"layer": 3, "position": -1, "appraisal": "urgency", "r2": 0.1},
                                         {"layer": 3, "position": -1, "appraisal": "effort", "r2": 0.2}]
+
+
+def test_appraisal_directions_are_the_ridge_on_all_texts_in_the_raw_space():
+    rng = np.random.default_rng(2)
+    states = (rng.normal(size=(200, 2, 12)) * np.linspace(0.5, 30, 12) + 4).astype(np.float32)
+    states[:, :, 3] = 7.0  # a constant feature: scale 1, no weight
+    ratings = states[:, 0, :3] @ rng.normal(size=(3, 4)) + rng.normal(size=(200, 4))
+    weights, intercepts = appraisal_directions(states, ratings, alpha=5.0)
+    assert weights.shape == (2, 4, 12) and intercepts.shape == (2, 4) and weights.dtype == np.float32
+    for p in range(2):
+        x = states[:, p].astype(np.float64)
+        std = x.std(axis=0)
+        std[std == 0] = 1.0
+        expected = Ridge(alpha=5.0).fit((x - x.mean(axis=0)) / std, ratings).predict((x - x.mean(axis=0)) / std)
+        assert np.allclose(x @ weights[p].T.astype(np.float64) + intercepts[p], expected, rtol=1e-4, atol=1e-3)
+    assert np.all(weights[:, :, 3] == 0)

@@ -262,3 +262,30 @@ def test_batched_trainer_agrees_with_the_per_fit_trainer():
         for column in ("accuracy", "balanced_accuracy", "control_accuracy"):
             assert np.abs(table[column] - alone[column]).max() <= 3 / len(rows), column
         assert table["converged"].all() and np.array_equal(predictions["rows"], rows[reference["rows"]])
+
+
+def test_the_batched_trainer_keeps_the_probe_fitted_on_all_texts_in_the_raw_space():
+    """Its weights are scikit-learn's LogisticRegression(C) on all of a problem's texts, standardised, mapped
+    back to the raw states (w / sigma): what steering along a probe's direction reads."""
+    from emoprobe.batched import probe_layer_batched
+
+    rng = np.random.default_rng(6)
+    y = rng.choice(4, size=400, p=[0.4, 0.3, 0.2, 0.1])
+    states = (rng.normal(size=(400, 2, 30)) * np.linspace(0.1, 20, 30) + 3).astype(np.float32)
+    states[:, 0, :4] += np.eye(4)[y] * 1.5
+    rows = np.flatnonzero(y != 3)  # a problem without label 3
+    settings = dict(folds=5, test_size=0.2, seed=42, stratify=False, control=True, **SETTINGS)
+    (_, predictions), = probe_layer_batched(states, [(rows, y[rows])], [-1, -2], **settings)
+    assert predictions["classes"].tolist() == [0, 1, 2]
+    assert predictions["weights"].shape == (2, 3, 30) and predictions["weights"].dtype == np.float32
+    assert predictions["intercepts"].shape == (2, 3)
+    for p in range(2):
+        x = states[rows, p].astype(np.float64)
+        mean, std = x.mean(axis=0), x.std(axis=0)
+        reference = LogisticRegression(C=1.0, tol=1e-8, max_iter=10_000).fit((x - mean) / std, y[rows])
+        raw = reference.coef_ / std
+        weights = predictions["weights"][p].astype(np.float64)
+        # within the workflow's tol (1e-4 on the gradient); a missing w / sigma would be off by the scales (0.1-20)
+        assert np.abs(weights - raw).max() <= 1e-2 * np.abs(raw).max()
+        logits = x @ weights.T + predictions["intercepts"][p]
+        assert np.abs(logits - reference.decision_function((x - mean) / std)).max() <= 1e-2 * np.abs(logits).max()

@@ -141,6 +141,39 @@ def test_answers_and_appraisal_tables(e2e_run):
     assert len(r2) == 30 * 21 and set(r2["position"]) == {-1} and r2["r2"].le(1).all()
 
 
+def test_probe_directions_are_the_probes_fitted_on_all_texts(e2e_run):
+    """The saved raw-space weights read the stored states as the probes do: their accuracy on the texts they
+    were fitted on is the folds' training accuracy, give or take what 20 % more texts change."""
+    from emoprobe.h5io import read_directions, read_layer
+
+    table = pd.read_csv(e2e_run / "results/probes/smollm2-135m/residual/layers16-30.tsv", sep="\t")
+    path = e2e_run / "results/probes/smollm2-135m/residual/layers16-30.directions.h5"
+    with h5py.File(path) as f:
+        names = {f"{s}/{t}" for s in f if isinstance(f[s], h5py.Group) for t in f[s]}
+        # model_correct/label only when its few texts could be scored (as in the predictions file)
+        assert {"all/answer", "all/label"} <= names <= {"all/answer", "all/label", "model_correct/label"}
+        assert f["all/label/weights"].shape == (15, 5, 13, 576) and f["all/label/weights"].dtype == np.float32
+        assert f["layers"][:].tolist() == list(range(16, 31)) and np.isfinite(f["all/label/weights"][:]).all()
+    states, meta = read_layer(e2e_run / "results/hidden/smollm2-135m/layers16-30.h5", 20, positions=[-1])
+    classes, weights, intercepts = read_directions(path, "all/label", 20, -1)
+    own = (classes[(states[:, 0] @ weights.T + intercepts).argmax(1)] == meta["label_id"]).mean()
+    row = table[(table["layer"] == 20) & (table["position"] == -1) & (table["subset"] == "all")
+                & (table["target"] == "label")].iloc[0]
+    assert own == pytest.approx(row["train_accuracy"], abs=0.05) and own > row["accuracy"]
+
+    appraisal = e2e_run / "results/appraisal/smollm2-135m.directions.h5"
+    classes, weights, intercepts = read_directions(appraisal, "appraisal", 20, -1)
+    assert weights.shape == (21, 576) and classes.tolist() == list(range(21))
+    prompts = pd.read_csv(e2e_run / "results/corpus/prompts.tsv", sep="\t", keep_default_na=False).set_index("row_id")
+    ratings = prompts.loc[meta["row_id"], small_config()["dataset"]["appraisal_columns"]].to_numpy(dtype=float)
+    predicted = states[:, 0].astype(np.float64) @ weights.T.astype(np.float64) + intercepts
+    fitted_r2 = 1 - ((ratings - predicted) ** 2).sum(0) / ((ratings - ratings.mean(0)) ** 2).sum(0)
+    held_out = pd.read_csv(e2e_run / "results/appraisal/smollm2-135m.tsv", sep="\t").query("layer == 20")["r2"]
+    assert (fitted_r2 > held_out.to_numpy()).all()  # in-sample beats held-out for every appraisal
+    with pytest.raises(Exception, match="no probe 'all/label' at layer 31"):
+        read_directions(path, "all/label", 31, -1)
+
+
 def test_every_figure_is_drawn(e2e_run):
     figures = ["accuracy_by_layer", "accuracy_by_depth", "layer_position/smollm2-135m", "confusion/smollm2-135m",
                "appraisal_r2/smollm2-135m"]
