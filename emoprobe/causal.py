@@ -199,17 +199,28 @@ def promotion_plan(emotions: Sequence[int], betas: Sequence[float], centres: Seq
     Each description holds ``emotion`` (label id), ``beta``, and ``beta_absolute``, the step's norm at the
     centre layer.
     """
+    return _steering_plan({emotion: {layer: rows[emotion] for layer, rows in directions.items()}
+                           for emotion in emotions}, "emotion", betas, centres, span, n_layers, mean_norms)
+
+
+def _steering_plan(named: Mapping[object, Mapping[int, np.ndarray]], name_key: str, betas: Sequence[float],
+                   centres: Sequence[int], span: int, n_layers: int, mean_norms: Mapping[int, float]
+                   ) -> tuple[Plan, list[dict]]:
+    """The residual stream of each layer ``l`` of the window around each centre pushed along ``named[n][l]``
+    (a unit vector ``[hidden]``), ``h + beta * mean_norms[l] * v``, for every name ``n`` and ``beta``; each
+    description holds the name under ``name_key``, ``beta`` and ``beta_absolute`` (the step's norm at the
+    centre layer)."""
     windows = {centre: interventions.layer_window(centre, span, n_layers) for centre in centres}
-    described = [{"location": "residual", "layer": centre, "span": span, "emotion": emotion, "beta": beta,
+    described = [{"location": "residual", "layer": centre, "span": span, name_key: name, "beta": beta,
                   "beta_absolute": beta * mean_norms[centre]}
-                 for centre in centres for emotion in emotions for beta in betas]
+                 for centre in centres for name in named for beta in betas]
 
     def plan(indices: np.ndarray, batch: LastTokenBatch) -> list[list[Condition]]:
         device = batch.clean[("residual", 0)].device
-        steps = {layer: torch.from_numpy(np.asarray(directions[layer], dtype=np.float32)).to(device)
-                 for layer in set().union(*windows.values())}
-        return [[{("residual", layer): interventions.add(beta * mean_norms[layer] * steps[layer][emotion])
-                  for layer in windows[centre]} for emotion in emotions for beta in betas] for centre in centres]
+        steps = {(name, layer): torch.from_numpy(np.asarray(named[name][layer], dtype=np.float32)).to(device)
+                 for name in named for layer in set().union(*windows.values())}
+        return [[{("residual", layer): interventions.add(beta * mean_norms[layer] * steps[(name, layer)])
+                  for layer in windows[centre]} for name in named for beta in betas] for centre in centres]
 
     return plan, described
 
@@ -258,23 +269,12 @@ def surgery_direction(weights: Mapping[str, np.ndarray], recipe: Mapping[str, in
     return raw_direction(v)
 
 
-def surgery_plan(recipes: Mapping[str, np.ndarray], betas: Sequence[float], centres: Sequence[int], span: int,
+def surgery_plan(recipes: Mapping[str, Mapping[int, np.ndarray]], betas: Sequence[float], centres: Sequence[int], span: int,
                  n_layers: int, mean_norms: Mapping[int, float]) -> tuple[Plan, list[dict]]:
     """Appraisal surgery: the residual stream of each layer ``l`` of the window pushed along a recipe's unit
     direction, ``h + beta * mean_norms[l] * v``; ``recipes[name]`` is ``{layer: v}`` (one direction per
     layer, from that layer's appraisal probes, or a seeded random one for a control)."""
-    windows = {centre: interventions.layer_window(centre, span, n_layers) for centre in centres}
-    described = [{"location": "residual", "layer": centre, "span": span, "recipe": name, "beta": beta,
-                  "beta_absolute": beta * mean_norms[centre]}
-                 for centre in centres for name in recipes for beta in betas]
-
-    def plan(indices: np.ndarray, batch: LastTokenBatch) -> list[list[Condition]]:
-        device = batch.clean[("residual", 0)].device
-        return [[{("residual", layer): interventions.add(
-                    beta * mean_norms[layer] * torch.from_numpy(np.asarray(recipes[name][layer])).to(device))
-                  for layer in windows[centre]} for name in recipes for beta in betas] for centre in centres]
-
-    return plan, described
+    return _steering_plan(recipes, "recipe", betas, centres, span, n_layers, mean_norms)
 
 
 def answer_distribution_rows(logits: np.ndarray, clean: np.ndarray, described: Sequence[dict],

@@ -254,6 +254,13 @@ def test_promotion_along_the_readout_of_an_emotion_makes_it_the_answer(smollm2_p
     assert (pushed["promoted"] >= 0.9).all() and (pushed["change"] > 0.5).all()
     assert (pushed["change_low"] <= pushed["change"]).all() and (pushed["change"] <= pushed["change_high"]).all()
     assert np.allclose(pushed["beta_absolute"], 4.0 * norms[30])
+    # the same step as a surgery recipe: the same answers, counted per label
+    recipe = {"joy readout": {30: directions[30][emotions[0]]}}
+    plan, described = causal.surgery_plan(recipe, [4.0], [30], 1, 30, norms)
+    surgery, _ = run_plan(smollm2_parts, token_ids, plan, max_batch_size=64)
+    assert np.array_equal(surgery[0].argmax(1), logits[1].argmax(1))
+    counts = causal.answer_distribution_rows(surgery, clean_again, described, LABELS).set_index("label")
+    assert counts["count"].sum() == 40 and counts.loc["joy", "count"] == round(pushed["promoted"].iloc[0] * 40)
 
 
 def test_a_surgery_direction_leaves_the_appraisals_held_fixed_alone():
