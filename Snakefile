@@ -14,6 +14,7 @@ include: "rules/models.smk"
 include: "rules/extract.smk"
 include: "rules/answer.smk"
 include: "rules/probe.smk"
+include: "rules/interventions.smk"
 include: "rules/aggregate.smk"
 include: "rules/figures.smk"
 
@@ -29,6 +30,10 @@ localrules:
     plot_layer_position,
     plot_appraisal,
     plot_confusion,
+    aggregate_interventions,
+    plot_interventions,
+    plot_steering,
+    plot_interventions_by_depth,
 
 
 rule all:

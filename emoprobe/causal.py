@@ -288,3 +288,121 @@ def answer_distribution_rows(logits: np.ndarray, clean: np.ndarray, described: S
         rows.extend({**description, "label": label, "clean_count": int(clean_counts[k]), "count": int(counts[k]),
                      "shift": int(counts[k] - clean_counts[k])} for k, label in enumerate(labels))
     return pd.DataFrame(rows)
+
+
+EXPERIMENTS = ("zero", "random", "patching", "promotion", "surgery")
+# one pass's batches of prompts, from their token ids (:func:`emoprobe.interventions.iter_last_token_batches`)
+Batches = Callable[[Sequence[Sequence[int]]], Iterable[tuple[np.ndarray, LastTokenBatch]]]
+
+
+def centre_layers(n_layers: int, every: int) -> list[int]:
+    """Every ``every``-th layer counted down from the last (so the last, where the answer is read, is always
+    one), ascending."""
+    return sorted(range(n_layers, 0, -every))
+
+
+def sample_indices(n_texts: int, size: int, seed: int) -> np.ndarray:
+    """Sorted int64 indices of a seeded sample of ``size`` of ``n_texts`` texts; all of them when ``size`` is
+    0 or at least ``n_texts``."""
+    if size == 0 or size >= n_texts:
+        return np.arange(n_texts, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n_texts, size, replace=False)).astype(np.int64)
+
+
+def clean_outputs(batches: Iterable[tuple[np.ndarray, LastTokenBatch]], keys: Sequence[tuple[str, int]],
+                  readout: Callable[[torch.Tensor], torch.Tensor], n_texts: int
+                  ) -> tuple[dict[tuple[str, int], np.ndarray], np.ndarray]:
+    """The clean outputs at ``keys`` ``(location, layer)``, float32 ``[n_texts, hidden]`` each, and the clean
+    label logits ``[n_texts, n_labels]``, of the texts ``0 .. n_texts - 1`` that ``batches`` cover."""
+    states, logits = {}, None
+    for indices, batch in batches:
+        for key in keys:
+            value = batch.clean[key].float().cpu().numpy()
+            states.setdefault(key, np.zeros((n_texts, value.shape[1]), dtype=np.float32))[indices] = value
+        clean = readout(batch.clean[("residual", len(batch.blocks))]).cpu().numpy()
+        if logits is None:
+            logits = np.full((n_texts, clean.shape[1]), np.nan, dtype=np.float32)
+        logits[indices] = clean
+    if logits is None or np.isnan(logits).any():
+        raise ValueError(f"the batches do not cover all {n_texts} texts")
+    return states, logits
+
+
+def random_directions(count: int, layers: Iterable[int], hidden_size: int, seed: int
+                      ) -> dict[str, dict[int, np.ndarray]]:
+    """``count`` controls for surgery, ``random1`` ..: per layer a unit Gaussian direction ``[hidden]``
+    float32, drawn from ``(seed, k, layer)``."""
+    return {f"random{k}": {layer: raw_direction(np.random.default_rng([seed, k, layer]).standard_normal(hidden_size))
+                           for layer in layers} for k in range(1, count + 1)}
+
+
+def recipe_directions(weights: Mapping[int, Mapping[str, np.ndarray]], recipes: Mapping[str, Mapping[str, int]],
+                      orthogonalise: bool) -> dict[str, dict[int, np.ndarray]]:
+    """Each recipe's unit direction at each layer of ``weights`` (``{layer: {appraisal: raw-space ridge
+    weights [hidden]}}``), :func:`surgery_direction`. With ``orthogonalise`` (the paper's text), a recipe's
+    direction is made orthogonal to the weights of the appraisals the other recipes name and it does not,
+    which it is to hold fixed; without (the paper's code), it is the plain signed sum."""
+    named = dict.fromkeys(name for recipe in recipes.values() for name in recipe)
+    return {name: {layer: surgery_direction(rows, recipe,
+                                            [a for a in named if a not in recipe] if orthogonalise else ())
+                   for layer, rows in weights.items()}
+            for name, recipe in recipes.items()}
+
+
+def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: Callable[[torch.Tensor], torch.Tensor],
+                   token_ids: Sequence[Sequence[int]], row_ids: np.ndarray, n_layers: int, labels: Sequence[str],
+                   directions: Mapping[int, Mapping] | None = None, max_rows: int = 2048) -> pd.DataFrame:
+    """One experiment of :data:`EXPERIMENTS` on the texts ``token_ids`` (whole prompts; ``row_ids[i]`` is text
+    ``i``'s corpus row), its tidy table.
+
+    ``settings``: ``span``, ``every`` (centre layers, :func:`centre_layers`), ``seed``, and per experiment:
+    ``locations`` (ablation, patching), ``n_pairs`` (patching), ``betas`` (relative to the mean norm of the
+    clean residual stream at each edited layer, over these texts), ``emotions`` (label names) and
+    ``bootstrap`` (promotion), ``recipes``, ``orthogonalise``, ``random_controls`` (surgery).
+    ``directions``: promotion's ``{layer: (classes, weights [k, hidden])}`` of the emotion probe, surgery's
+    ``{layer: {appraisal: weights [hidden]}}``, both in the raw state space. ``labels`` are the label names in
+    the order of ``readout``'s logits (and of the probes' class ids). Patching texts that all get one clean
+    answer gives a single row whose ``note`` says so.
+    """
+    centres, span, seed = centre_layers(n_layers, settings["every"]), settings["span"], settings["seed"]
+    n_texts = len(token_ids)
+    if kind in ("zero", "random"):
+        plan, described = ablation_plan(kind, settings["locations"], centres, span, n_layers, seed, row_ids)
+        logits, clean = condition_logits(batches(token_ids), plan, readout, n_texts, max_rows)
+        return unchanged_rows(logits, clean, described)
+    edited = sorted(set().union(*(interventions.layer_window(c, span, n_layers) for c in centres)))
+    if kind == "patching":
+        keys = [(location, layer) for location in settings["locations"] for layer in edited]
+        states, clean = clean_outputs(batches(token_ids), keys, readout, n_texts)
+        answers = clean.argmax(-1)
+        targets, sources = patching_pairs(answers, settings["n_pairs"], seed)
+        if len(targets) == 0:  # a row that says why, as the probe tables give for a subset they cannot score
+            return pd.DataFrame([{"note": f"every one of the {n_texts} texts gets the same clean answer, "
+                                          f"{labels[answers[0]]!r}: no pair of texts to patch"}])
+        source_states = {key: torch.from_numpy(values[sources]) for key, values in states.items()}
+        plan, described = patching_plan(settings["locations"], centres, span, n_layers, source_states)
+        logits, target_clean = condition_logits(batches([token_ids[t] for t in targets]), plan, readout,
+                                                len(targets), max_rows)
+        return patching_rows(logits, target_clean, answers[sources], described)
+    if kind not in ("promotion", "surgery"):
+        raise ValueError(f"experiment {kind!r} is not one of {list(EXPERIMENTS)}")
+    states, _ = clean_outputs(batches(token_ids), [("residual", layer) for layer in edited], readout, n_texts)
+    mean_norms = {layer: float(np.linalg.norm(states[("residual", layer)], axis=1).mean()) for layer in edited}
+    hidden = states[("residual", edited[0])].shape[1]
+    del states
+    if kind == "promotion":
+        emotions = [labels.index(name) for name in settings["emotions"] or labels]
+        units = {}
+        for layer in edited:
+            classes, weights = directions[layer]
+            units[layer] = {int(c): raw_direction(w) for c, w in zip(classes, weights) if int(c) in emotions}
+        plan, described = promotion_plan(emotions, settings["betas"], centres, span, n_layers, units, mean_norms)
+        logits, clean = condition_logits(batches(token_ids), plan, readout, n_texts, max_rows)
+        table = promotion_rows(logits, clean, described, replicates=settings["bootstrap"], seed=seed)
+        return table.assign(emotion=[labels[e] for e in table["emotion"]])
+    recipes = recipe_directions({layer: directions[layer] for layer in edited}, settings["recipes"],
+                                settings["orthogonalise"])
+    recipes.update(random_directions(settings["random_controls"], edited, hidden, seed))
+    plan, described = surgery_plan(recipes, settings["betas"], centres, span, n_layers, mean_norms)
+    logits, clean = condition_logits(batches(token_ids), plan, readout, n_texts, max_rows)
+    return answer_distribution_rows(logits, clean, described, labels)

@@ -244,3 +244,41 @@ def check_config(config: dict, workdir: Path) -> None:
                           ("extraction.layer_chunk_size", global_size if "layer_chunk_size" not in model else None)):
             if size is not None and not 1 <= size <= model["n_layers"]:
                 raise ConfigError(f"{key}: {size} is not between 1 and the {model['n_layers']} layers of {name}")
+    check_interventions(config)
+
+
+def check_interventions(config: dict) -> None:
+    """Raise :class:`ConfigError` on intervention settings the schema cannot judge: a window wider than a
+    model, emotions that are not labels, recipes naming appraisals that are not rated, and experiments whose
+    probe directions the configured probes do not fit."""
+    settings = config["interventions"]
+    experiments = settings["experiments"]
+    for experiment in experiments:
+        span = settings[experiment]["span"]
+        for name, model in config["models"].items():
+            if span > model["n_layers"]:
+                raise ConfigError(f"interventions.{experiment}.span: {span} is more than the {model['n_layers']} "
+                                  f"layers of {name}")
+    labels = config["dataset"]["labels"]
+    stray = [e for e in settings["promotion"]["emotions"] if e not in labels]
+    if stray:
+        raise ConfigError(f"interventions.promotion.emotions: {stray} are not in dataset.labels {labels}")
+    columns = config["dataset"]["appraisal_columns"]
+    if "surgery" in experiments and not columns:
+        raise ConfigError("interventions.experiments: surgery pushes along the appraisal probes, and "
+                          "dataset.appraisal_columns names none")
+    for recipe, signs in settings["surgery"]["recipes"].items() if "surgery" in experiments else ():
+        stray = [a for a in signs if a not in columns]
+        if stray:
+            raise ConfigError(f"interventions.surgery.recipes.{recipe}: {stray} are not in dataset.appraisal_columns "
+                              f"{columns}")
+    if "promotion" in experiments:
+        subset, target = settings["promotion"]["probe"].split("/")
+        fitted = ([f"{s}/label" for s in config["probe"]["subsets"]]
+                  + (["all/answer"] if config["probe"]["answer_probe"] else []))
+        if f"{subset}/{target}" not in fitted:
+            raise ConfigError(f"interventions.promotion.probe: {subset}/{target} is not a probe the workflow fits "
+                              f"(probe.subsets and probe.answer_probe give {fitted})")
+        if "residual" not in config["locations"]:
+            raise ConfigError("interventions.experiments: promotion pushes along the residual stream's probes; "
+                              "add residual to locations")

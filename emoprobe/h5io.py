@@ -298,3 +298,32 @@ def read_directions(path, name: str, layer: int, position: int = -1, *, provenan
                                   f"{layers}, positions {positions})")
         group, l, p = f[name], layers.index(layer), positions.index(position)
         return group["classes"][:], group["weights"][l, p], group["intercepts"][l, p]
+
+
+def directions_problems(path) -> list[str]:
+    """The problems a directions file holds probes of (``all/label`` ..., or ``appraisal``), sorted: a problem
+    the probe job could not score (too few texts of a label for the folds) is not among them."""
+    with h5py.File(path, "r") as f:
+        names = []
+        f.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Group) and "weights" in item
+                     else None)
+    return sorted(names)
+
+
+def read_directions_of_layers(paths: Sequence, name: str, layers: Sequence[int], position: int = -1, *,
+                              provenance: dict | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``{layer: (classes, weights [k, hidden])}`` of problem ``name`` at ``position`` for each of ``layers``,
+    from whichever of the directions files ``paths`` (the jobs of one location) holds it
+    (:func:`read_directions`); raises :class:`HiddenFileError` naming the files when a layer is in none."""
+    held = {}
+    for path in paths:
+        with h5py.File(path, "r") as f:
+            held.update({layer: path for layer in f["layers"][:].tolist()})
+    missing = sorted(set(layers) - set(held))
+    if missing:
+        raise HiddenFileError(f"no directions file of {[str(p) for p in paths]} holds layers {missing}")
+    found = {}
+    for layer in layers:
+        classes, weights, _ = read_directions(held[layer], name, layer, position, provenance=provenance)
+        found[layer] = (classes, weights)
+    return found

@@ -103,3 +103,47 @@ def appraisal_mem_mb(config: dict, model: str, n_texts: int, attempt: int) -> in
     """MiB for the appraisal job: as a probe job, plus the ridge's float64 Gram matrices."""
     width = config["models"][model]["hidden_size"]
     return int(layer_mb(config, model, n_texts) * 5 + width * width * 8 * 3 / 2**20 + 1024) * attempt
+
+
+def intervention_conditions(config: dict, model: str, experiment: str) -> int:
+    """Conditions (edited runs of every text) of one experiment: windows x what each window is run with."""
+    settings = config["interventions"]
+    windows = len(range(config["models"][model]["n_layers"], 0, -settings[experiment]["every"]))
+    if experiment == "promotion":
+        promotion = settings["promotion"]
+        per_window = len(promotion["emotions"] or config["dataset"]["labels"]) * len(promotion["betas"])
+    elif experiment == "surgery":
+        surgery = settings["surgery"]
+        per_window = (len(surgery["recipes"]) + surgery["random_controls"]) * len(surgery["betas"])
+    else:
+        per_window = len(settings["locations"])
+    return windows * per_window
+
+
+def intervention_texts(config: dict, n_texts: int) -> int:
+    """Texts an experiment runs on: the sample, at most the corpus (model_correct's are fewer)."""
+    return min(config["interventions"]["texts"] or n_texts, n_texts)
+
+
+def intervention_runtime(config: dict, model: str, experiment: str, n_texts: int, attempt: int) -> int:
+    """Minutes for an experiment: two runs of the whole prompts (the clean outputs first, then the edited
+    runs' context) and, per condition and text, one token through the model, at a quarter of FLOP_RATE
+    (one token per row is a thin matrix product)."""
+    entry = config["models"][model]
+    params = entry.get("compute_params_m", entry["params_m"]) * 1e6
+    texts = intervention_texts(config, n_texts)
+    tokens = texts * (2 * TOKENS_PER_TEXT + 4 * intervention_conditions(config, model, experiment))
+    seconds = 2 * params * tokens / FLOP_RATE[config["extraction"]["dtype"]]
+    return int(15 + seconds / 60) * attempt
+
+
+def intervention_mem_mb(config: dict, model: str, n_texts: int, attempt: int) -> int:
+    """MiB for an experiment: the model and a batch as in extraction (with the interventions' batch size), and
+    patching's clean outputs of every text at every location and layer in float32."""
+    entry = config["models"][model]
+    settings = config["interventions"]
+    weights = entry["params_m"] * 1e6 * model_bytes_per_param(config)
+    activations = settings["batch_tokens"] * entry["hidden_size"] * 4 * 16
+    states = (intervention_texts(config, n_texts) * len(settings["locations"]) * entry["n_layers"]
+              * entry["hidden_size"] * 4)
+    return int((weights * 1.5 + activations + states) / 2**20 + 1024) * attempt

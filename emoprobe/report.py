@@ -268,3 +268,150 @@ def plot_confusion(answers: pd.DataFrame, labels: Sequence[str], model: str, png
     ax.set_title(f"{model}: answers, accuracy {answers['correct'].mean():.3f}", fontsize=10)
     figure.tight_layout()
     save(figure, png, pdf)
+
+
+# The combined heatmap's panels: (experiment, column of its table, what the colour shows). Ablation shows the
+# share of answers *changed*, so that in every panel a bright cell is a location that matters.
+HEATMAP_PANELS = [("zero", "unchanged", "answers changed by zero ablation"),
+                  ("random", "unchanged", "answers changed by random ablation"),
+                  ("patching", "transfer", "patching: source's answer transferred")]
+
+
+def intervention_panels(accuracy: pd.DataFrame, interventions: pd.DataFrame, model: str, locations: Sequence[str],
+                        subset: str = "all", position: int = -1) -> list[tuple[str, pd.DataFrame]]:
+    """The combined heatmap's panels for one model, each ``(title, location x layer table)``: the probes'
+    balanced accuracy (``subset``'s texts, true label, token ``position``), then each experiment of
+    :data:`HEATMAP_PANELS` in ``interventions`` (ablation as ``1 - unchanged``), over the centre layers."""
+    probes = accuracy[(accuracy["model"] == model) & accuracy["location"].isin(locations)
+                      & (accuracy["subset"] == subset) & (accuracy["target"] == "label")
+                      & (accuracy["position"] == position) & (accuracy["layer"] >= 1)]
+    panels = [(f"probe balanced accuracy ({subset} texts, token {position})",
+               probes.pivot(index="location", columns="layer", values="balanced_accuracy"))]
+    rows = interventions[interventions["model"] == model]
+    for experiment, column, title in HEATMAP_PANELS:
+        # not a row of a note saying why there are no conditions
+        part = rows[rows["experiment"] == experiment].dropna(subset=["layer"]).astype({"layer": int})
+        if part.empty:
+            continue
+        values = part[column] if column != "unchanged" else 1 - part[column]
+        span = int(part["span"].iloc[0])
+        panels.append((f"{title} (windows of {span} layers)",
+                       part.assign(value=values).pivot(index="location", columns="layer", values="value")))
+    return [(title, table.reindex([l for l in locations if l in table.index])) for title, table in panels]
+
+
+def plot_intervention_heatmap(accuracy: pd.DataFrame, interventions: pd.DataFrame, model: str,
+                              locations: Sequence[str], subset: str, png: str, pdf: str) -> None:
+    """The paper's combined heatmap for one model: location x layer panels, one above the other on the same
+    layer axis, of probing accuracy and of how much each intervention changes the answer."""
+    plt = _pyplot()
+    import seaborn as sns
+
+    panels = intervention_panels(accuracy, interventions, model, locations, subset)
+    n_layers = max(table.columns.max() for _, table in panels)
+    figure, axes = plt.subplots(len(panels), 1, figsize=(2 + 0.3 * n_layers, 0.9 + 1.1 * len(panels) * len(locations) / 3),
+                                squeeze=False)
+    for ax, (title, table) in zip(axes[:, 0], panels):
+        table = table.reindex(columns=range(1, int(n_layers) + 1))
+        sns.heatmap(table, ax=ax, vmin=0, vmax=1, cmap="viridis", cbar_kws={"label": "share", "pad": 0.01})
+        ax.set_title(f"{model}: {title}", fontsize=9)
+        ax.set_xlabel("layer (centre of the window)")
+        ax.set_ylabel("")
+    figure.tight_layout()
+    save(figure, png, pdf)
+
+
+def plot_note(note: str, title: str, png: str, pdf: str) -> None:
+    """A figure that says why there is nothing to draw (the row of a table that could not be computed)."""
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(6, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, textwrap.fill(note, 80), ha="center", va="center", fontsize=9)
+    ax.set_title(title, fontsize=10)
+    save(figure, png, pdf)
+
+
+def plot_promotion(promotion: pd.DataFrame, model: str, png: str, pdf: str) -> None:
+    """Emotion promotion for one model: a heatmap of emotion x centre layer per beta, of the mean normalised
+    change of the emotion's probability (the paper's metric, -1 .. 1); the table's note when it has no rows
+    of conditions."""
+    if "change" not in promotion:
+        plot_note(promotion["note"].iloc[0], f"{model}: emotion promotion", png, pdf)
+        return
+    plt = _pyplot()
+    import seaborn as sns
+
+    betas = sorted(promotion["beta"].unique())
+    emotions = list(dict.fromkeys(promotion["emotion"]))
+    figure, axes = plt.subplots(1, len(betas), figsize=(1.5 + (0.3 * promotion["layer"].nunique() + 1.5) * len(betas),
+                                                        1.2 + 0.25 * len(emotions)), squeeze=False)
+    for ax, beta in zip(axes[0], betas):
+        part = promotion[promotion["beta"] == beta]
+        wide = part.pivot(index="emotion", columns="layer", values="change").loc[emotions]
+        sns.heatmap(wide, ax=ax, vmin=-1, vmax=1, center=0, cmap="RdBu_r", cbar_kws={"label": "normalised change"})
+        ax.set_title(f"{model}: promotion, beta {beta:g} x mean norm (windows of {int(part['span'].iloc[0])})",
+                     fontsize=9)
+        ax.set_xlabel("layer (centre of the window)")
+    figure.tight_layout()
+    save(figure, png, pdf)
+
+
+def plot_surgery(surgery: pd.DataFrame, model: str, png: str, pdf: str) -> None:
+    """Appraisal surgery for one model at its largest beta: per recipe, a heatmap of label x centre layer of
+    the change in how many texts answer each label (after - before)."""
+    plt = _pyplot()
+    import seaborn as sns
+
+    beta = surgery["beta"].max()
+    rows = surgery[surgery["beta"] == beta]
+    recipes = list(dict.fromkeys(rows["recipe"]))
+    labels = list(dict.fromkeys(rows["label"]))
+    columns = min(len(recipes), 4)
+    lines = -(-len(recipes) // columns)
+    n_texts = int(rows.groupby(["recipe", "layer"])["count"].sum().iloc[0])
+    width = 1.5 + 0.3 * rows["layer"].nunique()
+    figure, axes = plt.subplots(lines, columns, figsize=(width * columns, (1 + 0.25 * len(labels)) * lines),
+                                squeeze=False)
+    for ax, recipe in zip(axes.flat, recipes):
+        wide = rows[rows["recipe"] == recipe].pivot(index="label", columns="layer", values="shift").loc[labels]
+        sns.heatmap(wide, ax=ax, vmin=-n_texts, vmax=n_texts, center=0, cmap="PuOr_r", cbar_kws={"label": "texts"})
+        ax.set_title(f"{recipe}", fontsize=9)
+        ax.set_xlabel("layer (centre)")
+    for ax in list(axes.flat)[len(recipes):]:
+        ax.axis("off")
+    figure.suptitle(f"{model}: appraisal surgery, beta {beta:g} x mean norm: answers after - before "
+                    f"({n_texts} texts)", fontsize=10)
+    figure.tight_layout()
+    save(figure, png, pdf)
+
+
+def plot_interventions_by_depth(accuracy: pd.DataFrame, interventions: pd.DataFrame, n_layers: Mapping[str, int],
+                                locations: Sequence[str], subset: str, png: str, pdf: str, position: int = -1) -> None:
+    """All models on normalised depth: a row per panel of :func:`intervention_panels` (probing, then each
+    intervention), a column per location, a line per model."""
+    plt = _pyplot()
+
+    models = list(n_layers)
+    per_model = {model: intervention_panels(accuracy, interventions, model, locations, subset, position)
+                 for model in models}
+    titles = [title.split(" (")[0] for title, _ in per_model[models[0]]]
+    figure, axes = plt.subplots(len(titles), len(locations), figsize=(3.6 * len(locations), 2.3 * len(titles)),
+                                squeeze=False, sharex=True, sharey=True)
+    for row, title in enumerate(titles):
+        for column, location in enumerate(locations):
+            ax = axes[row, column]
+            for model in models:
+                table = per_model[model][row][1]
+                if location in table.index:
+                    values = table.loc[location].dropna()
+                    ax.plot(values.index.astype(float) / n_layers[model], values.to_numpy(), marker="o",
+                            markersize=2.5, label=model)
+            ax.set_title(f"{location}: {title}", fontsize=8)
+            ax.set_ylim(0, 1.02)
+            ax.set_xlim(0, 1.02)
+        axes[row, 0].set_ylabel("share")
+    for ax in axes[-1]:
+        ax.set_xlabel("layer / number of layers")
+    axes[0, -1].legend(fontsize=7)
+    figure.tight_layout()
+    save(figure, png, pdf)

@@ -41,7 +41,10 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(float(centre - half), 0.0), min(float(centre + half), 1.0)
+    # exact at the ends, where centre - half (centre + half) is 0 (1) up to rounding
+    low = 0.0 if successes == 0 else max(float(centre - half), 0.0)
+    high = 1.0 if successes == n else min(float(centre + half), 1.0)
+    return low, high
 
 
 @functools.lru_cache(maxsize=8)

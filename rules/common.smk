@@ -56,8 +56,14 @@ CHUNKS = {m: jobs.extraction_chunks(config, m) for m in MODELS}
 EMBEDDING_LAYER = "residual" in config["locations"]
 
 
+EXPERIMENTS = config["interventions"]["experiments"]
+# Experiments whose tables share the combined heatmap with the probes: where a location is used.
+HEATMAP_EXPERIMENTS = [e for e in ("zero", "random", "patching") if e in EXPERIMENTS]
+
+
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
+    experiment="zero|random|patching|promotion|surgery",
     first=r"\d+",
     last=r"\d+",
     location="|".join(config["locations"]),
@@ -241,11 +247,60 @@ def recorded_config():
     recorded["dataset"] = {**dataset_settings(), "path": config["dataset"]["path"], "sha256": corpus_sha256()}
     recorded["extraction"] = {k: v for k, v in config["extraction"].items() if k != "threads"}
     recorded["probe"] = {k: v for k, v in config["probe"].items() if k != "fits_per_job"}
+    recorded["interventions"] = {k: v for k, v in config["interventions"].items() if k != "threads"}
     recorded["models"] = {
         name: {k: v for k, v in entry.items() if k not in ("params_m", "compute_params_m")}
         for name, entry in config["models"].items()
     }
     return recorded
+
+
+def intervention_inputs(wildcards):
+    """What an experiment reads: the model, the prompts, the answers where it runs on model_correct, and the
+    directions it pushes along (promotion: the residual stream's emotion probes; surgery: the appraisal
+    probes). Ablation and patching read no probe, so that refitting probes never reruns them."""
+    inputs = {**model_inputs(wildcards), "prompts": "results/corpus/prompts.tsv"}
+    if config["interventions"]["subset"] == "model_correct":
+        inputs["answers"] = f"results/answers/{wildcards.model}.tsv"
+    if wildcards.experiment == "promotion":
+        inputs["directions"] = probe_files(wildcards.model, "residual", "directions.h5")
+    elif wildcards.experiment == "surgery":
+        inputs["directions"] = f"results/appraisal/{wildcards.model}.directions.h5"
+    return inputs
+
+
+def intervention_settings(experiment):
+    """The settings that decide an experiment's table: the texts, the seed and the experiment's own section
+    (ablation and patching: the locations too); not the batching or threads."""
+    settings = config["interventions"]
+    decided = {"subset": settings["subset"], "texts": settings["texts"], "seed": settings["seed"]}
+    if experiment in ("zero", "random", "patching"):
+        decided["locations"] = settings["locations"]
+    return {**decided, **settings[experiment]}
+
+
+def directions_provenance(model, experiment):
+    """File attributes of the directions file(s) an experiment reads (none for ablation and patching)."""
+    if experiment == "promotion":
+        return predictions_provenance(model, "residual")
+    if experiment == "surgery":
+        return {"model": model, "appraisals": config["dataset"]["appraisal_columns"]}
+    return {}
+
+
+def heatmap_probe_subset():
+    """The probes drawn beside the interventions: those of the texts intervened on, where the probes fit them."""
+    subset = config["interventions"]["subset"]
+    return subset if subset in config["probe"]["subsets"] else config["probe"]["subsets"][0]
+
+
+def intervention_files(model=None, experiments=None):
+    """The experiment tables of one model (or all), of the given experiments (default: every configured)."""
+    return [
+        f"results/interventions/{m}/{experiment}.tsv"
+        for m in ([model] if model else MODELS)
+        for experiment in (EXPERIMENTS if experiments is None else experiments)
+    ]
 
 
 def all_targets():
@@ -263,4 +318,11 @@ def all_targets():
     if config["dataset"]["appraisal_columns"]:
         figures += [f"appraisal_r2/{model}" for model in MODELS]
         tables.append("results/appraisal_r2.tsv")
+    if EXPERIMENTS:
+        tables.append("results/interventions.tsv")
+        kinds = (["interventions"] if HEATMAP_EXPERIMENTS else []) + [
+            e for e in ("promotion", "surgery") if e in EXPERIMENTS
+        ]
+        figures += [f"{kind}/{model}" for kind in kinds for model in MODELS]
+        figures += ["interventions_by_depth"] if HEATMAP_EXPERIMENTS else []
     return tables + [f"results/figures/{figure}.{suffix}" for figure in figures for suffix in ("png", "pdf")]

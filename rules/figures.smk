@@ -112,3 +112,90 @@ rule plot_confusion:
         labels=config["dataset"]["labels"],
     script:
         "../scripts/plot_confusion.py"
+
+
+rule plot_interventions:
+    input:
+        accuracy="results/accuracy.tsv",
+        tables=lambda wc: intervention_files(wc.model, HEATMAP_EXPERIMENTS),
+    output:
+        png=report(
+            "results/figures/interventions/{model}.png",
+            caption="../report/interventions.rst",
+            category="Figures",
+            subcategory="{model}",
+        ),
+        pdf="results/figures/interventions/{model}.pdf",
+    log:
+        "logs/plot_interventions/{model}.log",
+    benchmark:
+        "logs/benchmarks/plot_interventions/{model}.tsv"
+    conda:
+        "../envs/plot-seaborn.yaml"
+    resources:
+        mem_mb=1024,
+        runtime=5,
+    params:
+        code=script_code("plot_interventions"),
+        locations=config["interventions"]["locations"],
+        subset=heatmap_probe_subset(),
+    script:
+        "../scripts/plot_interventions.py"
+
+
+rule plot_steering:
+    input:
+        "results/interventions/{model}/{experiment}.tsv",
+    output:
+        png=report(
+            "results/figures/{experiment}/{model}.png",
+            caption="../report/steering.rst",
+            category="Figures",
+            subcategory="{model}",
+        ),
+        pdf="results/figures/{experiment}/{model}.pdf",
+    log:
+        "logs/plot_steering/{experiment}/{model}.log",
+    benchmark:
+        "logs/benchmarks/plot_steering/{experiment}/{model}.tsv"
+    wildcard_constraints:
+        experiment="promotion|surgery",
+    conda:
+        "../envs/plot-seaborn.yaml"
+    resources:
+        mem_mb=1024,
+        runtime=5,
+    params:
+        code=script_code("plot_steering"),
+    script:
+        "../scripts/plot_steering.py"
+
+
+rule plot_interventions_by_depth:
+    input:
+        accuracy="results/accuracy.tsv",
+        interventions="results/interventions.tsv",
+    output:
+        png=report(
+            "results/figures/interventions_by_depth.png",
+            caption="../report/interventions_by_depth.rst",
+            category="Figures",
+            subcategory="All models",
+        ),
+        pdf="results/figures/interventions_by_depth.pdf",
+    log:
+        "logs/plot_interventions_by_depth.log",
+    benchmark:
+        "logs/benchmarks/plot_interventions_by_depth.tsv"
+    conda:
+        "../envs/plot.yaml"
+    resources:
+        mem_mb=1024,
+        runtime=5,
+    params:
+        code=script_code("plot_interventions_by_depth"),
+        n_layers={model: config["models"][model]["n_layers"] for model in MODELS},
+        locations=config["interventions"]["locations"],
+        subset=heatmap_probe_subset(),
+    script:
+        "../scripts/plot_interventions_by_depth.py"

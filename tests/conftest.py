@@ -35,6 +35,16 @@ def small_config(limit: int = 144) -> dict:
     config["models"] = {"smollm2-135m": config["models"]["smollm2-135m"]}
     config["models"]["smollm2-135m"]["layer_chunk_size"] = 15
     config["probe"]["fits_per_job"] = 15 * 30  # 30 fits per layer: 5 folds x 3 problems x (probe + control)
+    # every experiment on 32 of the texts, windows on every 2nd layer (promotion and surgery every 5th), one step
+    # each besides promotion's two: what each table and figure needs, at a fraction of the run's time
+    interventions = config["interventions"]
+    interventions["texts"] = 32
+    interventions["threads"] = 1
+    for experiment in ("zero", "random", "patching"):
+        interventions[experiment]["every"] = 2
+    interventions["patching"]["n_pairs"] = 32
+    interventions["promotion"].update(every=5, betas=[0.0, 1.0])
+    interventions["surgery"].update(every=5, betas=[1.0])
     return config
 
 

@@ -22,6 +22,9 @@ def problems(config) -> str:
     lines = schema_errors(config, SCHEMA)
     if lines:
         return "\n".join(lines)
+    from snakemake.utils import validate
+
+    validate(config, str(ROOT / "schemas/config.schema.yaml"))  # the defaults, as prepare_config fills them in
     try:
         describe_models(config, ROOT)  # as the workflow does between the schema and check_config
         check_config(config, ROOT)
@@ -87,6 +90,17 @@ def no_source():
         (with_changes(default_config(), dataset__limit=5), "dataset.limit: 5 is fewer than the 13 labels"),
         (with_changes(default_config(), dataset__rename={"no-emotion": "calm"}), "dataset.rename: renames to ['calm']"),
         (with_changes(default_config(), extraction__dtype="int8"), "extraction.dtype: 'int8' is not one of"),
+        (with_changes(default_config(), interventions__zero={"span": 19}), "interventions.zero.span: 19 is more than the 18 layers of gemma3-270m"),
+        (with_changes(default_config(), interventions__patching={"span": 0}), "interventions.patching.span: 0 is less than the minimum of 1"),
+        (with_changes(default_config(), interventions__promotion={"emotions": ["joy", "awe"]}), "interventions.promotion.emotions: ['awe'] are not in dataset.labels"),
+        (with_changes(default_config(), interventions__promotion={"betas": []}), "interventions.promotion.betas: [] should be non-empty"),
+        (with_changes(default_config(), interventions__surgery={"betas": []}), "interventions.surgery.betas: [] should be non-empty"),
+        (with_changes(default_config(), interventions__surgery={"recipes": {"up": {"pleasantness": 1, "hope": -1}}}), "interventions.surgery.recipes.up: ['hope'] are not in dataset.appraisal_columns"),
+        (with_changes(default_config(), interventions__surgery={"recipes": {"up": {"pleasantness": 2}}}), "interventions.surgery.recipes.up.pleasantness: 2 is not one of [-1, 1]"),
+        (with_changes(default_config(), interventions__experiments=["ablation"]), "interventions.experiments.0: 'ablation' is not one of"),
+        (with_changes(default_config(), dataset__appraisal_columns=[]), "interventions.experiments: surgery pushes along the appraisal probes, and dataset.appraisal_columns names none"),
+        (with_changes(default_config(), probe__answer_probe=False, interventions__promotion={"probe": "all/answer"}), "interventions.promotion.probe: all/answer is not a probe the workflow fits"),
+        (with_changes(default_config(), interventions__promotion={"probe": "model_correct/answer"}), "interventions.promotion.probe: model_correct/answer is not a probe the workflow fits"),
     ],
     ids=lambda v: None if isinstance(v, dict) else v[:40],
 )
@@ -129,6 +143,8 @@ def test_layer_chunks_cover_every_layer():
     [
         (with_changes(small_config(), probe__C=-1, probe__tol="x"), ["probe.C: -1 is less than", "probe.tol: 'x' is not of type"]),
         (with_changes(small_config(), positions=[0]), ["positions.0: 0 is greater than the maximum of -1"]),
+        (with_changes(small_config(), interventions__random={"span": 31}), ["interventions.random.span: 31 is more than the 30 layers of smollm2-135m"]),
+        (with_changes(small_config(), interventions__surgery={"betas": []}), ["interventions.surgery.betas: [] should be non-empty"]),
     ],
 )
 def test_snakemake_stops_at_parse_time_with_the_message(tmp_path, config, expected):

@@ -64,3 +64,25 @@ def test_sixteen_bit_extraction_asks_for_half_the_weight_memory():
     assert jobs.model_bytes_per_param(config) == 2 and jobs.model_bytes_per_param(CONFIG) == 4
     assert jobs.extraction_mem_mb(config, "m", 1) < jobs.extraction_mem_mb(CONFIG, "m", 1)
     assert jobs.extraction_runtime(config, "m", 30, 6600, 1) == 15  # a GPU's rate: loading dominates
+
+
+def test_intervention_conditions_and_requests_follow_the_windows_and_the_sample():
+    config = copy.deepcopy(CONFIG)
+    config["dataset"] = {"labels": [f"l{k}" for k in range(13)]}
+    config["interventions"] = {
+        "texts": 100, "locations": ["residual", "attention", "mlp"], "batch_tokens": 32768,
+        "zero": {"every": 1}, "patching": {"every": 2},
+        "promotion": {"every": 3, "emotions": [], "betas": [0.5, 1.0]},
+        "surgery": {"every": 3, "recipes": {f"r{k}": {} for k in range(8)}, "random_controls": 2, "betas": [1.0]},
+    }
+    assert jobs.intervention_conditions(config, "m", "zero") == 30 * 3
+    assert jobs.intervention_conditions(config, "m", "patching") == 15 * 3  # layers 30, 28, .., 2
+    assert jobs.intervention_conditions(config, "m", "promotion") == 10 * 13 * 2
+    assert jobs.intervention_conditions(config, "m", "surgery") == 10 * 10 * 1
+    assert jobs.intervention_texts(config, 6600) == 100 and jobs.intervention_texts(config, 50) == 50
+    small = jobs.intervention_runtime(config, "m", "promotion", 6600, 1)
+    config["interventions"]["texts"] = 0  # all 6,600
+    assert jobs.intervention_runtime(config, "m", "promotion", 6600, 1) > small >= 15
+    assert jobs.intervention_runtime(config, "m", "promotion", 6600, 2) == 2 * jobs.intervention_runtime(
+        config, "m", "promotion", 6600, 1)
+    assert jobs.intervention_mem_mb(config, "m", 6600, 1) > jobs.intervention_mem_mb(config, "m", 100, 1)

@@ -20,7 +20,7 @@ import slurm_cluster as cluster_module
 from slurm_cluster import slurm_cluster, slurmctld_path
 
 RESULTS = ("results/accuracy.tsv", "results/tables/smollm2-135m_accuracy_by_layer.txt", "results/answers.tsv",
-           "results/answers/smollm2-135m.tsv", "results/appraisal_r2.tsv")
+           "results/answers/smollm2-135m.tsv", "results/appraisal_r2.tsv", "results/interventions.tsv")
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
 
 
@@ -72,7 +72,8 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
         # the project's profile, adapted to this cluster only: its partition, its GPU type, its size
         profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
         profile["default-resources"]["slurm_partition"] = cluster.partition
-        profile["set-resources"]["extract_hidden_states"]["gpu_model"] = cluster.gpu_model
+        for rule in ("extract_hidden_states", "intervene"):
+            profile["set-resources"][rule]["gpu_model"] = cluster.gpu_model
         profile["max-threads"] = os.cpu_count()  # extraction.threads (8) > the node's CPUs; the local run has 2 too
         profile["slurm-init-seconds-before-status-checks"] = 2  # not 40: the jobs here take seconds
         (tmp_path / "profile").mkdir()
@@ -105,8 +106,9 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
     # everything but the local rules (all, aggregating and plotting) ran as a SLURM job, once
     assert rules == {"prepare_prompts": 1, "prepare_gguf_model": 1, "extract_hidden_states": 2, "answer_emotions": 1,
                      "fit_probes": 6, "fit_appraisal_probes": 1, "fit_text_baseline": 1, "logit_lens": 1,
-                     "localise": 1}
-    assert all("gpu" in gres for _, comment, gres in states.values() if "extract_hidden_states" in comment)
+                     "localise": 1, "intervene": 5}
+    assert all("gpu" in gres for _, comment, gres in states.values()
+               if "extract_hidden_states" in comment or "intervene" in comment)
 
     from conftest import TOKEN
 

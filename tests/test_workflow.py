@@ -28,6 +28,19 @@ def dry_run(workdir, config):
     return planned_jobs(run_snakemake(workdir, config, "--dry-run"))
 
 
+def planned_experiments(workdir, config) -> tuple[dict[str, int], list[str]]:
+    """A dry run's job counts and the experiments whose tables it would rerun."""
+    result = run_snakemake(workdir, config, "--dry-run")
+    return planned_jobs(result), re.findall(r"output: results/interventions/[^/\s]+/(\w+)\.tsv", result.stdout)
+
+
+# What a rewritten results/accuracy.tsv reruns besides the accuracy figure: the combined heatmap and the
+# all-model depth figure of the interventions.
+ACCURACY_READERS = {"plot_interventions": 1, "plot_interventions_by_depth": 1}
+# What a rerun of one steering experiment reruns after it.
+STEERING_READERS = {"intervene": 1, "aggregate_interventions": 1, "plot_steering": 1, "plot_interventions_by_depth": 1}
+
+
 def test_hdf5_layout(e2e_run):
     first, second = sorted((e2e_run / "results/hidden/smollm2-135m").glob("*.h5"))
     assert [first.name, second.name] == ["layers01-15.h5", "layers16-30.h5"]
@@ -174,9 +187,47 @@ def test_probe_directions_are_the_probes_fitted_on_all_texts(e2e_run):
         read_directions(path, "all/label", 31, -1)
 
 
+EXPERIMENTS = ["zero", "random", "patching", "promotion", "surgery"]
+
+
+def test_intervention_tables(e2e_run):
+    """Every experiment's table on the e2e run's 32 texts, with what must hold whatever the model shows."""
+    tables = {e: pd.read_csv(e2e_run / f"results/interventions/smollm2-135m/{e}.tsv", sep="\t") for e in EXPERIMENTS}
+    for experiment in ("zero", "random"):
+        table = tables[experiment]
+        assert sorted(set(table["layer"])) == list(range(2, 31, 2)) and (table["n_texts"] == 32).all()
+        assert set(table["location"]) == {"residual", "attention", "mlp"} and (table["span"] == 3).all()
+        assert (table["unchanged_low"] <= table["unchanged"]).all() and (table["unchanged"] <= table["unchanged_high"]).all()
+    patching = tables["patching"]
+    assert (patching["span"] == 5).all() and patching["n_pairs"].between(20, 32).all()
+    assert np.allclose(patching[["transfer", "kept", "neither"]].sum(axis=1), 1)
+    last = patching[(patching["location"] == "residual") & (patching["layer"] == 30)].iloc[0]
+    assert last["transfer"] == 1 and last["kept"] == 0  # the last residual stream is the answer's whole input
+
+    promotion = tables["promotion"]
+    assert set(promotion["emotion"]) == set(small_config()["dataset"]["labels"])
+    assert sorted(set(promotion["layer"])) == [5, 10, 15, 20, 25, 30] and set(promotion["beta"]) == {0.0, 1.0}
+    still = promotion[promotion["beta"] == 0]
+    assert (still["change"].abs() < 1e-6).all() and np.allclose(still["promoted"], still["clean_promoted"])
+    assert (still["beta_absolute"] == 0).all() and (promotion.loc[promotion["beta"] == 1, "beta_absolute"] > 0).all()
+    assert ((promotion["change_low"] <= promotion["change"] + 1e-9) & (promotion["change"] <= promotion["change_high"] + 1e-9)).all()
+
+    surgery = tables["surgery"]
+    recipes = [*small_config()["interventions"]["surgery"]["recipes"], "random1", "random2"]
+    assert list(dict.fromkeys(surgery["recipe"])) == recipes
+    per_condition = surgery.groupby(["recipe", "layer", "beta"])
+    assert (per_condition["count"].sum() == 32).all() and (per_condition["clean_count"].sum() == 32).all()
+    assert (per_condition["shift"].sum() == 0).all()
+
+    combined = pd.read_csv(e2e_run / "results/interventions.tsv", sep="\t")
+    assert len(combined) == sum(map(len, tables.values()))
+    assert list(dict.fromkeys(combined["experiment"])) == EXPERIMENTS and set(combined["model"]) == {"smollm2-135m"}
+
+
 def test_every_figure_is_drawn(e2e_run):
     figures = ["accuracy_by_layer", "accuracy_by_depth", "layer_position/smollm2-135m", "confusion/smollm2-135m",
-               "appraisal_r2/smollm2-135m"]
+               "appraisal_r2/smollm2-135m", "interventions/smollm2-135m", "promotion/smollm2-135m",
+               "surgery/smollm2-135m", "interventions_by_depth"]
     for figure in figures:
         for suffix in ("png", "pdf"):
             assert (e2e_run / f"results/figures/{figure}.{suffix}").stat().st_size > 10_000, figure
@@ -187,7 +238,9 @@ def test_report_holds_every_figure_and_table(e2e_run):
     assert result.returncode == 0, result.stderr[-3000:]
     html = (e2e_run / "report.html").read_text()
     for name in ("accuracy_by_layer.png", "accuracy_by_depth.png", "accuracy.tsv", "answers.tsv", "appraisal_r2.tsv",
-                 "localisation.tsv", "subsets.tsv", "shuffled-label control", "normalised depth", "Price"):
+                 "localisation.tsv", "subsets.tsv", "shuffled-label control", "normalised depth", "Price",
+                 "interventions.tsv", "interventions_by_depth.png", "patched in", "Emotion promotion",
+                 "Appraisal surgery"):
         assert name in html, name
 
 
@@ -216,7 +269,8 @@ def test_unchanged_config_plans_nothing(e2e_run):
 # job), and threads.
 NEUTRAL_EDITS = {"models__smollm2-135m__params_m": 140, "models__smollm2-135m__compute_params_m": 90.0,
                  "dataset__texts_guess": 5000, "dataset__url": "https://example.org/other.csv",
-                 "dataset__sha256": "0" * 64, "probe__fits_per_job": 479, "extraction__threads": 3}
+                 "dataset__sha256": "0" * 64, "probe__fits_per_job": 479, "extraction__threads": 3,
+                 "interventions__threads": 2}
 
 
 def test_keys_that_decide_no_output_rerun_nothing(e2e_run):
@@ -225,15 +279,19 @@ def test_keys_that_decide_no_output_rerun_nothing(e2e_run):
 
 def test_new_answer_words_rerun_the_answers_and_what_reads_them_not_the_states(e2e_run):
     jobs = dry_run(e2e_run, with_changes(small_config(), answer__words={"neutral": "none"}))
+    # the experiments read the answer from the same label tokens
     assert jobs == {"answer_emotions": 1, "logit_lens": 1, "fit_probes": 6, "fit_text_baseline": 1,
                     "count_subsets": 1, "localise": 1, "summarise_answers": 1, "aggregate_accuracy": 1,
-                    "plot_accuracy": 1, "plot_layer_position": 1, "plot_confusion": 1, "record_config": 1, "all": 1}
+                    "plot_accuracy": 1, "plot_layer_position": 1, "plot_confusion": 1, "record_config": 1, "all": 1,
+                    "intervene": 5, "aggregate_interventions": 1, "plot_steering": 2, **ACCURACY_READERS}
 
 
 def test_new_probe_tolerance_reruns_the_fits_not_the_appraisal_or_the_answers(e2e_run):
-    jobs = dry_run(e2e_run, with_changes(small_config(), probe__tol=1e-3))
+    jobs, experiments = planned_experiments(e2e_run, with_changes(small_config(), probe__tol=1e-3))
     assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "localise": 1, "aggregate_accuracy": 1,
-                    "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1, "all": 1}
+                    "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1, "all": 1,
+                    **STEERING_READERS, **ACCURACY_READERS}
+    assert experiments == ["promotion"]
 
 
 def test_new_storage_dtype_reruns_the_extraction_and_everything_after_it(e2e_run):
@@ -244,27 +302,48 @@ def test_new_storage_dtype_reruns_the_extraction_and_everything_after_it(e2e_run
 
 
 def test_new_probe_parameter_reruns_probes_and_aggregation_only(e2e_run):
-    jobs = dry_run(e2e_run, with_changes(small_config(), probe__C=0.5))
+    jobs, experiments = planned_experiments(e2e_run, with_changes(small_config(), probe__C=0.5))
     assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "localise": 1, "aggregate_accuracy": 1,
-                    "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1, "all": 1}
+                    "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1, "all": 1,
+                    **STEERING_READERS, **ACCURACY_READERS}
+    assert experiments == ["promotion"]  # the new probes' directions; ablation and patching read no probe
 
 
 def test_no_answer_probe_reruns_the_probes_and_baselines_but_not_the_answers(e2e_run):
     jobs = dry_run(e2e_run, with_changes(small_config(), probe__answer_probe=False))
     assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "logit_lens": 1, "count_subsets": 1, "localise": 1,
                     "aggregate_accuracy": 1, "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1,
-                    "all": 1}
+                    "all": 1, **STEERING_READERS, **ACCURACY_READERS}
 
 
 def test_new_bootstrap_count_reruns_the_localisation_only(e2e_run):
     jobs = dry_run(e2e_run, with_changes(small_config(), probe__bootstrap=500))
-    assert jobs == {"localise": 1, "aggregate_accuracy": 1, "plot_accuracy": 1, "record_config": 1, "all": 1}
+    assert jobs == {"localise": 1, "aggregate_accuracy": 1, "plot_accuracy": 1, "record_config": 1, "all": 1,
+                    **ACCURACY_READERS}
 
 
 def test_new_appraisal_penalty_reruns_the_appraisal_probes_only(e2e_run):
-    jobs = dry_run(e2e_run, with_changes(small_config(), appraisal__alpha=1.0))
+    jobs, experiments = planned_experiments(e2e_run, with_changes(small_config(), appraisal__alpha=1.0))
     assert jobs == {"fit_appraisal_probes": 1, "aggregate_appraisal": 1, "plot_appraisal": 1, "record_config": 1,
-                    "all": 1}
+                    "all": 1, **STEERING_READERS}
+    assert experiments == ["surgery"]
+
+
+def test_new_step_sizes_rerun_that_steering_experiment_only(e2e_run):
+    config = small_config()
+    jobs, experiments = planned_experiments(e2e_run, with_changes(config, interventions__promotion={
+        **config["interventions"]["promotion"], "betas": [0.0, 2.0]}))
+    assert jobs == {**STEERING_READERS, "record_config": 1, "all": 1} and experiments == ["promotion"]
+    jobs, experiments = planned_experiments(e2e_run, with_changes(config, interventions__surgery={
+        **config["interventions"]["surgery"], "betas": [0.5]}))
+    assert jobs == {**STEERING_READERS, "record_config": 1, "all": 1} and experiments == ["surgery"]
+
+
+def test_new_intervention_sample_reruns_every_experiment_not_the_probes(e2e_run):
+    jobs, experiments = planned_experiments(e2e_run, with_changes(small_config(), interventions__seed=7))
+    assert jobs == {"intervene": 5, "aggregate_interventions": 1, "plot_steering": 2, "record_config": 1, "all": 1,
+                    **ACCURACY_READERS}
+    assert sorted(experiments) == sorted(EXPERIMENTS)
 
 
 def test_new_positions_rerun_extraction_but_not_the_corpus(e2e_run):
@@ -312,7 +391,9 @@ def copy_of_the_workflow(directory):
 
 PROBE_CODE_RERUNS = {"fit_probes": 6, "fit_appraisal_probes": 1, "fit_text_baseline": 1, "logit_lens": 1,
                      "count_subsets": 1, "localise": 1, "aggregate_accuracy": 1, "aggregate_appraisal": 1,
-                     "plot_accuracy": 1, "plot_layer_position": 1, "plot_appraisal": 1, "all": 1}
+                     "plot_accuracy": 1, "plot_layer_position": 1, "plot_appraisal": 1, "all": 1,
+                     # promotion and surgery read the new probes' directions (neither imports emoprobe.probes)
+                     "intervene": 2, "aggregate_interventions": 1, "plot_steering": 2, **ACCURACY_READERS}
 
 
 @pytest.mark.parametrize("module, reruns", [(None, {}), ("errors", {}), ("probes", PROBE_CODE_RERUNS)])
@@ -369,7 +450,8 @@ def test_new_model_runs_only_that_models_jobs(e2e_run):
                     "fit_appraisal_probes": 1, "fit_text_baseline": 1, "logit_lens": 1, "localise": 1,
                     "count_subsets": 1, "aggregate_accuracy": 1, "summarise_answers": 1,
                     "aggregate_appraisal": 1, "plot_accuracy": 1, "plot_layer_position": 1, "plot_confusion": 1,
-                    "plot_appraisal": 1, "record_config": 1, "all": 1}
+                    "plot_appraisal": 1, "record_config": 1, "all": 1, "intervene": 5, "aggregate_interventions": 1,
+                    "plot_interventions": 2, "plot_steering": 2, "plot_interventions_by_depth": 1}
     assert "smollm2-135m/layers" not in result.stdout.split("rule aggregate_accuracy")[0].split("output:")[-1]
     planned_outputs = re.findall(r"output: (\S+)", result.stdout)
     assert not [o for o in planned_outputs if "smollm2" in o and o.endswith((".h5", ".tsv"))]

@@ -1,0 +1,69 @@
+"""One causal experiment (ablation, patching, promotion or surgery) on one model: its tidy table."""
+
+import pandas as pd
+import torch
+
+from emoprobe.answers import answer_token_ids, label_readout
+from emoprobe.causal import run_experiment, sample_indices
+from emoprobe.corpus import read_prompts
+from emoprobe.device import pick_device
+from emoprobe.errors import log_to, reported_as_message
+from emoprobe.extract import tokenize
+from emoprobe.h5io import directions_problems, read_directions_of_layers
+from emoprobe.interventions import iter_last_token_batches
+from emoprobe.io import write_tsv
+from emoprobe.models import decoder_layers, load_decoder, model_location
+
+log = log_to(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+name, model_cfg, kind = snakemake.wildcards.model, snakemake.params.model, snakemake.wildcards.experiment
+settings, labels = snakemake.params.settings, sorted(snakemake.params.labels)
+path_or_id, revision, local_only = model_location(name, model_cfg, getattr(snakemake.input, "model_dir", None))
+device = pick_device(snakemake.params.device)
+if kind == "promotion" and not all(settings["probe"] in directions_problems(path) for path in snakemake.input.directions):
+    # as the probe tables do for a subset too small to score: a row that says why, and the workflow carries on
+    note = f"no {settings['probe']} probe was fitted (too few texts of a label for the folds): nothing to push along"
+    log.info(note)
+    write_tsv(pd.DataFrame([{"model": name, "experiment": kind, "subset": settings["subset"], "note": note}]),
+              snakemake.output[0])
+    raise SystemExit(0)
+with reported_as_message():
+    prompts = read_prompts(snakemake.input.prompts)
+    if settings["subset"] == "model_correct":
+        answers = pd.read_csv(snakemake.input.answers, sep="\t")
+        prompts = prompts[prompts["row_id"].isin(answers.loc[answers["correct"].astype(bool), "row_id"])]
+    prompts = prompts.iloc[sample_indices(len(prompts), settings["texts"], settings["seed"])]
+    model, tokenizer = load_decoder(path_or_id, revision=revision, dtype=snakemake.params.dtype, device=device,
+                                    trust_remote_code=model_cfg["trust_remote_code"], local_only=local_only,
+                                    head=True)
+    base = model.get_decoder()
+    blocks = decoder_layers(base)
+    readout = label_readout(model, answer_token_ids(tokenizer, labels, snakemake.params.words))
+    directions = None
+    if kind == "promotion":
+        directions = read_directions_of_layers(snakemake.input.directions, settings["probe"],
+                                               list(range(1, len(blocks) + 1)),
+                                               provenance=snakemake.params.directions_provenance)
+    elif kind == "surgery":
+        columns = snakemake.params.directions_provenance["appraisals"]
+        directions = {layer: dict(zip(columns, weights)) for layer, (_, weights) in read_directions_of_layers(
+            [snakemake.input.directions], "appraisal", list(range(1, len(blocks) + 1)),
+            provenance=snakemake.params.directions_provenance).items()}
+token_ids = tokenize(tokenizer, prompts["prompt"])
+log.info("%s on %s (%s, %d threads): %d texts of subset %s", kind, name, device, torch.get_num_threads(),
+         len(token_ids), settings["subset"])
+
+
+def batches(ids):
+    return iter_last_token_batches(base, blocks, ids, pad_id=tokenizer.pad_token_id, locations=settings.get("locations", ["residual"]),
+                                   **snakemake.params.batching)
+
+
+table = run_experiment(kind, settings, batches=batches, readout=readout, token_ids=token_ids,
+                       row_ids=prompts["row_id"].to_numpy(), n_layers=len(blocks), labels=labels,
+                       directions=directions)
+table.insert(0, "model", name)
+table.insert(1, "experiment", kind)
+table.insert(2, "subset", settings["subset"])
+log.info("%d conditions", len(table))
+write_tsv(table, snakemake.output[0], float_format="%.6g")
