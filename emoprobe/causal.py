@@ -361,8 +361,9 @@ def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: C
     ``bootstrap`` (promotion), ``recipes``, ``orthogonalise``, ``random_controls`` (surgery).
     ``directions``: promotion's ``{layer: (classes, weights [k, hidden])}`` of the emotion probe, surgery's
     ``{layer: {appraisal: weights [hidden]}}``, both in the raw state space. ``labels`` are the label names in
-    the order of ``readout``'s logits (and of the probes' class ids). Patching texts that all get one clean
-    answer gives a single row whose ``note`` says so.
+    the order of ``readout``'s logits (and of the probes' class ids). Promotion pushes only the emotions the
+    probe has a row of. Patching texts that all get one clean answer, or a probe with no row of the emotions
+    asked for, give a single row whose ``note`` says so.
     """
     centres, span, seed = centre_layers(n_layers, settings["every"]), settings["span"], settings["seed"]
     n_texts = len(token_ids)
@@ -391,7 +392,12 @@ def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: C
     hidden = states[("residual", edited[0])].shape[1]
     del states
     if kind == "promotion":
-        emotions = [labels.index(name) for name in settings["emotions"] or labels]
+        # a probe of a subset has rows only for the labels it saw (model_correct: the few the model gets right)
+        seen = set.intersection(*(set(directions[layer][0].tolist()) for layer in edited))
+        emotions = [labels.index(name) for name in settings["emotions"] or labels if labels.index(name) in seen]
+        if not emotions:
+            return pd.DataFrame([{"note": f"the probe has no row of any of the emotions "
+                                          f"{settings['emotions'] or list(labels)}: nothing to push along"}])
         units = {}
         for layer in edited:
             classes, weights = directions[layer]

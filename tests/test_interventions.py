@@ -281,3 +281,20 @@ def test_answer_distributions_count_every_text_once():
     table = causal.answer_distribution_rows(after, clean, [{"recipe": "pleasantness+", "beta": 1.0}], ["a", "b", "c"])
     assert table["clean_count"].tolist() == [3, 1, 1] and table["count"].tolist() == [1, 3, 1]
     assert table["shift"].tolist() == [-2, 2, 0]
+
+
+def test_promotion_pushes_only_the_emotions_its_probe_has_a_row_of(smollm2_parts):
+    """A probe of a subset sees only some labels (model_correct: those the model gets right): promotion runs
+    those, and says so when none of those asked for is there."""
+    base, blocks, readout, token_ids, pad_id = smollm2_parts
+    rng = np.random.default_rng(0)
+    seen = np.array([5, 9])  # joy, sadness
+    directions = {layer: (seen, rng.standard_normal((2, 576)).astype(np.float32)) for layer in range(1, 31)}
+    settings = {"span": 3, "every": 15, "seed": 0, "betas": [0.25], "emotions": [], "bootstrap": 200}
+    kwargs = dict(batches=lambda ids: batches(base, blocks, ids, pad_id, True), readout=readout, token_ids=token_ids,
+                  row_ids=np.arange(len(token_ids)), n_layers=30, labels=LABELS, directions=directions)
+    table = causal.run_experiment("promotion", settings, **kwargs)
+    assert table["emotion"].tolist() == ["joy", "sadness"] * 2 and table["layer"].tolist() == [15, 15, 30, 30]
+    assert (table["n_texts"] == len(TEXTS)).all() and (table["beta_absolute"] > 0).all()
+    none = causal.run_experiment("promotion", {**settings, "emotions": ["fear"]}, **kwargs)
+    assert list(none.columns) == ["note"] and "no row of any of the emotions ['fear']" in none["note"][0]
