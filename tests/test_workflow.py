@@ -432,6 +432,7 @@ def test_paper_config_plans_every_job_with_sane_resources(tmp_path):
     assert len(layers) == 10 and jobs["extract_hidden_states"] == 10 and jobs["answer_emotions"] == 10
     assert jobs["fit_probes"] == 3 * sum(-(-n // per_job) for n in layers)
     assert jobs["fit_appraisal_probes"] == 10 and "prepare_gguf_model" not in jobs
+    assert jobs["intervene"] == 10 * 5 and jobs["plot_steering"] == 10 * 2
     memory = [int(m) for m in re.findall(r"rule extract_hidden_states:.*?mem_mb=(\d+)", result.stdout, flags=re.S)]
     assert len(memory) == 10 and 4_000 < min(memory) and max(memory) < 64_000
     runtime = [int(m) for m in re.findall(r"rule fit_probes:.*?runtime=(\d+)", result.stdout, flags=re.S)]
