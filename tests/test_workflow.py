@@ -339,6 +339,32 @@ def test_new_step_sizes_rerun_that_steering_experiment_only(e2e_run):
     assert jobs == {**STEERING_READERS, "record_config": 1, "all": 1} and experiments == ["surgery"]
 
 
+HEATMAP_READERS = {"aggregate_interventions": 1, "plot_interventions": 1, "plot_interventions_by_depth": 1}
+
+
+@pytest.mark.parametrize("section, key, value, experiments", [
+    ("patching", "n_pairs", 16, ["patching"]),
+    ("zero", "span", 5, ["zero"]),
+    ("random", "every", 3, ["random"]),
+    ("surgery", "orthogonalise", False, ["surgery"]),
+    ("surgery", "random_controls", 1, ["surgery"]),
+    ("promotion", "emotions", ["joy", "fear"], ["promotion"]),
+    (None, "locations", ["residual", "mlp"], ["zero", "random", "patching"]),
+])
+def test_an_experiments_own_key_reruns_that_experiment_only(e2e_run, section, key, value, experiments):
+    config = small_config()
+    if section is None:
+        config["interventions"][key] = value
+    else:
+        config["interventions"][section][key] = value
+    jobs, planned = planned_experiments(e2e_run, config)
+    assert sorted(planned) == sorted(experiments)
+    assert jobs["intervene"] == len(experiments) and "fit_probes" not in jobs and "extract_hidden_states" not in jobs
+    expected = HEATMAP_READERS if set(experiments) & {"zero", "random", "patching"} else STEERING_READERS
+    besides = {"intervene", "record_config", "all", "plot_steering"}
+    assert set(jobs) - besides == set(expected) - besides
+
+
 def test_new_intervention_sample_reruns_every_experiment_not_the_probes(e2e_run):
     jobs, experiments = planned_experiments(e2e_run, with_changes(small_config(), interventions__seed=7))
     assert jobs == {"intervene": 5, "aggregate_interventions": 1, "plot_steering": 2, "record_config": 1, "all": 1,
