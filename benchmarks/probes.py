@@ -1,195 +1,285 @@
-"""Benchmark: the workflow's batched probe trainer against the per-fit trainer it replaced, and against the
-reference notebook's sklearn call.
+"""Benchmark: the workflow's probe trainer against the trainer of an earlier commit and against scikit-learn.
 
-Default protocol (``--answers``, the model's answers table, needed for it): every layer's probes as a probe
-job fits them -- 5 folds x (probe + shuffled-label control) x (all texts, model_correct, the model's answer) --
-once with the per-fit trainer (``emoprobe.probes.probe_layer``, one L-BFGS per fold and labelling) and once
-with the batched one (``emoprobe.batched.probe_layer_batched``), in one process, one after the other; it prints
-both times, the ratio and the largest difference of any probe's accuracy, balanced accuracy and control
-accuracy (the two must agree within 0.002).
+Run after `make run` (it reads a model's HDF5 states and answers). In one run, one thread each (as probe jobs fit):
 
-Reference (the course notebook): ``LogisticRegression(C=1.0, max_iter=1000)`` on raw
-hidden states, one probe at a time. It is slow, so it is timed on a sample of probes
-(``--reference-probes``, spread over the layers, all at position -1) and its time per
-probe is extrapolated to all probes of the model; the printout says so.
-Workflow: ``emoprobe.probes.probe_layer`` on every layer of the model, as the jobs run it.
-Accuracy check: per probe, the workflow's held-out accuracy minus that of a fully
-converged sklearn fit of the same objective (standardised features, ``tol=1e-6``,
-``max_iter=20000``) on the same split, for the layers in ``--converged-layers``.
-With ``--compare``, the workflow's probes are also fitted on a second file of the same
-texts (states computed in bfloat16, say, or stored in float16) and their accuracies
-compared probe by probe.
+1. **The probe stage, per location and layer.** The workflow (``emoprobe.probes.probe_layer``, the grid of
+   ``--config``, by default the config.yaml's: what a probe job of the default run fits) against the baseline
+   commit's trainer fitting its own default protocol (every problem at every position, with the shuffled-label
+   control: what its probe jobs fitted), the baseline in a subprocess on ``git archive --baseline`` of this
+   repository. Prints both times and their ratio, and the largest difference of accuracy, balanced accuracy and the
+   control's accuracy on the cells both fit.
+2. **The trainer alone**: the workflow's trainer on exactly the baseline's cells (every problem, position and
+   control), so that the ratio is the trainer's, not the grid's.
+3. **How close the products run to the machine's rate**: the trainer's products (each step's logits and gradient
+   over each probe's training rows, counted from its iterations) in GFLOP/s against the machine's measured rate for
+   a product of the same shape.
+4. **Converged scikit-learn** (``--converged-layers``): on those layers' residual stream at token -1, the pooled
+   out-of-fold accuracy of ``LogisticRegression(C, tol=1e-8)`` on each fold's standardised training rows (all
+   texts, true label), against both trainers' accuracy of that cell.
+5. **The reference notebook's method**: ``LogisticRegression(C=1.0, max_iter=1000)`` on raw states, one 80/20 split,
+   timed on ``--reference-probes`` probes and extrapolated per probe.
 
-    .venv/bin/python benchmarks/probes.py --hidden results/hidden/smollm2-135m/layers01-30.h5
+    .venv/bin/python benchmarks/probes.py --hidden results/hidden/smollm2-135m/layers01-30.h5 \\
+        --answers results/answers/smollm2-135m.tsv --layers 1,10,20,30
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pickle
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
-import h5py
 import numpy as np
+import pandas as pd
 import torch
-from joblib import Parallel, delayed
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
-
-from emoprobe.batched import probe_layer_batched  # noqa: E402
+from emoprobe import grid  # noqa: E402
 from emoprobe.h5io import read_layer  # noqa: E402
-from emoprobe.device import pick_device  # noqa: E402
-from emoprobe.probes import probe_layer, probe_targets, split_indices, standardise  # noqa: E402
+from emoprobe.logistic import Probe, fit_logistic  # noqa: E402
+from emoprobe.probes import fold_indices, probe_layer, probe_targets, split_indices  # noqa: E402
 
-DEFAULT_PROTOCOL = dict(C=1.0, max_iter=1000, tol=1e-4, folds=5, test_size=0.2, seed=42, stratify=False, control=True)
-
-
-def default_protocol(states: dict, answers: pd.DataFrame, labels: list[str], device) -> float:
-    """Time the per-fit and the batched trainer on every layer's probes of the default protocol; returns the
-    largest difference of a probe's scores between the two."""
-    seconds = {"per-fit": 0.0, "batched": 0.0}
-    worst = {"accuracy": 0.0, "balanced_accuracy": 0.0, "control_accuracy": 0.0}
-    n_fits = 0
-    for layer, (x, meta) in states.items():
+# The commit before this trainer (issue #25): the batched trainer of emoprobe/batched.py.
+BASELINE = "1ebbe1d"
+PROTOCOL = dict(C=1.0, max_iter=1000, tol=1e-4, folds=5, test_size=0.2, seed=42, stratify=False)
+# Runs in the baseline's checkout: its trainer on its default protocol (every problem at every position, with the
+# control), one thread, timed per location and layer; the tables go back through a pickle.
+BASELINE_RUN = """
+import pickle, sys, time
+# the checkout's emoprobe, not the one installed (editable) in this environment
+sys.meta_path = [finder for finder in sys.meta_path if "__editable__" not in getattr(finder, "__module__", "")]
+sys.path.insert(0, sys.argv[2])
+import numpy as np, pandas as pd, torch
+from emoprobe.batched import probe_layer_batched
+from emoprobe.h5io import read_layer
+from emoprobe.probes import probe_targets
+torch.set_num_threads(1)
+hidden, answers, labels, layers, locations, protocol, out = pickle.load(open(sys.argv[1], "rb"))
+answers = pd.read_csv(answers, sep="\\t")
+results = {}
+for location in locations:
+    for layer in layers:
+        states, meta = read_layer(hidden, layer, location)
         problems = probe_targets(["all", "model_correct"], True, meta["row_id"], meta["label_id"], answers, labels)
         start = time.perf_counter()
-        per_fit = [probe_layer(x[rows], y, meta["positions"], label_names=labels, device=device, **DEFAULT_PROTOCOL)[0]
-                   for _, _, rows, y in problems]
-        middle = time.perf_counter()
-        batched = [table for table, _ in probe_layer_batched(x, [(rows, y) for _, _, rows, y in problems],
-                                                              meta["positions"], label_names=labels, device=device,
-                                                              **DEFAULT_PROTOCOL)]
-        end = time.perf_counter()
-        seconds["per-fit"] += middle - start
-        seconds["batched"] += end - middle
-        n_fits += len(problems) * 5 * 2
-        for a, b in zip(per_fit, batched):
-            for column in worst:
-                worst[column] = max(worst[column], float(np.nanmax(np.abs(a[column] - b[column]))))
-        print(f"  layer {layer:>2}: per-fit {middle - start:6.1f} s, batched {end - middle:6.1f} s, "
-              f"iterations {[int(t['n_iter'].iloc[0]) for t in per_fit]} -> {[int(t['n_iter'].iloc[0]) for t in batched]}",
-              flush=True)
-    print(f"default protocol, {len(states)} layers, {n_fits} fits of {len(states[next(iter(states))][1]['positions'])} "
-          f"positions each: per-fit trainer {seconds['per-fit']:.1f} s, batched {seconds['batched']:.1f} s, "
-          f"speed-up {seconds['per-fit'] / seconds['batched']:.2f}x; largest |difference| "
-          + ", ".join(f"{k} {v:.4f}" for k, v in worst.items()))
-    return max(worst.values())
-
-
-def sklearn_fit(x_train, y_train, x_test, y_test, **settings) -> tuple[float, int, float]:
-    """Held-out accuracy, iterations and seconds of one sklearn LogisticRegression."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        start = time.perf_counter()
-        model = LogisticRegression(**settings).fit(x_train, y_train)
+        fitted = probe_layer_batched(states, [(rows, y) for _, _, rows, y in problems], meta["positions"],
+                                     label_names=labels, control=True, **protocol)
         seconds = time.perf_counter() - start
-    return float(model.score(x_test, y_test)), int(np.max(model.n_iter_)), seconds
+        tables = {f"{s}/{t}": table for (s, t, _, _), (table, _) in zip(problems, fitted)}
+        results[(location, layer)] = (seconds, tables)
+        print(f"  baseline {location} layer {layer}: {seconds:.1f} s", flush=True)
+pickle.dump(results, open(out, "wb"))
+"""
+
+
+def run_baseline(revision: str, hidden: str, answers: str, labels: list, layers: list, locations: list) -> dict:
+    """``{(location, layer): (seconds, {problem: table})}`` of the baseline commit's trainer, in a subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "emoprobe"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        arguments, out = Path(tmp) / "arguments.pkl", Path(tmp) / "results.pkl"
+        arguments.write_bytes(pickle.dumps((hidden, answers, labels, layers, locations, PROTOCOL, str(out))))
+        subprocess.run([sys.executable, "-c", BASELINE_RUN, str(arguments), tmp], check=True)
+        return pickle.loads(out.read_bytes())
+
+
+def fit_cells(states, meta, answers, labels, location_cells):
+    """The workflow's probes of one layer at the given cells: ``(seconds, {problem: table}, fits)`` with, per solve,
+    ``(n_classes, d, [(n_iter, n_train)])`` for the FLOP count."""
+    positions = grid.positions_of(location_cells)
+    problems = [(f"{s}/{t}", rows, y) for s, t, rows, y in probe_targets(["all", "model_correct"], True, meta["row_id"],
+                                                                         meta["label_id"], answers, labels)
+                if f"{s}/{t}" in location_cells]
+    index = [meta["positions"].index(p) for p in positions]
+    solves = []
+
+    def counting(x, probes, **settings):
+        fits = fit_logistic(x, probes, **settings)
+        solves.append((max(p.n_classes for p in probes), x.shape[1], [(f.n_iter, len(p.train))
+                                                                     for f, p in zip(fits, probes)]))
+        return fits
+
+    import emoprobe.probes as module
+
+    module.fit_logistic, original = counting, module.fit_logistic
+    try:
+        start = time.perf_counter()
+        results = probe_layer(states[:, index], positions, [(rows, y) for _, rows, y in problems],
+                              [location_cells[name] for name, _, _ in problems], label_names=labels, **PROTOCOL)
+        seconds = time.perf_counter() - start
+    finally:
+        module.fit_logistic = original
+    return seconds, {name: result.table for (name, _, _), result in zip(problems, results)}, solves
+
+
+def mean_passes(solves) -> float:
+    """Passes over its training rows per fit, on average: the fit's iterations and its first evaluation."""
+    passes = [n_iter + 1 for _, _, fits in solves for n_iter, _ in fits]
+    return float(np.mean(passes))
+
+
+def product_flops(solves) -> float:
+    """FLOPs of the trainer's products: per iteration (and the first evaluation) the logits and the gradient over each
+    probe's training rows, 2 x 2 x classes x width x rows."""
+    return sum(4.0 * k * d * (n_iter + 1) * n_train for k, d, fits in solves for n_iter, n_train in fits)
+
+
+def matmul_rate(d: int, rows: int, probes: int = 9, classes: int = 13) -> float:
+    """The machine's measured GFLOP/s for the trainer's product shape: ``[probes x classes, d] @ [d, rows]``."""
+    w, x = torch.randn(probes * classes, d), torch.randn(rows, d)
+    for _ in range(3):
+        w @ x.T
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < 1.0:
+        w @ x.T
+        n += 1
+    return 2 * probes * classes * d * rows * n / (time.perf_counter() - start) / 1e9
+
+
+def worst_difference(ours: dict, theirs: dict) -> dict:
+    """The largest |difference| of accuracy, balanced accuracy and the control's accuracy over the cells both fit."""
+    worst = {"accuracy": 0.0, "balanced_accuracy": 0.0, "control_accuracy": 0.0}
+    for name, table in ours.items():
+        other = theirs[name].set_index("position")
+        for _, row in table.iterrows():
+            for column in worst:
+                if pd.notna(row[column]) and pd.notna(other.loc[row["position"], column]):
+                    worst[column] = max(worst[column], abs(float(row[column]) - float(other.loc[row["position"], column])))
+    return worst
+
+
+def converged_accuracy(x: np.ndarray, y: np.ndarray, C: float) -> float:
+    """Pooled out-of-fold accuracy of converged scikit-learn fits on the protocol's folds, each fold standardised with
+    its training rows."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    predicted = np.empty(len(y), dtype=np.int64)
+    for train, test in fold_indices(y, folds=PROTOCOL["folds"], test_size=0.2, seed=PROTOCOL["seed"], stratify=False):
+        mean, std = x[train].mean(axis=0, dtype=np.float64), x[train].std(axis=0, dtype=np.float64)
+        std[std == 0] = 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = LogisticRegression(C=C, tol=1e-8, max_iter=20_000).fit((x[train] - mean) / std, y[train])
+        predicted[test] = model.predict((x[test] - mean) / std)
+    return float(np.mean(predicted == y))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", required=True, help="an HDF5 chunk file holding all layers of one model")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--reference-probes", type=int, default=3)
-    parser.add_argument("--converged-layers", default="all", help="'all' or comma-separated 1-based layers")
-    parser.add_argument("--n-classes", type=int, default=13)
-    parser.add_argument("--device", default="auto", help="where the workflow's probes are fitted (probe.device)")
-    parser.add_argument("--compare", help="a second HDF5 file of the same layers and texts")
-    parser.add_argument("--answers", help="the model's answers (results/answers/{model}.tsv): time the default "
-                                          "protocol with the per-fit and the batched trainer")
-    parser.add_argument("--layers", default="all", help="'all' or comma-separated layers to load")
+    parser.add_argument("--hidden", required=True, help="an HDF5 chunk file of one model")
+    parser.add_argument("--answers", required=True, help="the model's answers (results/answers/{model}.tsv)")
+    parser.add_argument("--layers", default="1,10,20,30", help="comma-separated layers, or 'all'")
+    parser.add_argument("--locations", default="residual,attention,mlp")
+    parser.add_argument("--config", default=str(ROOT / "config.yaml"), help="whose probe.grid the workflow fits")
+    parser.add_argument("--baseline", default=BASELINE, help="the commit whose trainer is compared ('' : none)")
+    parser.add_argument("--converged-layers", default="", help="comma-separated layers to check against scikit-learn")
+    parser.add_argument("--reference-probes", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    device = pick_device(args.device, needs_float64=True)
+    torch.set_num_threads(1)
+
+    answers = pd.read_csv(args.answers, sep="\t")
+    labels = [c.removeprefix("logit_") for c in answers if c.startswith("logit_")]
+    import h5py
 
     with h5py.File(args.hidden) as f:
-        layers = sorted(int(k.split("_")[1]) for k in f if k.startswith("residual_") and k != "residual_00")
-    if args.layers != "all":
-        layers = [int(v) for v in args.layers.split(",")]
-    states = {layer: read_layer(args.hidden, layer) for layer in layers}
-    label_id, positions = states[layers[0]][1]["label_id"], states[layers[0]][1]["positions"]
-    labels = [f"label {i}" for i in range(args.n_classes)]
-    train, test = split_indices(label_id, 0.2, 42, stratify=False)
-    n_probes = len(layers) * len(positions)
-    print(f"{args.hidden}: {len(layers)} layers x {len(positions)} positions = {n_probes} probes, "
-          f"{len(train)} train / {len(test)} test rows, {args.threads} threads")
-    if args.answers:
-        answers = pd.read_csv(args.answers, sep="\t")
-        trainers_differ = default_protocol(states, answers, [c.removeprefix("logit_") for c in answers
-                                                             if c.startswith("logit_")], device)
+        held = sorted(int(k.split("_")[1]) for k in f if k.startswith("residual_") and k != "residual_00")
+    layers = held if args.layers == "all" else [int(v) for v in args.layers.split(",")]
+    locations = args.locations.split(",")
+    from snakemake.utils import validate
 
-    def workflow_probes(states: dict) -> dict:
-        """Per layer, the probe table of the reference's single 80/20 split, no control: the reference's probes,
-        fitted by the workflow's batched trainer."""
-        settings = dict(DEFAULT_PROTOCOL, folds=0, control=False)
-        return {layer: probe_layer_batched(x, [(np.arange(len(x)), meta["label_id"])], positions, label_names=labels,
-                                           device=device, **settings)[0][0]
-                for layer, (x, meta) in states.items()}
+    config = yaml.safe_load(Path(args.config).read_text())
+    validate(config, str(ROOT / "schemas/config.schema.yaml"))
+    config["locations"] = locations
+    default_cells = grid.cells(config)
+    full = dict(config, probe={**config["probe"], "grid": [{"locations": "all", "positions": "all", "problems": "all",
+                                                             "control": True, "directions": False}]})
+    full_cells = grid.cells(full)
+    print(f"{args.hidden}: layers {layers}, locations {locations}, one thread; {torch.__version__}; the workflow's "
+          f"grid ({args.config}):\n{grid.describe(default_cells)}", flush=True)
 
-    start = time.perf_counter()
-    ours = workflow_probes(states)
-    our_seconds = time.perf_counter() - start
-    iterations = [int(t["n_iter"].iloc[0]) for t in ours.values()]
-    print(f"workflow on {device}: all {n_probes} probes in {our_seconds:.1f} s = {our_seconds / n_probes:.3f} s/probe; "
-          f"L-BFGS iterations per layer {min(iterations)}-{max(iterations)}, "
-          f"converged {sum(t['converged'].sum() for t in ours.values())}/{n_probes}")
+    baseline = run_baseline(args.baseline, args.hidden, args.answers, labels, layers, locations) if args.baseline else {}
+    totals = {"grid": 0.0, "same cells": 0.0, "baseline": 0.0}
+    flops = {"grid": 0.0, "same cells": 0.0}
+    every_solve = []
+    worst = {"accuracy": 0.0, "balanced_accuracy": 0.0, "control_accuracy": 0.0}
+    ours_at = {}
+    for location in locations:
+        for layer in layers:
+            states, meta = read_layer(args.hidden, layer, location)
+            seconds, tables, solves = fit_cells(states, meta, answers, labels, default_cells[location])
+            same_seconds, same_tables, same_solves = fit_cells(states, meta, answers, labels, full_cells[location])
+            totals["grid"] += seconds
+            totals["same cells"] += same_seconds
+            flops["grid"] += product_flops(solves)
+            flops["same cells"] += product_flops(same_solves)
+            every_solve += solves
+            ours_at[(location, layer)] = tables
+            line = f"  {location} layer {layer:>2}: workflow grid {seconds:6.1f} s, trainer on the baseline's cells " \
+                   f"{same_seconds:6.1f} s"
+            if (location, layer) in baseline:
+                base_seconds, base_tables = baseline[(location, layer)]
+                totals["baseline"] += base_seconds
+                difference = worst_difference(tables, base_tables)
+                worst = {k: max(worst[k], v) for k, v in difference.items()}
+                line += f", baseline {base_seconds:6.1f} s; largest |difference| on the grid's cells " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in difference.items())
+            print(line, flush=True)
+    d = read_layer(args.hidden, layers[0], locations[0])[0].shape[2]
+    rate = matmul_rate(d, int(len(answers) * 0.8 / 5))
+    print(f"products: workflow grid {flops['grid'] / totals['grid'] / 1e9:.0f} GFLOP/s, trainer on the baseline's "
+          f"cells {flops['same cells'] / totals['same cells'] / 1e9:.0f} GFLOP/s; this machine's rate for the shape "
+          f"[{9 * 13}, {d}] @ [{d}, {int(len(answers) * 0.8 / 5)}]: {rate:.0f} GFLOP/s (one thread); "
+          f"{mean_passes(every_solve):.1f} passes per fit on the grid")
+    if baseline:
+        print(f"probe stage: baseline {totals['baseline']:.1f} s, workflow grid {totals['grid']:.1f} s: "
+              f"{totals['baseline'] / totals['grid']:.2f}x; the trainer alone on the baseline's cells "
+              f"{totals['same cells']:.1f} s: {totals['baseline'] / totals['same cells']:.2f}x; largest |difference| "
+              f"on the cells both fit: " + ", ".join(f"{k} {v:.4f}" for k, v in worst.items()))
+
+    for layer in [int(v) for v in args.converged_layers.split(",") if v]:
+        states, meta = read_layer(args.hidden, layer, "residual", positions=[-1])
+        reference = converged_accuracy(states[:, 0], meta["label_id"], PROTOCOL["C"])
+        ours = float(ours_at[("residual", layer)]["all/label"].set_index("position").loc[-1, "accuracy"]) \
+            if ("residual", layer) in ours_at else float("nan")
+        theirs = float(baseline[("residual", layer)][1]["all/label"].set_index("position").loc[-1, "accuracy"]) \
+            if ("residual", layer) in baseline else float("nan")
+        print(f"  residual layer {layer} token -1, all/label: converged scikit-learn {reference:.4f}, workflow "
+              f"{ours:.4f} ({ours - reference:+.4f}), baseline {theirs:.4f} ({theirs - reference:+.4f})", flush=True)
+
+    from sklearn.linear_model import LogisticRegression
 
     sample = [layers[i] for i in np.linspace(0, len(layers) - 1, args.reference_probes).round().astype(int)]
-    reference = []
+    seconds, ours = [], []
     for layer in sample:
-        x = states[layer][0][:, 0]
-        reference.append(sklearn_fit(x[train], label_id[train], x[test], label_id[test], C=1.0, max_iter=1000))
-        print(f"  reference probe layer {layer} position -1: accuracy {reference[-1][0]:.3f}, "
-              f"{reference[-1][1]} iterations, {reference[-1][2]:.1f} s")
-    per_probe = float(np.mean([r[2] for r in reference]))
-    print(f"reference: {per_probe:.1f} s/probe (timed on {len(sample)} probes, extrapolated: "
-          f"{per_probe * n_probes / 60:.1f} min for all {n_probes})")
-    print(f"speed-up per probe: {per_probe / (our_seconds / n_probes):.0f}x")
-
-    checked = layers if args.converged_layers == "all" else [int(v) for v in args.converged_layers.split(",")]
-    jobs = []
-    for layer in checked:
-        x_train, x_test = standardise(states[layer][0][train], states[layer][0][test])
-        for k, position in enumerate(positions):
-            jobs.append((layer, position, x_train[k], x_test[k]))
-    converged = Parallel(n_jobs=args.threads)(
-        delayed(sklearn_fit)(x_train, label_id[train], x_test, label_id[test], C=1.0, tol=1e-6, max_iter=20000)
-        for _, _, x_train, x_test in jobs)
-    differences = []
-    for (layer, position, _, _), (accuracy, n_iter, _) in zip(jobs, converged):
-        ours_accuracy = float(ours[layer].set_index("position").loc[position, "accuracy"])
-        differences.append(ours_accuracy - accuracy)
-        print(f"  layer {layer:>2} position {position}: workflow {ours_accuracy:.4f}, converged sklearn "
-              f"{accuracy:.4f} ({n_iter} iterations), difference {differences[-1]:+.4f}")
-    worst = float(np.abs(differences).max())
-    print(f"accuracy vs converged sklearn on {len(jobs)} probes: max |difference| {worst:.4f} "
-          f"({worst * len(test):.0f} test examples), mean {np.mean(differences):+.4f}")
-    if args.compare:
-        other = {layer: read_layer(args.compare, layer) for layer in layers}
-        if any(not np.array_equal(other[layer][1]["row_id"], states[layer][1]["row_id"]) for layer in layers):
-            raise SystemExit(f"{args.compare}: not the texts of {args.hidden}, in the same order")
-        scale = max(float(np.abs(states[layer][0]).max()) for layer in layers)
-        state_difference = max(float(np.abs(other[layer][0] - states[layer][0]).max()) for layer in layers)
-        theirs = workflow_probes(other)
-        changes = np.concatenate([
-            theirs[layer].set_index("position")["accuracy"].to_numpy() - ours[layer].set_index("position")[
-                "accuracy"].to_numpy() for layer in layers])
-        print(f"{args.compare} against {args.hidden}: states differ by at most {state_difference:.3g} "
-              f"(largest |state| {scale:.3g}); probe accuracy difference on all {len(changes)} probes: max "
-              f"|difference| {np.abs(changes).max():.4f} ({np.abs(changes).max() * len(test):.0f} test examples), "
-              f"mean {changes.mean():+.4f}; best probe {max(t['accuracy'].max() for t in theirs.values()):.4f} "
-              f"against {max(t['accuracy'].max() for t in ours.values()):.4f}")
-    if args.answers and trainers_differ > 0.002:
-        raise SystemExit("a probe of the batched trainer differs from the per-fit trainer's by more than 0.002")
-    if worst > 0.01:
-        raise SystemExit("a probe differs from the converged sklearn fit by more than 0.01")
+        states, meta = read_layer(args.hidden, layer, "residual", positions=[-1])
+        x, y = states[:, 0], meta["label_id"]
+        train, test = split_indices(y, 0.2, 42, stratify=False)
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            LogisticRegression(C=1.0, max_iter=1000).fit(x[train], y[train])
+        seconds.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        fit_logistic(x, [Probe(train, np.searchsorted(np.unique(y), y[train]), len(np.unique(y)))], C=1.0,
+                     max_iter=1000, tol=1e-4)
+        ours.append(time.perf_counter() - start)
+    print(f"reference notebook (LogisticRegression(C=1, max_iter=1000) on raw states, one probe): "
+          f"{np.mean(seconds):.1f} s/probe on layers {sample}; the workflow's trainer on the same probe alone "
+          f"{np.mean(ours):.2f} s ({np.mean(seconds) / np.mean(ours):.0f}x)")
+    print(json.dumps({"seconds": totals, "gflops": {k: flops[k] / totals[k] / 1e9 for k in flops},
+                      "passes_per_fit": mean_passes(every_solve),
+                      "machine_gflops": rate, "worst": worst}))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,36 @@ import pandas as pd
 from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 
-from emoprobe.probes import standardise
+
+
+def standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and scale both by the training rows' mean and standard deviation, per position and feature,
+    into the positions-first layout the ridge probes are fitted in.
+
+    Parameters
+    ----------
+    train, test : numpy.ndarray, shape [n_rows, n_positions, hidden_size]
+
+    Returns
+    -------
+    The two arrays, float32, shape [n_positions, n_rows, hidden_size]. Constant features keep scale 1
+    (they become zero).
+    """
+    n_rows, n_positions, _ = train.shape
+    z_train, z_test = (np.empty((n_positions, len(x), x.shape[2]), dtype=np.float32) for x in (train, test))
+    # In float32 with float64 sums, written straight into the outputs: temporaries of the whole array
+    # cost more in fresh pages than the arithmetic.
+    for position in range(n_positions):
+        z = z_train[position]
+        mean = train[:, position].mean(axis=0, dtype=np.float64).astype(np.float32)
+        np.subtract(train[:, position], mean, out=z)
+        std = np.sqrt(np.einsum("ij,ij->j", z, z, dtype=np.float64) / n_rows)
+        std[std == 0] = 1.0
+        scale = (1.0 / std).astype(np.float32)
+        z *= scale
+        np.subtract(test[:, position], mean, out=z_test[position])
+        z_test[position] *= scale
+    return z_train, z_test
 
 
 def appraisal_r2(states: np.ndarray, ratings: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]],

@@ -18,44 +18,52 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from emoprobe.probes import (cross_validated_table, out_of_fold, probe_problem, score_table, scored_rows,
-                             unscored_table)
+from emoprobe.probes import cross_validated_table, fold_indices, probe_problem, score_table, scored_rows, unscored_table
 
 
-def text_fits(texts: Sequence[str], *, C: float, max_iter: int, tol: float):
-    """The :data:`emoprobe.probes.FoldFit` of the bag-of-words probe on ``texts`` (one probe: ``P = 1``)."""
+def text_out_of_fold(texts: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, max_iter: int, tol: float,
+                     folds: int, test_size: float, seed: int, stratify: bool, control: bool) -> dict:
+    """The bag-of-words probe's out-of-fold predictions over the probes' folds (:func:`emoprobe.probes.fold_indices`),
+    as :func:`emoprobe.probes.cross_validated_table` takes them (one position); with ``control``, also fitted on
+    ``y`` shuffled once with ``seed``. The TF-IDF vocabulary and weights are fitted on each fold's training texts."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    texts = np.asarray(texts, dtype=object)
-
-    def fit_fold(train, test, labellings):
+    splits = fold_indices(y, folds=folds, test_size=test_size, seed=seed, stratify=stratify)
+    shuffled = np.random.default_rng(seed).permutation(y)
+    predicted, control_predicted = (np.full((1, len(y)), -1, dtype=np.int64) for _ in range(2))
+    majority = np.full(len(y), -1, dtype=np.int64)
+    train_accuracy, n_iters = [], []
+    for train, test in splits:
         vectoriser = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-        x_train = vectoriser.fit_transform(texts[train])
-        x_test = vectoriser.transform(texts[test])
-        fits = []
-        for labels in labellings:
-            model = LogisticRegression(C=C, max_iter=max_iter, tol=tol).fit(x_train, labels)
-            n_iter = int(np.max(model.n_iter_))
-            fits.append((model.predict(x_test)[None], model.predict(x_train)[None], n_iter, n_iter < max_iter))
-        return fits
-
-    return fit_fold
+        x_train, x_test = vectoriser.fit_transform(texts[train]), vectoriser.transform(texts[test])
+        for labels, into in [(y, predicted)] + ([(shuffled, control_predicted)] if control else []):
+            model = LogisticRegression(C=C, max_iter=max_iter, tol=tol).fit(x_train, labels[train])
+            into[0, test] = model.predict(x_test)
+            n_iters.append(int(np.max(model.n_iter_)))
+            if into is predicted:
+                train_accuracy.append(np.mean(model.predict(x_train) == y[train]))
+        majority[test] = np.bincount(y[train], minlength=n_classes).argmax()
+    tested = np.sort(np.concatenate([test for _, test in splits]))
+    return {"tested": tested, "predicted": predicted[:, tested], "control_predicted": control_predicted[:, tested],
+            "shuffled": shuffled, "majority": majority[tested], "train_accuracy": np.array([np.mean(train_accuracy)]),
+            "n_train": len(splits[0][0]), "n_test": len(splits[0][1]), "folds": len(splits),
+            "n_iter": max(n_iters), "converged": max(n_iters) < max_iter}
 
 
 def text_probe(texts: Sequence[str], label_id: np.ndarray, *, label_names: Sequence[str], C: float, max_iter: int,
                tol: float, folds: int, test_size: float, seed: int, stratify: bool, control: bool
                ) -> tuple[pd.DataFrame, dict | None]:
     """The bag-of-words probe of one problem: one row of :data:`emoprobe.scores.SCORE_COLUMNS` (``position`` NaN)
-    and its predictions, as :func:`emoprobe.probes.probe_layer` returns them."""
+    and its predictions, as :func:`emoprobe.probes.cross_validated_table` gives them."""
     problem = probe_problem(label_id, label_names, folds)
     if not problem.scorable:
         return unscored_table(problem, [np.nan]), None
     y = np.searchsorted(problem.labels, problem.label_id)
-    fit_fold = text_fits(np.asarray(texts, dtype=object)[problem.rows], C=C, max_iter=max_iter, tol=tol)
-    cv = out_of_fold(y, len(problem.labels), fit_fold, folds=folds, test_size=test_size, seed=seed, stratify=stratify,
-                     control=control)
-    return cross_validated_table(problem, y, cv, [np.nan], control=control)
+    cv = text_out_of_fold(np.asarray(texts, dtype=object)[problem.rows], y, len(problem.labels), C=C,
+                          max_iter=max_iter, tol=tol, folds=folds, test_size=test_size, seed=seed, stratify=stratify,
+                          control=control)
+    return cross_validated_table(problem, y, cv, [np.nan])
 
 
 def logit_lens_table(label_id: np.ndarray, readout: np.ndarray, layers: Sequence[int], *, label_names: Sequence[str],

@@ -11,6 +11,7 @@ import hashlib
 import string
 from pathlib import Path
 
+from emoprobe import grid
 from emoprobe.errors import UserError
 
 SOURCES = ("hub", "local", "gguf")
@@ -28,8 +29,12 @@ def schema_errors(config: dict, schema: dict) -> list[str]:
     """
     import jsonschema
 
+    lines, config = [], dict(config)
+    for section, key, instead in MOVED_KEYS:
+        if isinstance(config.get(section), dict) and key in config[section]:
+            lines.append(f"{section}.{key}: no longer a setting; {instead}")
+            config[section] = {k: v for k, v in config[section].items() if k != key}
     validator = jsonschema.Draft202012Validator(schema)
-    lines = []
     for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         if error.validator == "additionalProperties":
@@ -64,6 +69,11 @@ def duplicate_keys(path: str | Path) -> list[str]:
     return found
 
 
+# Keys of earlier versions, and what says the same now: named before the schema's "additional property" would be.
+MOVED_KEYS = [("probe", "control", "say where the shuffled-label control is fitted with control: true in the "
+                                   "entries of probe.grid (schemas/config.schema.yaml)")]
+
+
 def prepare_config(config: dict, configfiles: list, schema_path: str | Path, workdir: Path) -> None:
     """Check the workflow's config and complete it in place, in the order a user's mistakes are best
     reported: keys given twice in a config file, every schema violation at once, then (the schema's
@@ -79,11 +89,85 @@ def prepare_config(config: dict, configfiles: list, schema_path: str | Path, wor
             raise ConfigError(f"{path}: keys given twice: {', '.join(duplicates)}")
     with open(schema_path) as handle:
         schema = yaml.safe_load(handle)
+    typed = _typed(config, schema)  # before the schema: --config gives nested values as strings
+    config.clear()
+    config.update(typed)
     if errors := schema_errors(config, schema):
         raise ConfigError("\n  " + "\n  ".join(errors))
     validate(config, schema=str(schema_path))  # fills in the defaults
     describe_models(config, workdir)
     check_config(config, workdir)
+    canonical = canonical_config(config, schema)
+    config.clear()
+    config.update(canonical)
+
+
+def canonical_config(config: dict, schema: dict) -> dict:
+    """``config`` as one value whatever its form: every mapping's keys sorted, every value typed as the schema
+    types it (``1`` for an integer, ``1.0`` for a number, however written), and ``dataset.labels`` sorted (a set:
+    label ids follow their sorted order). Every param the rules build from it is then the same for configs that say
+    the same thing, so that a config written back in another key order, with ``C: 1`` for ``C: 1.0``, or given by
+    ``--config``, reruns nothing. Lists keep their order otherwise: it is the order of the outputs' rows."""
+    config = _sorted_keys(_typed(config, schema))
+    config["dataset"]["labels"] = sorted(config["dataset"]["labels"])
+    return config
+
+
+def _sorted_keys(value):
+    """``value`` with the keys of every mapping in it sorted, at every depth."""
+    if isinstance(value, dict):
+        return {key: _sorted_keys(value[key]) for key in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [_sorted_keys(item) for item in value]
+    return value
+
+
+def _typed(value, schema: dict):
+    """``value`` with each scalar converted to the type its schema gives it: an integer-valued float where the
+    schema says ``integer``, an int where it says ``number`` (JSON schema accepts either for either), and a string
+    that reads as the number or boolean the schema asks for (``--config`` gives nested values as strings) as that.
+    Anything else is left for the schema to judge."""
+    json_type = "array" if isinstance(value, list) else "object" if isinstance(value, dict) else None
+    for alternative in schema.get("oneOf", []) + schema.get("anyOf", []):
+        if json_type in _types(alternative) or (json_type is None and {"integer", "number"} & set(_types(alternative))):
+            schema = alternative
+            break
+    types = _types(schema)
+    if isinstance(value, str) and "string" not in types and types:
+        import yaml
+
+        try:
+            read = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if isinstance(read, str) and {"integer", "number"} & set(types):
+            try:
+                read = float(read)  # YAML 1.1 reads 1e-4 as a string
+            except ValueError:
+                return value
+        if isinstance(read, (bool, int, float)) and not isinstance(read, str):
+            value = read
+        else:
+            return value
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, float) and "integer" in types and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and "number" in types and "integer" not in types:
+        return float(value)
+    if isinstance(value, dict):
+        properties, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {key: _typed(item, properties.get(key, extra if isinstance(extra, dict) else {}))
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_typed(item, schema.get("items", {})) for item in value]
+    return value
+
+
+def _types(schema: dict) -> list[str]:
+    """The JSON types a schema names (``type`` as a string or a list)."""
+    types = schema.get("type", [])
+    return [types] if isinstance(types, str) else list(types)
 
 
 def model_source(name: str, model: dict) -> str:
@@ -244,6 +328,10 @@ def check_config(config: dict, workdir: Path) -> None:
                           ("extraction.layer_chunk_size", global_size if "layer_chunk_size" not in model else None)):
             if size is not None and not 1 <= size <= model["n_layers"]:
                 raise ConfigError(f"{key}: {size} is not between 1 and the {model['n_layers']} layers of {name}")
+    try:
+        grid.cells(config)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     check_interventions(config)
 
 
@@ -273,12 +361,13 @@ def check_interventions(config: dict) -> None:
             raise ConfigError(f"interventions.surgery.recipes.{recipe}: {stray} are not in dataset.appraisal_columns "
                               f"{columns}")
     if "promotion" in experiments:
-        subset, target = settings["promotion"]["probe"].split("/")
-        fitted = ([f"{s}/label" for s in config["probe"]["subsets"]]
-                  + (["all/answer"] if config["probe"]["answer_probe"] else []))
-        if f"{subset}/{target}" not in fitted:
-            raise ConfigError(f"interventions.promotion.probe: {subset}/{target} is not a probe the workflow fits "
-                              f"(probe.subsets and probe.answer_probe give {fitted})")
-        if "residual" not in config["locations"]:
-            raise ConfigError("interventions.experiments: promotion pushes along the residual stream's probes; "
-                              "add residual to locations")
+        probe = settings["promotion"]["probe"]
+        if probe not in grid.problems(config["probe"]):
+            raise ConfigError(f"interventions.promotion.probe: {probe} is not a probe the workflow fits "
+                              f"(probe.subsets and probe.answer_probe give {grid.problems(config['probe'])})")
+        cell = grid.cells(config)["residual"].get(probe, {}).get(-1)
+        if cell is None or not cell.directions:
+            raise ConfigError(f"interventions.promotion.probe: promotion steers along {probe}'s directions in the "
+                              f"residual stream at token -1, and probe.grid fits none there; add "
+                              f"{{locations: [residual], positions: [-1], problems: [{probe}], directions: true}} "
+                              f"to probe.grid")

@@ -201,31 +201,35 @@ def read_layer(path, layer: int, location: str = "residual", positions: list[int
     return states.astype(np.float32, copy=False), meta
 
 
-def write_predictions(path, problems: dict[str, dict], *, layers: Sequence[int], positions: Sequence[int],
-                      attrs: dict) -> None:
+def write_predictions(path, problems: dict[str, dict], *, layers: Sequence[int], attrs: dict) -> None:
     """Store the pooled out-of-fold predictions of every probe of one job, atomically.
 
-    Layout: a group per problem (``{subset}/{target}``) holding ``row_id``, ``label_id`` and
-    ``control_label_id`` (int64 [m]) and ``predicted``, ``control_predicted`` (int8
-    [n_layers, n_positions, m], label ids, -1 where there is no control); ``/layers`` and
-    ``/positions`` say what the two leading axes are. Problems with nothing scored are left out.
+    Layout: ``/layers`` (what the leading axis of every ``predicted`` is) and a group per problem
+    (``{subset}/{target}``) holding ``positions`` (int64 [n_positions]: the grid's positions of that problem),
+    ``row_id``, ``label_id`` and ``control_label_id`` (int64 [m]) and ``predicted``, ``control_predicted`` (int8
+    [n_layers, n_positions, m], label ids, -1 where there is no control). Problems with nothing scored are left
+    out.
 
     Parameters
     ----------
-    problems : ``{name: {"row_id", "label_id", "control_label_id": [m], "predicted",
+    problems : ``{name: {"positions", "row_id", "label_id", "control_label_id": [m], "predicted",
         "control_predicted": [n_layers, n_positions, m]}}``
     """
     with atomic_path(path) as partial, h5py.File(partial, "w") as f:
         f.create_dataset("layers", data=np.asarray(layers, dtype=np.int64))
-        f.create_dataset("positions", data=np.asarray(positions, dtype=np.int64))
         for name, arrays in problems.items():
             group = f.create_group(name)
-            for key in ("row_id", "label_id", "control_label_id"):
+            for key in ("positions", "row_id", "label_id", "control_label_id"):
                 group.create_dataset(key, data=np.asarray(arrays[key], dtype=np.int64))
             for key in ("predicted", "control_predicted"):
                 group.create_dataset(key, data=np.asarray(arrays[key], dtype=np.int8))
         for key, value in attrs.items():
             f.attrs[key] = str(value) if isinstance(value, str) else json.dumps(value)
+
+
+def _problem_groups(f: h5py.File) -> list[str]:
+    """The ``{subset}/{target}`` groups of a predictions or directions file."""
+    return [f"{subset}/{target}" for subset in f if isinstance(f[subset], h5py.Group) for target in f[subset]]
 
 
 def read_predictions(paths: Sequence, *, provenance: dict | None = None) -> dict[str, dict]:
@@ -237,11 +241,11 @@ def read_predictions(paths: Sequence, *, provenance: dict | None = None) -> dict
     for path in paths:
         with h5py.File(path, "r") as f:
             check_provenance(path, dict(f.attrs), provenance)
-            layers, positions = f["layers"][:], f["positions"][:].tolist()
-            names = [f"{subset}/{target}" for subset in f if isinstance(f[subset], h5py.Group) for target in f[subset]]
-            for name in names:
+            layers = f["layers"][:]
+            for name in _problem_groups(f):
                 group = f[name]
                 part = {key: group[key][:] for key in group}
+                positions = part.pop("positions").tolist()
                 if name not in joined:
                     joined[name] = {**part, "layers": [layers], "positions": positions,
                                     "predicted": [part["predicted"]], "control_predicted": [part["control_predicted"]]}
@@ -262,22 +266,21 @@ def read_predictions(paths: Sequence, *, provenance: dict | None = None) -> dict
     return joined
 
 
-def write_directions(path, problems: dict[str, dict], *, layers: Sequence[int], positions: Sequence[int],
-                     attrs: dict) -> None:
+def write_directions(path, problems: dict[str, dict], *, layers: Sequence[int], attrs: dict) -> None:
     """Store the probes fitted on all texts of each problem (the emotion probes' ``{subset}/{target}``, or the
     appraisal probes' ``appraisal``) of one job, atomically: what steering along a probe's direction reads.
 
-    Layout: ``/layers``, ``/positions``, and a group per problem holding ``classes`` (int64 [k]: the label
-    ids, or appraisal indices, of the rows), ``weights`` (float32 [n_layers, n_positions, k, hidden]) and
-    ``intercepts`` (float32 [n_layers, n_positions, k]), in the raw state space: a probe reads
-    ``x @ weights[l, p].T + intercepts[l, p]`` of the stored state ``x``.
+    Layout: ``/layers`` and a group per problem holding ``positions`` (int64: those it was fitted at),
+    ``classes`` (int64 [k]: the label ids, or appraisal indices, of the rows), ``weights`` (float32 [n_layers,
+    n_positions, k, hidden]) and ``intercepts`` (float32 [n_layers, n_positions, k]), in the raw state space: a
+    probe reads ``x @ weights[l, p].T + intercepts[l, p]`` of the stored state ``x``.
     """
     with atomic_path(path) as partial, h5py.File(partial, "w") as f:
         f.create_dataset("layers", data=np.asarray(layers, dtype=np.int64))
-        f.create_dataset("positions", data=np.asarray(positions, dtype=np.int64))
         for name, arrays in problems.items():
             group = f.create_group(name)
-            group.create_dataset("classes", data=np.asarray(arrays["classes"], dtype=np.int64))
+            for key in ("positions", "classes"):
+                group.create_dataset(key, data=np.asarray(arrays[key], dtype=np.int64))
             for key in ("weights", "intercepts"):
                 group.create_dataset(key, data=np.asarray(arrays[key], dtype=np.float32))
         for key, value in attrs.items():
@@ -291,11 +294,12 @@ def read_directions(path, name: str, layer: int, position: int = -1, *, provenan
     such problem, layer or position, or its attributes differ from ``provenance``."""
     with h5py.File(path, "r") as f:
         check_provenance(path, dict(f.attrs), provenance)
-        layers, positions = f["layers"][:].tolist(), f["positions"][:].tolist()
-        if name not in f or layer not in layers or position not in positions:
-            raise HiddenFileError(f"{path}: no probe {name!r} at layer {layer}, position {position} "
-                                  f"(it holds {sorted(k for k in f if isinstance(f[k], h5py.Group))}, layers "
-                                  f"{layers}, positions {positions})")
+        layers = f["layers"][:].tolist()
+        positions = f[name]["positions"][:].tolist() if name in f else []
+        if layer not in layers or position not in positions:
+            held = {problem: f[problem]["positions"][:].tolist() for problem in directions_problems(path)}
+            raise HiddenFileError(f"{path}: no probe {name!r} at layer {layer}, position {position} (it holds layers "
+                                  f"{layers}, and these problems at these positions: {held})")
         group, l, p = f[name], layers.index(layer), positions.index(position)
         return group["classes"][:], group["weights"][l, p], group["intercepts"][l, p]
 

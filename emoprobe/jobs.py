@@ -9,6 +9,7 @@ workflow writes; it decides how the work is split and scheduled.
 from __future__ import annotations
 
 from emoprobe.config import chunk_size, layer_chunks
+from emoprobe.grid import fits_per_layer
 
 # Tokens per prompt for the runtime requests: the two-shot prompts average 58 with SmolLM2's tokenizer
 # (benchmarks/scaling.py), the zero-shot ones fewer.
@@ -16,10 +17,10 @@ TOKENS_PER_TEXT = 64
 # FLOP/s well below what an extraction reaches in float32 on CPUs and in 16-bit on a GPU
 # (docs/performance.md), so that a request is rarely too short.
 FLOP_RATE = {"float32": 5e10, "bfloat16": 2e13, "float16": 2e13}
-# Seconds per probe fit per million (text x feature) values on one CPU thread: above what the batched
-# trainer takes on the bundled models (docs/performance.md), with room for wider layers that need
-# more L-BFGS iterations; a retry doubles it.
-PROBE_SECONDS = 0.15
+# Seconds per probe fit per million (text x feature) values of one position, on one CPU thread: about three times
+# what the trainer takes on the bundled models on a fast CPU (docs/performance.md), for slower CPUs and layers that
+# need more iterations; a retry doubles it. Wider layers also pay the whitening's d x d products (probe_seconds).
+PROBE_SECONDS = 0.08
 
 
 def extraction_chunks(config: dict, model: str) -> list[tuple[int, int]]:
@@ -27,25 +28,18 @@ def extraction_chunks(config: dict, model: str) -> list[tuple[int, int]]:
     return layer_chunks(config["models"][model]["n_layers"], chunk_size(config, model))
 
 
-def problems_per_layer(config: dict) -> int:
-    """Probing problems per layer: each subset with the true labels, and all texts with the model's answer."""
-    return len(config["probe"]["subsets"]) + bool(config["probe"]["answer_probe"])
-
-
-def fits_per_layer(config: dict) -> int:
-    """Fits of one layer and location: every fold of every problem, each with its control when asked."""
-    probe = config["probe"]
-    return max(probe["folds"], 1) * problems_per_layer(config) * (2 if probe["control"] else 1)
-
-
 def probe_groups(config: dict, model: str, location: str) -> list[tuple[int, int]]:
-    """``(first, last)`` layers of each probe job of ``model`` and ``location``.
+    """``(first, last)`` layers of each probe job of ``model`` and ``location`` (none where the grid fits nothing
+    there).
 
     Each job holds about ``probe.fits_per_job`` fits and never spans two extraction chunks (it reads one
     file). The residual stream's first group starts at layer 0, the token embeddings, which extraction
     stores in the first chunk.
     """
-    per_job = max(config["probe"]["fits_per_job"] // fits_per_layer(config), 1)
+    per_layer = fits_per_layer(config, location)
+    if not per_layer:
+        return []
+    per_job = max(config["probe"]["fits_per_job"] // per_layer, 1)
     groups = [(first + a - 1, first + b - 1)
               for first, last in extraction_chunks(config, model)
               for a, b in layer_chunks(last - first + 1, per_job)]
@@ -86,17 +80,25 @@ def layer_mb(config: dict, model: str, n_texts: int) -> float:
 
 
 def probe_mem_mb(config: dict, model: str, n_texts: int, attempt: int) -> int:
-    """MiB for a probe job: one layer in float32, its standardised train/test copies and float64
-    statistics, and the libraries."""
+    """MiB for a probe job: one layer in float32, the trainer's ordered copy of a position and its float64
+    predictions, and the libraries."""
     return int(layer_mb(config, model, n_texts) * 5 + 1024) * attempt
 
 
-def probe_runtime(config: dict, model: str, n_layers: int, n_texts: int, attempt: int) -> int:
-    """Minutes for a probe job of ``n_layers`` layers: PROBE_SECONDS per fit per million values of all
-    positions, on one CPU thread."""
-    values = layer_mb(config, model, n_texts) * 2**20 / 4
-    seconds = PROBE_SECONDS * fits_per_layer(config) * values / 1e6 * n_layers
-    return int(10 + seconds / 60) * attempt
+def probe_seconds(config: dict, model: str, location: str, n_layers: int, n_texts: int,
+                  seconds_per_fit: float = PROBE_SECONDS) -> float:
+    """Seconds of one CPU thread for ``n_layers`` layers of ``location``'s probes: ``seconds_per_fit`` per fit (the
+    grid's fits of a layer, :func:`emoprobe.grid.fits_per_layer`) per million values of one position, times
+    ``1 + d / n_train``: each step's products with the whitening ``[d, d]`` next to those with the training rows."""
+    width = config["models"][model]["hidden_size"]
+    n_train = max(n_texts * (1 - 1 / max(config["probe"]["folds"], 2)), 1)
+    scale = (1 + width / n_train) / (1 + 576 / 5280)  # 1 on the bundled SmolLM2's 6,600 texts, where it was measured
+    return seconds_per_fit * fits_per_layer(config, location) * n_texts * width / 1e6 * scale * n_layers
+
+
+def probe_runtime(config: dict, model: str, location: str, n_layers: int, n_texts: int, attempt: int) -> int:
+    """Minutes for a probe job of ``n_layers`` layers of ``location`` (:func:`probe_seconds`), plus ten for loading."""
+    return int(10 + probe_seconds(config, model, location, n_layers, n_texts) / 60) * attempt
 
 
 def appraisal_mem_mb(config: dict, model: str, n_texts: int, attempt: int) -> int:

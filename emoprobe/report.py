@@ -51,10 +51,15 @@ def problems_of(table: pd.DataFrame) -> list[tuple[str, str]]:
     return list(dict.fromkeys(zip(table["subset"], table["target"])))
 
 
-def by_layer_text(table: pd.DataFrame, localisation: pd.DataFrame, model: str) -> str:
-    """Plain-text view of one model: residual-stream balanced accuracy by layer and position per problem, then
-    where each location's probe forms (:mod:`emoprobe.scores`) and the baselines."""
-    lines = []
+def grid_note(grid_text: str) -> str:
+    """The probe grid (:func:`emoprobe.grid.describe`) as printed under a figure or atop a table."""
+    return "probes fitted (probe.grid; any other location, problem and token is not fitted):\n" + grid_text
+
+
+def by_layer_text(table: pd.DataFrame, localisation: pd.DataFrame, model: str, grid_text: str) -> str:
+    """Plain-text view of one model: the probe grid, residual-stream balanced accuracy by layer and position per
+    problem, then where each location's probe forms (:mod:`emoprobe.scores`) and the baselines."""
+    lines = [grid_note(grid_text), ""]
     rows = table[(table["model"] == model)]
     probes = rows[~rows["location"].isin(BASELINES)]
     for (subset, target), part in probes[probes["location"] == "residual"].groupby(["subset", "target"], sort=False):
@@ -128,7 +133,12 @@ def _mark_landmarks(ax, places: pd.DataFrame, colours: Mapping[str, str], by: st
                         color=colours[place[by]], markersize=4, capsize=2, linewidth=1)
 
 
-def plot_accuracy_by_layer(table: pd.DataFrame, localisation: pd.DataFrame, png: str, pdf: str,
+def _footnote(figure, text: str) -> None:
+    """``text`` in small type under the figure's axes."""
+    figure.text(0.01, 0, text, ha="left", va="top", fontsize=7, family="monospace")
+
+
+def plot_accuracy_by_layer(table: pd.DataFrame, localisation: pd.DataFrame, png: str, pdf: str, grid_text: str,
                            position: int = -1) -> None:
     """Balanced accuracy vs layer at ``position``: a panel per problem (subset and target, rows) and model
     (columns), a line per location with its 95 % band (the residual stream from layer 0, the embeddings), the
@@ -183,6 +193,7 @@ def plot_accuracy_by_layer(table: pd.DataFrame, localisation: pd.DataFrame, png:
         axes[i, 0].set_ylabel(f"balanced accuracy, token {position}")
     axes[0, -1].legend(fontsize=7, loc="upper left")
     figure.tight_layout()
+    _footnote(figure, grid_note(grid_text))
     save(figure, png, pdf)
 
 
@@ -217,23 +228,36 @@ def plot_accuracy_by_depth(table: pd.DataFrame, localisation: pd.DataFrame, n_la
     save(figure, png, pdf)
 
 
-def plot_layer_position(table: pd.DataFrame, model: str, png: str, pdf: str, location: str = "residual") -> None:
-    """Heatmap of balanced accuracy over layer x token position for one model, a panel per problem."""
+def plot_layer_position(table: pd.DataFrame, model: str, png: str, pdf: str, positions: Sequence[int], grid_text: str,
+                        location: str = "residual") -> None:
+    """Heatmap of balanced accuracy over layer x token position for one model, a panel per problem the grid fits
+    at more than one position (or at one, when none is), every extracted position a column: the cells the grid
+    does not fit grey and marked "not fitted"."""
     plt = _pyplot()
     import seaborn as sns
 
     table = table[(table["model"] == model) & (table["location"] == location)]
     problems = problems_of(table)
+    spread = [p for p in problems if table[(table["subset"] == p[0]) & (table["target"] == p[1])]["position"].nunique() > 1]
+    problems = spread or problems
+    columns = sorted(positions, reverse=True)
     n_layers = table["layer"].nunique()
-    figure, axes = plt.subplots(1, len(problems), figsize=(3.6 * len(problems), 1.2 + 0.22 * n_layers), squeeze=False)
+    figure, axes = plt.subplots(1, len(problems), figsize=(max(3.6 * len(problems), 6), 1.2 + 0.22 * n_layers),
+                                squeeze=False)
     for ax, (subset, target) in zip(axes[0], problems):
         part = table[(table["subset"] == subset) & (table["target"] == target)]
-        wide = part.pivot(index="layer", columns="position", values="balanced_accuracy")
-        sns.heatmap(wide.sort_index(axis=1, ascending=False), ax=ax, vmin=0, vmax=1, cmap="viridis", annot=True,
-                    fmt=".2f", annot_kws={"fontsize": 6}, cbar_kws={"label": "balanced accuracy"})
+        wide = part.pivot(index="layer", columns="position", values="balanced_accuracy").reindex(columns=columns)
+        fitted = part.pivot(index="layer", columns="position", values="n_texts").reindex(columns=columns).notna()
+        ax.set_facecolor("lightgrey")
+        sns.heatmap(wide, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", annot_kws={"fontsize": 6},
+                    mask=~fitted, cbar_kws={"label": "balanced accuracy"})
+        for x, position in enumerate(columns):
+            if not fitted[position].any():
+                ax.text(x + 0.5, len(wide) / 2, "not fitted", rotation=90, ha="center", va="center", fontsize=7)
         ax.set_title(f"{model}, {location}: {subset} texts, target {target}", fontsize=9)
         ax.set_xlabel("token position")
     figure.tight_layout()
+    _footnote(figure, grid_note(grid_text))
     save(figure, png, pdf)
 
 

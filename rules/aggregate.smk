@@ -18,6 +18,7 @@ rule aggregate_accuracy:
     params:
         code=script_code("aggregate_accuracy"),
         order={"models": MODELS, "locations": config["locations"], "subsets": config["probe"]["subsets"]},
+        grid=grid.describe(GRID),
     script:
         "../scripts/aggregate_accuracy.py"
 

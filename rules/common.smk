@@ -13,7 +13,7 @@ min_version("9.0")
 # (the envs' "-e ${EMOPROBE_WORKFLOW}"; Snakemake runs conda, and conda pip, from .snakemake/conda).
 os.environ.update(EMOPROBE_WORKFLOW=workflow.basedir)  # set for conda, not read: no envvars entry
 
-from emoprobe import jobs
+from emoprobe import grid, jobs
 from emoprobe.architecture import package_file
 from emoprobe.config import (
     ConfigError,
@@ -50,6 +50,7 @@ envvars:
 
 
 MODELS = list(config["models"])
+GRID = grid.cells(config)
 LAYERS = {m: list(range(1, config["models"][m]["n_layers"] + 1)) for m in MODELS}
 CHUNKS = {m: jobs.extraction_chunks(config, m) for m in MODELS}
 # Extraction stores the token embeddings as layer 0 of the residual stream, in the first chunk.
@@ -149,6 +150,7 @@ def chunk_index_of_layers(model):
 def localisation_inputs(wildcards):
     """The predictions of every location's probes and of the logit lens, by location."""
     inputs = {location: probe_files(wildcards.model, location, "predictions.h5") for location in config["locations"]}
+    inputs = {location: files for location, files in inputs.items() if files}
     inputs["logit_lens"] = [f"results/baselines/{wildcards.model}/logit_lens.predictions.h5"]
     return inputs
 
@@ -205,6 +207,26 @@ def model_identity(model):
     entry = config["models"][model]
     source = model_source(model, entry)
     return {"name": model, "source": source, source: entry[source], "trust_remote_code": entry["trust_remote_code"]}
+
+
+def probe_settings():
+    """The probe settings that decide a probe's fit and scores: not the grid (a job's cells are its own param), the
+    job layout or the localisation's bootstrap."""
+    return {k: v for k, v in config["probe"].items() if k not in ("grid", "fits_per_job", "bootstrap")}
+
+
+def grid_cells(location):
+    """The grid's cells at ``location`` (:func:`emoprobe.grid.cells`) as plain data: ``{problem: {position:
+    {"control": bool, "directions": bool}}}``."""
+    return {
+        problem: {position: cell._asdict() for position, cell in by_position.items()}
+        for problem, by_position in GRID[location].items()
+    }
+
+
+def text_control():
+    """Whether the text baseline fits a shuffled-label control: when any probe of the grid has one."""
+    return any(cell.control for by_problem in GRID.values() for cells in by_problem.values() for cell in cells.values())
 
 
 def model_shape(model):

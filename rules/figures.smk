@@ -29,6 +29,7 @@ rule plot_accuracy:
     params:
         code=script_code("plot_accuracy"),
         n_layers={model: config["models"][model]["n_layers"] for model in MODELS},
+        grid=grid.describe(GRID),
     script:
         "../scripts/plot_accuracy.py"
 
@@ -56,6 +57,8 @@ rule plot_layer_position:
     params:
         code=script_code("plot_layer_position"),
         model=lambda wc: wc.model,
+        positions=config["positions"],
+        grid=grid.describe(GRID),
     script:
         "../scripts/plot_layer_position.py"
 

@@ -15,11 +15,12 @@ rule fit_probes:
     resources:
         mem_mb=lambda wc, attempt: jobs.probe_mem_mb(config, wc.model, N_TEXTS, attempt),
         runtime=lambda wc, attempt: jobs.probe_runtime(
-            config, wc.model, int(wc.last) - int(wc.first) + 1, N_TEXTS, attempt
+            config, wc.model, wc.location, int(wc.last) - int(wc.first) + 1, N_TEXTS, attempt
         ),
     params:
         code=script_code("fit_probes"),
-        probe={key: value for key, value in config["probe"].items() if key not in ("fits_per_job", "bootstrap")},
+        probe=probe_settings(),
+        cells=lambda wc: grid_cells(wc.location),
         labels=sorted(config["dataset"]["labels"]),
         location=lambda wc: wc.location,
         layers=lambda wc: list(range(int(wc.first), int(wc.last) + 1)),
@@ -76,7 +77,7 @@ rule fit_text_baseline:
         runtime=lambda wc, attempt: 30 * attempt,
     params:
         code=script_code("fit_text_baseline"),
-        probe={k: v for k, v in config["probe"].items() if k not in ("fits_per_job", "device", "bootstrap")},
+        probe={**probe_settings(), "control": text_control()},
         labels=sorted(config["dataset"]["labels"]),
     script:
         "../scripts/fit_text_baseline.py"

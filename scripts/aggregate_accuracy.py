@@ -16,5 +16,5 @@ write_tsv(table, snakemake.output.table)
 write_tsv(localisation, snakemake.output.localisation)
 for model, path in zip(order["models"], snakemake.output.text):
     with atomic_path(path) as partial, open(partial, "w") as out:
-        out.write(by_layer_text(table, localisation, model))
+        out.write(by_layer_text(table, localisation, model, snakemake.params.grid))
 log.info("%d scores from %d models", len(table), table["model"].nunique())

@@ -33,6 +33,7 @@ for path, layers in zip(snakemake.input.states, snakemake.params.layers):
         tables.append(table)
 write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
 write_directions(snakemake.output.directions,
-                 {"appraisal": {**directions, **{key: np.stack(directions[key]) for key in ("weights", "intercepts")}}},
-                 layers=fitted_layers, positions=meta["positions"],
+                 {"appraisal": {**directions, "positions": meta["positions"],
+                                **{key: np.stack(directions[key]) for key in ("weights", "intercepts")}}},
+                 layers=fitted_layers,
                  attrs={"model": snakemake.wildcards.model, "appraisals": columns})

@@ -1,16 +1,16 @@
-"""Fit one probe per token position on one location of each layer of a group, for every subset of texts and
-target, and keep each probe's pooled out-of-fold predictions and the weights of its fit on all texts."""
+"""Fit the probes of the grid's cells at one location of each layer of a group, and keep each probe's pooled
+out-of-fold predictions and the weights of its fit on all texts where the grid asks for them."""
 
 import numpy as np
 import pandas as pd
 import torch
 
+from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
+from emoprobe.grid import Cell, positions_of
 from emoprobe.h5io import read_layer, write_directions, write_predictions
 from emoprobe.io import write_tsv
-from emoprobe.batched import probe_layer_batched
-from emoprobe.device import pick_device
-from emoprobe.probes import probe_targets
+from emoprobe.probes import probe_layer, probe_targets
 
 log = log_to(snakemake.log[0])
 # One thread whatever the job is given: the order of torch's parallel sums, so the last bits of a fit, would
@@ -18,7 +18,10 @@ log = log_to(snakemake.log[0])
 torch.set_num_threads(1)
 location, layers, labels = snakemake.params.location, snakemake.params.layers, snakemake.params.labels
 settings = snakemake.params.probe
-fit = {key: settings[key] for key in ("C", "max_iter", "tol", "folds", "test_size", "seed", "stratify", "control")}
+cells = {problem: {int(p): Cell(**cell) for p, cell in by_position.items()}
+         for problem, by_position in snakemake.params.cells.items()}
+positions = positions_of(cells)
+fit = {key: settings[key] for key in ("C", "max_iter", "tol", "folds", "test_size", "seed", "stratify")}
 fit["device"] = pick_device(settings["device"], needs_float64=True)
 log.info("fitting on %s, %d threads", fit["device"], torch.get_num_threads())
 with reported_as_message():
@@ -26,41 +29,45 @@ with reported_as_message():
 tables, predictions, directions = [], {}, {}
 for layer in layers:
     with reported_as_message():
-        states, meta = read_layer(snakemake.input.states, layer, location, provenance=snakemake.params.provenance)
-    problems = probe_targets(settings["subsets"], settings["answer_probe"], meta["row_id"], meta["label_id"], answers,
-                             labels)
-    fitted = probe_layer_batched(states, [(rows, label_id) for _, _, rows, label_id in problems], meta["positions"],
-                                 label_names=labels, **fit)
-    for (subset, target, rows, _), (table, predicted) in zip(problems, fitted):
+        states, meta = read_layer(snakemake.input.states, layer, location, positions=positions,
+                                  provenance=snakemake.params.provenance)
+    problems = [(f"{subset}/{target}", rows, label_id) for subset, target, rows, label_id in
+                probe_targets(settings["subsets"], settings["answer_probe"], meta["row_id"], meta["label_id"], answers,
+                              labels) if f"{subset}/{target}" in cells]
+    fitted = probe_layer(states, positions, [(rows, label_id) for _, rows, label_id in problems],
+                         [cells[name] for name, _, _ in problems], label_names=labels, **fit)
+    for (name, _, _), result in zip(problems, fitted):
+        subset, target = name.split("/")
+        table = result.table
         tables.append(table.assign(model=snakemake.wildcards.model, location=location, subset=subset, target=target,
                                    layer=layer))
-        if predicted is not None:
-            kept = predictions.setdefault(f"{subset}/{target}", {
-                "row_id": meta["row_id"][predicted["rows"]], "label_id": predicted["label_id"],
-                "control_label_id": predicted["control_label_id"], "predicted": [], "control_predicted": []})
+        if result.predictions is not None:
+            predicted = result.predictions
+            kept = predictions.setdefault(name, {
+                "positions": list(cells[name]), "row_id": meta["row_id"][predicted["rows"]],
+                "label_id": predicted["label_id"], "control_label_id": predicted["control_label_id"],
+                "predicted": [], "control_predicted": []})
             for key in ("predicted", "control_predicted"):
                 kept[key].append(predicted[key])
-            fitted_on_all = directions.setdefault(f"{subset}/{target}", {"classes": predicted["classes"],
-                                                                         "weights": [], "intercepts": []})
+        if result.directions is not None:
+            fitted_on_all = directions.setdefault(name, {key: result.directions[key] for key in ("classes", "positions")}
+                                                  | {"weights": [], "intercepts": []})
             for key in ("weights", "intercepts"):
-                fitted_on_all[key].append(predicted[key])
+                fitted_on_all[key].append(result.directions[key])
         scored = table.dropna(subset=["balanced_accuracy"])
         if scored.empty:
-            log.info("%s layer %d, %s / %s: nothing scored: %s", location, layer, subset, target, table["note"].iloc[0])
+            log.info("%s layer %d, %s: nothing scored: %s", location, layer, name, table["note"].iloc[0])
             continue
         best = scored.loc[scored["balanced_accuracy"].idxmax()]
-        log.info("%s layer %d, %s / %s (%d texts): best balanced accuracy %.3f at token %d, %d iterations at most%s%s",
-                 location, layer, subset, target, best.n_texts, best.balanced_accuracy, best.position,
-                 table["n_iter"].max(), "" if table["converged"].all() else f", NOT converged to tol={settings['tol']:g}",
+        log.info("%s layer %d, %s (%d texts): best balanced accuracy %.3f at token %d, %d iterations at most%s%s",
+                 location, layer, name, best.n_texts, best.balanced_accuracy, best.position, table["n_iter"].max(),
+                 "" if table["converged"].all() else f", NOT converged to tol={settings['tol']:g}",
                  f"; {best.note}" if best.note else "")
 write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
-stacked = ("predicted", "control_predicted")
 attrs = {"model": snakemake.wildcards.model, "location": location, "labels": labels}
 write_predictions(snakemake.output.predictions,
-                  {name: {**arrays, **{key: np.stack(arrays[key]) for key in stacked}}
-                   for name, arrays in predictions.items()},
-                  layers=layers, positions=meta["positions"], attrs=attrs)
+                  {name: {**arrays, **{key: np.stack(arrays[key]) for key in ("predicted", "control_predicted")}}
+                   for name, arrays in predictions.items()}, layers=layers, attrs=attrs)
 write_directions(snakemake.output.directions,
                  {name: {**arrays, **{key: np.stack(arrays[key]) for key in ("weights", "intercepts")}}
-                  for name, arrays in directions.items()},
-                 layers=layers, positions=meta["positions"], attrs=attrs)
+                  for name, arrays in directions.items()}, layers=layers, attrs=attrs)

@@ -41,8 +41,9 @@ for subset, target, rows, label_id in probe_targets(settings["subsets"], True, m
                                         folds=settings["folds"])
     tables.append(table.assign(model=name, location="logit_lens", subset=subset, target=target))
     if predicted is not None:
-        predictions[f"{subset}/{target}"] = {**predicted, "row_id": meta["row_id"][rows][predicted["rows"]]}
+        predictions[f"{subset}/{target}"] = {**predicted, "positions": [-1],
+                                             "row_id": meta["row_id"][rows][predicted["rows"]]}
     log.info("%s / %s: balanced accuracy by layer %s", subset, target, np.round(table["balanced_accuracy"], 3).tolist())
 write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
-write_predictions(snakemake.output.predictions, predictions, layers=layers, positions=[-1],
+write_predictions(snakemake.output.predictions, predictions, layers=layers,
                   attrs={"model": name, "location": "logit_lens", "labels": labels})

@@ -9,7 +9,8 @@ from emoprobe.report import plot_accuracy_by_depth, plot_accuracy_by_layer, read
 log = log_to(snakemake.log[0])
 table = read_score_table(snakemake.input.table)
 localisation = pd.read_csv(snakemake.input.localisation, sep="\t")
-plot_accuracy_by_layer(table, localisation, snakemake.output.layer_png, snakemake.output.layer_pdf)
+plot_accuracy_by_layer(table, localisation, snakemake.output.layer_png, snakemake.output.layer_pdf,
+                       snakemake.params.grid)
 plot_accuracy_by_depth(table, localisation, snakemake.params.n_layers, snakemake.output.depth_png,
                        snakemake.output.depth_pdf)
 log.info("plotted %d scores", len(table))

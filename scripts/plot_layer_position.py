@@ -7,5 +7,6 @@ from emoprobe.report import plot_layer_position, read_score_table
 
 log = log_to(snakemake.log[0])
 table = pd.concat([read_score_table(path) for path in snakemake.input], ignore_index=True)
-plot_layer_position(table, snakemake.params.model, snakemake.output.png, snakemake.output.pdf)
+plot_layer_position(table, snakemake.params.model, snakemake.output.png, snakemake.output.pdf,
+                    snakemake.params.positions, snakemake.params.grid)
 log.info("plotted %s", snakemake.params.model)

@@ -34,7 +34,7 @@ def small_config(limit: int = 144) -> dict:
     config["dataset"]["limit"] = limit
     config["models"] = {"smollm2-135m": config["models"]["smollm2-135m"]}
     config["models"]["smollm2-135m"]["layer_chunk_size"] = 15
-    config["probe"]["fits_per_job"] = 15 * 30  # 30 fits per layer: 5 folds x 3 problems x (probe + control)
+    config["probe"]["fits_per_job"] = 15 * 51  # 15 layers per job: the residual stream's 51 fits per layer (probe.grid)
     # every experiment on 32 of the texts, windows on every 2nd layer (promotion and surgery every 5th), one step
     # each besides promotion's two: what each table and figure needs, at a fraction of the run's time
     interventions = config["interventions"]
@@ -48,13 +48,13 @@ def small_config(limit: int = 144) -> dict:
     return config
 
 
-def snakemake_command(workdir: Path, config: dict, *args: str, profile: Path = ROOT / "profiles/local",
+def snakemake_command(workdir: Path, config: dict | str, *args: str, profile: Path = ROOT / "profiles/local",
                       snakefile: Path = ROOT / "Snakefile") -> tuple[list[str], dict]:
-    """Command line and environment running the workflow of ``snakefile`` in ``workdir`` with ``config``
-    replacing config.yaml."""
+    """Command line and environment running the workflow of ``snakefile`` in ``workdir`` with ``config`` (a dict,
+    or the text of a config file) replacing config.yaml."""
     workdir.mkdir(parents=True, exist_ok=True)
     configfile = workdir / "config.test.yaml"
-    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    configfile.write_text(config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
     # args first: a target after --configfile would be read as a second config file
     command = SNAKEMAKE + [*args, "--snakefile", str(snakefile), "--directory", str(workdir),
                            "--profile", str(profile), "--replace-workflow-config",
@@ -64,7 +64,7 @@ def snakemake_command(workdir: Path, config: dict, *args: str, profile: Path = R
     return command, env
 
 
-def run_snakemake(workdir: Path, config: dict, *args: str, timeout: int = 1800,
+def run_snakemake(workdir: Path, config: dict | str, *args: str, timeout: int = 1800,
                   snakefile: Path = ROOT / "Snakefile") -> subprocess.CompletedProcess:
     """Run the workflow to completion; see :func:`snakemake_command`."""
     command, env = snakemake_command(workdir, config, *args, snakefile=snakefile)
@@ -80,42 +80,48 @@ def e2e_run(tmp_path_factory):
     return workdir
 
 
-@pytest.fixture(scope="session")
-def smollm2(e2e_run):
-    """The dequantised SmolLM2 of the e2e run, loaded on the CPU: ``(model, tokenizer)``."""
+def prepared_model(tmp_path_factory, name: str) -> Path:
+    """A bundled model, dequantised from its GGUF package as the workflow's prepare_gguf_model does."""
+    from emoprobe.architecture import package_file
+    from emoprobe.models import prepare_gguf
+
+    gguf = default_config()["models"][name]["gguf"]
+    directory = tmp_path_factory.mktemp("models") / name
+    prepare_gguf([package_file(spec) for spec in gguf["files"]], gguf["sha256"], directory)
+    return directory
+
+
+def loaded(directory: Path, head: bool):
     import torch
 
     from emoprobe.models import load_decoder
 
-    return load_decoder(str(e2e_run / "resources/models/smollm2-135m"), revision=None, dtype="float32",
-                        device=torch.device("cpu"), trust_remote_code=False, local_only=True)
+    return load_decoder(str(directory), revision=None, dtype="float32", device=torch.device("cpu"),
+                        trust_remote_code=False, local_only=True, head=head)
 
 
 @pytest.fixture(scope="session")
-def smollm2_lm(e2e_run):
-    """The dequantised SmolLM2 of the e2e run with its LM head, on the CPU: ``(causal_lm, tokenizer)``."""
-    import torch
+def smollm2_dir(tmp_path_factory) -> Path:
+    """The bundled SmolLM2-135M-Instruct, prepared once for the tests that load it (not waiting for a workflow run)."""
+    return prepared_model(tmp_path_factory, "smollm2-135m")
 
-    from emoprobe.models import load_decoder
 
-    return load_decoder(str(e2e_run / "resources/models/smollm2-135m"), revision=None, dtype="float32",
-                        device=torch.device("cpu"), trust_remote_code=False, local_only=True, head=True)
+@pytest.fixture(scope="session")
+def smollm2(smollm2_dir):
+    """SmolLM2 without its LM head, on the CPU: ``(model, tokenizer)``."""
+    return loaded(smollm2_dir, head=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_lm(smollm2_dir):
+    """SmolLM2 with its LM head, on the CPU: ``(causal_lm, tokenizer)``."""
+    return loaded(smollm2_dir, head=True)
 
 
 @pytest.fixture(scope="session")
 def gemma3_lm(tmp_path_factory):
-    """The bundled Gemma-3-270M, dequantised as the workflow's prepare_gguf_model does, with its LM head, on
-    the CPU: ``(causal_lm, tokenizer)``."""
-    import torch
-
-    from emoprobe.architecture import package_file
-    from emoprobe.models import load_decoder, prepare_gguf
-
-    gguf = default_config()["models"]["gemma3-270m"]["gguf"]
-    directory = tmp_path_factory.mktemp("gemma3") / "gemma3-270m"
-    prepare_gguf([package_file(spec) for spec in gguf["files"]], gguf["sha256"], directory)
-    return load_decoder(str(directory), revision=None, dtype="float32", device=torch.device("cpu"),
-                        trust_remote_code=False, local_only=True, head=True)
+    """The bundled Gemma-3-270M with its LM head, on the CPU: ``(causal_lm, tokenizer)``."""
+    return loaded(prepared_model(tmp_path_factory, "gemma3-270m"), head=True)
 
 
 def with_changes(config: dict, **paths) -> dict:

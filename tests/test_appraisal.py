@@ -4,8 +4,10 @@ import numpy as np
 from sklearn.linear_model import Ridge
 from sklearn.metrics import r2_score
 
+from sklearn.preprocessing import StandardScaler
+
 from emoprobe import probes
-from emoprobe.appraisal import appraisal_directions, appraisal_r2, appraisal_table
+from emoprobe.appraisal import appraisal_directions, appraisal_r2, appraisal_table, standardise
 
 
 def test_r2_finds_the_position_that_carries_the_ratings():
@@ -26,10 +28,20 @@ def test_r2_is_sklearns_ridge_on_standardised_features():
     states = rng.normal(size=(100, 1, 8)).astype(np.float32) * np.logspace(-2, 2, 8).astype(np.float32)
     ratings = rng.normal(size=(100, 3)) + states[:, 0, :3]
     train, test = np.arange(80), np.arange(80, 100)
-    x_train, x_test = probes.standardise(states[train], states[test])
-    expected = r2_score(ratings[test], Ridge(alpha=5.0).fit(x_train[0], ratings[train]).predict(x_test[0]),
+    scaler = StandardScaler().fit(states[train, 0].astype(np.float64))
+    x_train, x_test = scaler.transform(states[train, 0]), scaler.transform(states[test, 0])
+    expected = r2_score(ratings[test], Ridge(alpha=5.0).fit(x_train, ratings[train]).predict(x_test),
                         multioutput="raw_values")
     assert np.allclose(appraisal_r2(states, ratings, [(train, test)], alpha=5.0)[0], expected, atol=1e-6)
+
+
+def test_standardise_uses_training_statistics_only():
+    train = np.array([[[1.0, 5.0]], [[3.0, 5.0]]])
+    test = np.array([[[5.0, 7.0]]])
+    z_train, z_test = standardise(train, test)
+    assert z_train.shape == (1, 2, 2) and z_test.shape == (1, 1, 2)  # positions first
+    assert z_train[0, :, 0].tolist() == [-1.0, 1.0] and z_test[0, 0, 0] == 3.0
+    assert z_train[0, :, 1].tolist() == [0.0, 0.0] and z_test[0, 0, 1] == 2.0  # constant feature: scale 1
 
 
 def test_table_layout():

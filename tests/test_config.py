@@ -101,6 +101,13 @@ def no_source():
         (with_changes(default_config(), dataset__appraisal_columns=[]), "interventions.experiments: surgery pushes along the appraisal probes, and dataset.appraisal_columns names none"),
         (with_changes(default_config(), probe__answer_probe=False, interventions__promotion={"probe": "all/answer"}), "interventions.promotion.probe: all/answer is not a probe the workflow fits"),
         (with_changes(default_config(), interventions__promotion={"probe": "model_correct/answer"}), "interventions.promotion.probe: model_correct/answer is not a probe the workflow fits"),
+        (with_changes(default_config(), interventions__promotion={"probe": "all/answer"}), "interventions.promotion.probe: promotion steers along all/answer's directions in the residual stream at token -1, and probe.grid fits none there"),
+        (with_changes(default_config(), probe__grid=[{"locations": ["ffn"], "positions": [-1], "problems": "all"}]), "probe.grid.0.locations: ['ffn'] is not valid under any of the given schemas"),
+        (with_changes(default_config(), locations=["residual", "mlp"], probe__grid=[{"locations": ["attention"], "positions": [-1], "problems": "all"}]), "probe.grid.0.locations: ['attention'] are not among the configured locations ['residual', 'mlp']"),
+        (with_changes(default_config(), probe__grid=[{"locations": "all", "positions": [-9], "problems": "all"}]), "probe.grid.0.positions: [-9] are not among the configured positions [-1, -2, -3, -4, -5]"),
+        (with_changes(default_config(), probe__subsets=["all"], probe__grid=[{"locations": "all", "positions": [-1], "problems": ["model_correct/label"]}]), "probe.grid.0.problems: ['model_correct/label'] are not among the configured problems ['all/label', 'all/answer'] (probe.subsets and probe.answer_probe define them)"),
+        (with_changes(default_config(), probe__grid=[{"locations": "all", "positions": [-1]}]), "probe.grid.0: 'problems' is a required property"),
+        (with_changes(default_config(), probe__control=True), "probe.control: no longer a setting; say where the shuffled-label control is fitted with control: true in the entries of probe.grid"),
     ],
     ids=lambda v: None if isinstance(v, dict) else v[:40],
 )

@@ -130,16 +130,25 @@ def test_sliding_window_layers_see_the_same_context_in_the_cached_path(share_pre
 
 
 @pytest.fixture(scope="module")
-def answered_prompts(e2e_run, smollm2_lm):
-    """40 real prompts of the e2e run, about half of them with the minority answers: ``(token_ids, row_ids)``."""
-    import pandas as pd
+def answered_prompts(smollm2_parts, smollm2_lm):
+    """40 real prompts of the corpus, about half of them with SmolLM2's minority answers (read on the cached path's
+    clean run, as the workflow reads them): ``(token_ids, row_ids)``."""
+    from conftest import default_config
+    from emoprobe.corpus import build_prompts, checked_corpus
 
-    prompts = pd.read_csv(e2e_run / "results/corpus/prompts.tsv", sep="\t", keep_default_na=False)
-    answers = pd.read_csv(e2e_run / "results/answers/smollm2-135m.tsv", sep="\t")
-    majority = answers["answer"].value_counts().index[0]
-    chosen = pd.concat([answers[answers["answer"] != majority].head(20), answers[answers["answer"] == majority].head(20)])
-    rows = prompts.set_index("row_id").loc[chosen["row_id"]]
-    return tokenize(smollm2_lm[1], rows["prompt"].tolist()), chosen["row_id"].to_numpy()
+    base, blocks, readout, _, pad_id = smollm2_parts
+    config = default_config()
+    corpus = checked_corpus(config["dataset"]["path"], config["dataset"]).head(160)
+    prompts = build_prompts(corpus, config["prompt"]["templates"][config["prompt"]["template"]])
+    token_ids = tokenize(smollm2_lm[1], prompts["prompt"].tolist())
+    answers = np.empty(len(token_ids), dtype=np.int64)
+    for indices, batch in interventions.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
+                                                               batch_tokens=1 << 16, max_batch_size=64,
+                                                               max_padding=0.5, locations=["residual"]):
+        answers[indices] = readout(batch.clean[("residual", len(blocks))]).argmax(dim=1).numpy()
+    majority = np.bincount(answers).argmax()
+    chosen = np.r_[np.flatnonzero(answers != majority)[:20], np.flatnonzero(answers == majority)[:20]]
+    return [token_ids[i] for i in chosen], prompts["row_id"].to_numpy()[chosen]
 
 
 def run_plan(parts, token_ids, plan, max_batch_size):

@@ -6,11 +6,13 @@ import pytest
 
 from emoprobe import jobs
 
+FULL_GRID = [{"locations": "all", "positions": "all", "problems": "all", "control": True, "directions": False}]
 CONFIG = {
     "positions": [-1, -2, -3, -4, -5],
+    "locations": ["residual", "attention", "mlp"],
     "extraction": {"dtype": "float32", "batch_tokens": 4096},
-    "probe": {"subsets": ["all", "model_correct"], "answer_probe": True, "folds": 5, "control": True,
-              "fits_per_job": 150},
+    "probe": {"subsets": ["all", "model_correct"], "answer_probe": True, "folds": 5, "grid": FULL_GRID,
+              "fits_per_job": 750},
     "models": {"m": {"n_layers": 30, "hidden_size": 576, "params_m": 135, "compute_params_m": 106.5,
                      "layer_chunk_size": 15}},
 }
@@ -22,19 +24,31 @@ def with_probe(**settings):
     return config
 
 
-def test_fits_per_layer_count_folds_problems_and_controls():
-    assert jobs.problems_per_layer(CONFIG) == 3
-    assert jobs.fits_per_layer(CONFIG) == 5 * 3 * 2
-    assert jobs.fits_per_layer(with_probe(folds=0, control=False, answer_probe=False)) == 2  # one split, 2 subsets
+def test_fits_per_layer_count_the_grids_cells_folds_controls_and_directions():
+    from emoprobe.grid import fits_per_layer
+
+    assert fits_per_layer(CONFIG, "mlp") == 5 * 3 * 5 * 2  # positions x problems x folds x (probe + control)
+    one_split = with_probe(folds=0, answer_probe=False, grid=[{**FULL_GRID[0], "control": False}])
+    assert fits_per_layer(one_split, "mlp") == 5 * 2
+    default = with_probe(grid=[
+        {"locations": "all", "positions": [-1], "problems": "all", "control": True, "directions": False},
+        {"locations": ["residual"], "positions": "all", "problems": ["all/label"], "control": False,
+         "directions": False},
+        {"locations": ["residual"], "positions": [-1], "problems": ["all/label"], "control": False,
+         "directions": True}])
+    assert fits_per_layer(default, "attention") == 3 * 5 * 2
+    assert fits_per_layer(default, "residual") == 3 * 5 * 2 + 4 * 5 + 1  # the other positions, the directions
+    nothing = with_probe(grid=[{**FULL_GRID[0], "locations": ["residual"]}])
+    assert fits_per_layer(nothing, "mlp") == 0 and jobs.probe_groups(nothing, "m", "mlp") == []
 
 
 def test_probe_groups_hold_about_fits_per_job_fits_and_never_span_two_chunk_files():
-    # 150 fits / 30 per layer = 5 layers per job, within each 15-layer chunk
+    # 750 fits / 150 per layer = 5 layers per job, within each 15-layer chunk
     assert jobs.probe_groups(CONFIG, "m", "mlp") == [(1, 5), (6, 10), (11, 15), (16, 20), (21, 25), (26, 30)]
     # the residual stream's first job also reads the embeddings, stored as layer 0 of the first chunk
     assert jobs.probe_groups(CONFIG, "m", "residual")[0] == (0, 5)
-    assert jobs.probe_groups(with_probe(fits_per_job=179), "m", "mlp") == jobs.probe_groups(CONFIG, "m", "mlp")
-    assert jobs.probe_groups(with_probe(fits_per_job=400), "m", "mlp") == [(1, 13), (14, 15), (16, 28), (29, 30)]
+    assert jobs.probe_groups(with_probe(fits_per_job=899), "m", "mlp") == jobs.probe_groups(CONFIG, "m", "mlp")
+    assert jobs.probe_groups(with_probe(fits_per_job=2000), "m", "mlp") == [(1, 13), (14, 15), (16, 28), (29, 30)]
     assert jobs.probe_groups(with_probe(fits_per_job=1), "m", "mlp")[:2] == [(1, 1), (2, 2)]  # at least a layer
 
 
@@ -52,7 +66,7 @@ def test_requests_grow_with_the_work_and_the_attempt():
     # weights 135e6 x 4 bytes x 1.5, activations 4096 x 576 x 4 x 64 bytes, 1 GiB of libraries
     assert jobs.extraction_mem_mb(CONFIG, "m", attempt=1) == int((135e6 * 4 * 1.5 + 4096 * 576 * 256) / 2**20 + 1024)
     assert jobs.layer_mb(CONFIG, "m", 6600) == pytest.approx(6600 * 5 * 576 * 4 / 2**20)
-    one, five = (jobs.probe_runtime(CONFIG, "m", n, 6600, attempt=1) for n in (1, 5))
+    one, five = (jobs.probe_runtime(CONFIG, "m", "mlp", n, 6600, attempt=1) for n in (1, 5))
     assert 10 <= one < five
     assert jobs.probe_mem_mb(CONFIG, "m", 6600, attempt=2) == 2 * jobs.probe_mem_mb(CONFIG, "m", 6600, attempt=1)
     assert jobs.appraisal_mem_mb(CONFIG, "m", 6600, 1) > jobs.probe_mem_mb(CONFIG, "m", 6600, 1)

@@ -7,7 +7,8 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from emoprobe import probes
+from emoprobe import logistic, probes
+from emoprobe.grid import Cell
 
 
 def test_split_is_the_reference_train_test_split():
@@ -16,15 +17,6 @@ def test_split_is_the_reference_train_test_split():
     x_train, x_test, _, _ = train_test_split(x, y, test_size=0.2, random_state=42)
     train, test = probes.split_indices(y, 0.2, 42, stratify=False)
     assert train.tolist() == x_train.tolist() and test.tolist() == x_test.tolist()
-
-
-def test_standardise_uses_training_statistics_only():
-    train = np.array([[[1.0, 5.0]], [[3.0, 5.0]]])
-    test = np.array([[[5.0, 7.0]]])
-    z_train, z_test = probes.standardise(train, test)
-    assert z_train.shape == (1, 2, 2) and z_test.shape == (1, 1, 2)  # positions first
-    assert z_train[0, :, 0].tolist() == [-1.0, 1.0] and z_test[0, 0, 0] == 3.0
-    assert z_train[0, :, 1].tolist() == [0.0, 0.0] and z_test[0, 0, 1] == 2.0  # constant feature: scale 1
 
 
 @pytest.fixture(params=[1, 2, 4])
@@ -38,70 +30,68 @@ def threads(request):
     torch.set_num_threads(before)
 
 
+def standardised(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``x`` standardised with the mean and standard deviation of ``rows`` (float64), and those two."""
+    mean, std = x[rows].astype(np.float64).mean(axis=0), x[rows].astype(np.float64).std(axis=0)
+    std[std == 0] = 1.0
+    return (x - mean) / std, mean, std
+
+
 def test_fit_reaches_scikit_learns_optimum(threads):
-    """Same objective as LogisticRegression(C) on standardised features: same weights and predictions, and
-    converged whatever the thread count (with 1 or 4 threads float32 L-BFGS used to stall short of ``tol``)."""
+    """Same objective as LogisticRegression(C) on features standardised with the training rows: same weights (in
+    the raw space, w / std) and predictions, and converged whatever the thread count (float32 L-BFGS stalled
+    short of ``tol`` with 1 or 4 threads before the float64 finish)."""
     digits = load_digits()
     x = (digits.data * np.logspace(-3, 3, 64)).astype(np.float32)  # wildly different feature scales
     y = digits.target
     train, test = probes.split_indices(y, 0.2, 42, stratify=False)
-    z_train, z_test = probes.standardise(x[train, None, :], x[test, None, :])
-    [(weights, intercepts, n_iter, converged)] = probes.fit_multinomial(z_train, [y[train]], 10, C=0.5,
-                                                                        max_iter=1000, tol=1e-5)
-    reference = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(z_train[0], y[train])
-    assert converged and n_iter < 1000
-    assert np.abs(weights[0] - reference.coef_).max() <= 1e-2 * np.abs(reference.coef_).max()
-    ours = (probes.predict(z_test, weights, intercepts)[0] == y[test]).mean()
-    assert abs(ours - reference.score(z_test[0], y[test])) <= 1 / len(test)
+    [fit] = logistic.fit_logistic(x, [logistic.Probe(train, y[train], 10)], C=0.5, max_iter=1000, tol=1e-5)
+    z, _, std = standardised(x, train)
+    reference = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(z[train], y[train])
+    assert fit.converged and fit.n_iter < 1000
+    # compared on the standardised features, where the objective (and tol) lives
+    assert np.abs(fit.weights * std - reference.coef_).max() <= 1e-2 * np.abs(reference.coef_).max()
+    ours = (logistic.predict(x[test], fit) == y[test]).mean()
+    assert abs(ours - reference.score(z[test], y[test])) <= 1 / len(test)
     assert ours > 0.9
 
 
-def test_minimise_lbfgs_steps_as_torch_optim_lbfgs_does():
-    """Same iterates to the last bit as torch.optim.LBFGS, whose Optimizer it replaces, on a softmax
-    regression of digits (a smooth, ill-conditioned problem that takes dozens of steps)."""
-    import torch
-
-    digits = load_digits()
-    x = torch.from_numpy(digits.data[:400] / 16).float()
-    onehot = torch.nn.functional.one_hot(torch.from_numpy(digits.target[:400]), 10).float()
-
-    def loss_of(w):
-        logits = x @ w.view(64, 10)
-        return -(torch.log_softmax(logits, dim=1) * onehot).sum() / len(x) + 1e-3 * (w * w).sum()
-
-    def objective(w):
-        w = w.detach().requires_grad_()
-        loss = loss_of(w)
-        loss.backward()
-        return loss.item(), w.grad
-
-    ours, grad, n_iter = probes.minimise_lbfgs(objective, torch.zeros(640), max_iter=200, max_eval=400, tol=1e-6)
-    w = torch.zeros(640, requires_grad=True)
-    optimizer = torch.optim.LBFGS([w], lr=1, max_iter=200, max_eval=400, tolerance_grad=1e-6, tolerance_change=0,
-                                  history_size=10, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = loss_of(w)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    assert 20 < n_iter == optimizer.state[w]["n_iter"]
-    assert torch.equal(ours, w.detach())
-    assert torch.equal(grad, objective(ours)[1])  # the gradient returned is the last point's
-
-
-def test_labellings_fitted_together_are_fitted_as_alone():
-    """The control shares the preconditioner with the probe, nothing else: each fit is the one it would be alone."""
+def test_probes_fitted_together_are_fitted_as_alone():
+    """A probe's fit depends on its own rows and labels only: the same to the last bit whether its solve also
+    holds the shuffled-label controls (which finish at other iterations and leave the product) or not."""
     states, y = labelled_states()
-    z = probes.standardise(states, states[:1])[0]
+    x = states[:, 0]
+    splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
     shuffled = np.random.default_rng(0).permutation(y)
-    together = probes.fit_multinomial(z, [y, shuffled], 4, C=1.0, max_iter=1000, tol=1e-4)
-    for labels, fit in zip([y, shuffled], together):
-        [alone] = probes.fit_multinomial(z, [labels], 4, C=1.0, max_iter=1000, tol=1e-4)
-        assert np.array_equal(fit[0], alone[0]) and np.array_equal(fit[1], alone[1]) and fit[2:] == alone[2:]
-    assert not np.allclose(together[0][0], together[1][0])
+    label = [logistic.Probe(train, y[train], 4) for train, _ in splits]
+    control = [logistic.Probe(train, shuffled[train], 4) for train, _ in splits]
+    together = logistic.fit_logistic(x, label + control, C=1.0, max_iter=1000, tol=1e-4)
+    alone = logistic.fit_logistic(x, label, C=1.0, max_iter=1000, tol=1e-4)
+    for ours, theirs in zip(together, alone):
+        assert np.array_equal(ours.weights, theirs.weights) and np.array_equal(ours.intercepts, theirs.intercepts)
+        assert ours.n_iter == theirs.n_iter
+    assert len({fit.n_iter for fit in together}) > 1  # they did finish at different iterations
+    assert not np.allclose(together[0].weights, together[5].weights)
+
+
+def test_a_fold_is_standardised_with_its_training_rows_only():
+    """An outlier among a fold's test rows (in the training rows of the other folds) leaves that fold's probe where
+    it was: its mean and scale come from its own training rows. Standardised with every row, the outlier's
+    feature would shrink to nothing and the weights move by far more than the tolerance."""
+    states, y = labelled_states()
+    x = states[:, 0].copy()
+    splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
+    train, test = splits[0]
+    fold_probes = [logistic.Probe(rows, y[rows], 4) for rows, _ in splits]
+    clean = logistic.fit_logistic(x, fold_probes, C=1.0, max_iter=1000, tol=1e-6)[0]
+    x[test[0], 0] = 1e6
+    spoilt = logistic.fit_logistic(x, fold_probes, C=1.0, max_iter=1000, tol=1e-6)[0]
+    assert np.abs(spoilt.weights - clean.weights).max() <= 1e-3 * np.abs(clean.weights).max()
+    assert np.abs(spoilt.intercepts - clean.intercepts).max() <= 1e-3 * np.abs(clean.intercepts).max()
+    # the same probe on features standardised with all rows, as the guard prevents
+    z, _, _ = standardised(x, np.arange(len(x)))
+    everything = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(z[train], y[train])
+    assert abs(everything.coef_[:, 0]).max() < 0.1 * abs(clean.weights[:, 0] * x[train, 0].std()).max()
 
 
 def labelled_states(seed=0):
@@ -117,9 +107,16 @@ LABELS = [f"label{i}" for i in range(13)]
 SETTINGS = dict(label_names=LABELS, C=1.0, max_iter=1000, tol=1e-4)
 
 
+def probe_layer(states, y, positions, *, control, directions=False, **settings):
+    """One problem on all of ``states``' rows, fitted at every one of ``positions``: ``(table, predictions)``."""
+    [result] = probes.probe_layer(states, positions, [(np.arange(len(y)), y)],
+                                  [{p: Cell(control, directions) for p in positions}], **settings)
+    return result.table, result.predictions
+
+
 def test_probe_layer_on_one_split_gives_one_row_per_position():
     states, y = labelled_states()
-    table, predictions = probes.probe_layer(states, y, [-1, -2, -3], folds=0, test_size=0.25, seed=42, stratify=True,
+    table, predictions = probe_layer(states, y, [-1, -2, -3], folds=0, test_size=0.25, seed=42, stratify=True,
                                             control=False, **SETTINGS)
     assert table["position"].tolist() == [-1, -2, -3]
     assert (table["n_train"] == 90).all() and (table["n_test"] == 30).all() and (table["folds"] == 1).all()
@@ -136,7 +133,7 @@ def test_probe_layer_on_one_split_gives_one_row_per_position():
 
 def test_k_fold_probe_with_a_shuffled_label_control():
     states, y = labelled_states()
-    table, predictions = probes.probe_layer(states, y, [-1, -2, -3], folds=5, test_size=0.25, seed=42,
+    table, predictions = probe_layer(states, y, [-1, -2, -3], folds=5, test_size=0.25, seed=42,
                                             stratify=False, control=True, **SETTINGS)
     assert (table["folds"] == 5).all() and (table["n_train"] == 96).all() and (table["n_test"] == 24).all()
     assert (table["n_texts"] == 120).all() and table["note"].eq("").all()
@@ -157,7 +154,7 @@ def test_imbalanced_labels_are_scored_by_balanced_accuracy():
     rng = np.random.default_rng(3)
     y = np.repeat(np.arange(4), [160, 14, 13, 13])
     states = rng.normal(size=(len(y), 1, 8)).astype(np.float32)  # no information: the probe learns the prior
-    table, _ = probes.probe_layer(states, y, [-1], folds=5, test_size=0.2, seed=42, stratify=False, control=True,
+    table, _ = probe_layer(states, y, [-1], folds=5, test_size=0.2, seed=42, stratify=False, control=True,
                                   **SETTINGS)
     assert table.loc[0, "accuracy"] > 0.7 and table.loc[0, "majority_accuracy"] == 0.8
     assert table.loc[0, "balanced_accuracy"] < 0.35 and abs(table.loc[0, "kappa"]) < 0.1
@@ -183,22 +180,23 @@ def test_subset_rows():
 
 
 def test_fewer_texts_than_features_reach_the_same_optimum():
-    """Fitting in the span of the training rows (n < d) gives scikit-learn's weights in the full space."""
+    """30 texts of 50 features (as a small subset of a wide model): scikit-learn's optimum all the same."""
     rng = np.random.default_rng(1)
     y = np.repeat(np.arange(3), 10)
-    x = rng.normal(size=(30, 1, 50)).astype(np.float32)
-    x[:, 0, :3] += np.eye(3)[y]
-    z, _ = probes.standardise(x, x[:1])
-    [(weights, intercepts, _, converged)] = probes.fit_multinomial(z, [y], 3, C=1.0, max_iter=1000, tol=1e-4)
-    reference = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(z[0], y)
-    assert converged and weights.shape == (1, 3, 50)
-    assert np.abs(weights[0] - reference.coef_).max() <= 2e-3 * np.abs(reference.coef_).max()
+    x = rng.normal(size=(30, 50)).astype(np.float32)
+    x[:, :3] += np.eye(3)[y]
+    [fit] = logistic.fit_logistic(x, [logistic.Probe(np.arange(30), y, 3)], C=1.0, max_iter=1000, tol=1e-5)
+    z, _, std = standardised(x, np.arange(30))
+    reference = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(z, y)
+    raw = reference.coef_ / std
+    assert fit.converged and fit.weights.shape == (3, 50)
+    assert np.abs(fit.weights - raw).max() <= 2e-3 * np.abs(raw).max()
 
 
 @pytest.mark.parametrize("n, expected", [(3, "fewer than two labels"), (0, "fewer than two labels")])
 def test_too_few_texts_give_a_row_that_says_why(n, expected):
     states, y = labelled_states()
-    table, predictions = probes.probe_layer(states[:n], y[:n], [-1, -2, -3], folds=5, test_size=0.2, seed=42,
+    table, predictions = probe_layer(states[:n], y[:n], [-1, -2, -3], folds=5, test_size=0.2, seed=42,
                                             stratify=False, control=True, **SETTINGS)
     assert predictions is None and table["balanced_accuracy"].isna().all() and not table["converged"].any()
     assert table["note"].str.contains(expected).all() and (table["n_texts"] == 0).all()
@@ -207,7 +205,7 @@ def test_too_few_texts_give_a_row_that_says_why(n, expected):
 def test_labels_with_fewer_texts_than_folds_are_set_aside_and_named():
     states, y = labelled_states()
     keep = np.r_[0:30, 30:33, 60:120]  # label 1 keeps 3 texts
-    table, predictions = probes.probe_layer(states[keep][:, :1], y[keep], [-1], folds=5, test_size=0.2, seed=42,
+    table, predictions = probe_layer(states[keep][:, :1], y[keep], [-1], folds=5, test_size=0.2, seed=42,
                                             stratify=False, control=True, **SETTINGS)
     assert table.loc[0, "note"] == "set aside labels with fewer than 5 texts: label1 (3)"
     assert table.loc[0, "n_texts"] == 90 and table.loc[0, "n_labels"] == 3 and table.loc[0, "balanced_chance"] == 1 / 3
@@ -240,52 +238,65 @@ def test_one_device_picker_for_every_job(monkeypatch):
 def test_probes_on_cuda_match_the_cpu():
     states, y = labelled_states()
     settings = dict(folds=5, test_size=0.2, seed=42, stratify=False, control=True, **SETTINGS)
-    cpu, _ = probes.probe_layer(states, y, [-1, -2, -3], **settings, device="cpu")
-    cuda, _ = probes.probe_layer(states, y, [-1, -2, -3], **settings, device="cuda")
+    cpu, _ = probe_layer(states, y, [-1, -2, -3], **settings, device="cpu")
+    cuda, _ = probe_layer(states, y, [-1, -2, -3], **settings, device="cuda")
     assert np.abs(cpu["accuracy"] - cuda["accuracy"]).max() <= 1 / 24 and cuda["converged"].all()
 
 
-def test_batched_trainer_agrees_with_the_per_fit_trainer():
-    """Every fold, control and problem of a layer in one batched solve: the scores of fitting each alone."""
-    from emoprobe.batched import probe_layer_batched
-
+def test_every_probe_of_a_layer_reaches_scikit_learns_scores():
+    """Every fold and control of three problems (imbalanced labels, the answers of a model that mostly answers
+    one label, a subset), two positions, as a probe job fits them: the pooled out-of-fold scores of converged
+    scikit-learn fits on the same folds, each standardised with its training rows, give or take a text or two
+    of the tolerance."""
     rng = np.random.default_rng(5)
     y = rng.choice(5, size=600, p=[0.4, 0.25, 0.15, 0.12, 0.08])
     states = (rng.normal(size=(600, 2, 40)) * np.linspace(0.1, 20, 40) + 3).astype(np.float32)
     states[:, 0, :5] += np.eye(5)[y] * 1.5
     answer = np.where(rng.random(600) < 0.6, 0, y)
-    settings = dict(folds=5, test_size=0.2, seed=42, stratify=False, control=True, **SETTINGS)
     problems = [(np.arange(600), y), (np.arange(600), answer), (np.flatnonzero(y < 3), y[y < 3])]
-    batched = probe_layer_batched(states, problems, [-1, -2], **settings)
-    for (rows, labels), (table, predictions) in zip(problems, batched):
-        alone, reference = probes.probe_layer(states[rows], labels, [-1, -2], **settings)
-        for column in ("accuracy", "balanced_accuracy", "control_accuracy"):
-            assert np.abs(table[column] - alone[column]).max() <= 3 / len(rows), column
-        assert table["converged"].all() and np.array_equal(predictions["rows"], rows[reference["rows"]])
+    cells = [{-1: Cell(True, False), -2: Cell(True, False)}] * 3
+    settings = dict(folds=5, test_size=0.2, seed=42, stratify=False, **SETTINGS)
+    results = probes.probe_layer(states, [-1, -2], problems, cells, **settings)
+    for (rows, labels), result in zip(problems, results):
+        table = result.table
+        assert table["converged"].all() and np.array_equal(result.predictions["rows"], rows)
+        splits = probes.fold_indices(labels, folds=5, test_size=0.2, seed=42, stratify=False)
+        shuffled = np.random.default_rng(42).permutation(labels)
+        for p in range(2):
+            x = states[rows, p]
+            for column, target in (("accuracy", labels), ("control_accuracy", shuffled)):
+                predicted = np.empty(len(rows), dtype=np.int64)
+                for train, test in splits:
+                    z, _, _ = standardised(x, train)
+                    reference = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(z[train], target[train])
+                    predicted[test] = reference.predict(z[test])
+                assert abs(table[column].iloc[p] - (predicted == target).mean()) <= 3 / len(rows), column
 
 
-def test_the_batched_trainer_keeps_the_probe_fitted_on_all_texts_in_the_raw_space():
-    """Its weights are scikit-learn's LogisticRegression(C) on all of a problem's texts, standardised, mapped
-    back to the raw states (w / sigma): what steering along a probe's direction reads."""
-    from emoprobe.batched import probe_layer_batched
-
+def test_the_probe_fitted_on_all_texts_is_kept_in_the_raw_space():
+    """Where the grid asks for directions, the probe fitted on all of a problem's texts is scikit-learn's
+    LogisticRegression(C) on them, standardised, mapped back to the raw states (w / sigma): what steering along a
+    probe's direction reads; only at those positions."""
     rng = np.random.default_rng(6)
     y = rng.choice(4, size=400, p=[0.4, 0.3, 0.2, 0.1])
     states = (rng.normal(size=(400, 2, 30)) * np.linspace(0.1, 20, 30) + 3).astype(np.float32)
     states[:, 0, :4] += np.eye(4)[y] * 1.5
     rows = np.flatnonzero(y != 3)  # a problem without label 3
-    settings = dict(folds=5, test_size=0.2, seed=42, stratify=False, control=True, **SETTINGS)
-    (_, predictions), = probe_layer_batched(states, [(rows, y[rows])], [-1, -2], **settings)
-    assert predictions["classes"].tolist() == [0, 1, 2]
-    assert predictions["weights"].shape == (2, 3, 30) and predictions["weights"].dtype == np.float32
-    assert predictions["intercepts"].shape == (2, 3)
-    for p in range(2):
-        x = states[rows, p].astype(np.float64)
-        mean, std = x.mean(axis=0), x.std(axis=0)
-        reference = LogisticRegression(C=1.0, tol=1e-8, max_iter=10_000).fit((x - mean) / std, y[rows])
-        raw = reference.coef_ / std
-        weights = predictions["weights"][p].astype(np.float64)
-        # within the workflow's tol (1e-4 on the gradient); a missing w / sigma would be off by the scales (0.1-20)
-        assert np.abs(weights - raw).max() <= 1e-2 * np.abs(raw).max()
-        logits = x @ weights.T + predictions["intercepts"][p]
-        assert np.abs(logits - reference.decision_function((x - mean) / std)).max() <= 1e-2 * np.abs(logits).max()
+    settings = dict(folds=5, test_size=0.2, seed=42, stratify=False, **SETTINGS)
+    [result] = probes.probe_layer(states, [-1, -2], [(rows, y[rows])], [{-1: Cell(True, True), -2: Cell(False, False)}],
+                                  **settings)
+    directions = result.directions
+    assert directions["classes"].tolist() == [0, 1, 2] and directions["positions"] == [-1]
+    assert directions["weights"].shape == (1, 3, 30) and directions["weights"].dtype == np.float32
+    assert directions["intercepts"].shape == (1, 3)
+    x = states[rows, 0].astype(np.float64)
+    z, _, std = standardised(x, np.arange(len(rows)))
+    reference = LogisticRegression(C=1.0, tol=1e-8, max_iter=10_000).fit(z, y[rows])
+    raw = reference.coef_ / std
+    weights = directions["weights"][0].astype(np.float64)
+    # within the workflow's tol (1e-4 on the gradient); a missing w / sigma would be off by the scales (0.1-20)
+    assert np.abs(weights - raw).max() <= 1e-2 * np.abs(raw).max()
+    logits = x @ weights.T + directions["intercepts"][0]
+    assert np.abs(logits - reference.decision_function(z)).max() <= 1e-2 * np.abs(logits).max()
+    # no control at -2: its columns are empty, its predictions -1
+    assert np.isnan(result.table["control_accuracy"].iloc[1]) and (result.predictions["control_predicted"][1] == -1).all()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from emoprobe import probes, scores
+from emoprobe import logistic, probes, scores
 
 
 def test_wilson_interval():
@@ -108,11 +108,9 @@ def test_intervals_cover_the_true_score_with_the_workflows_own_fits():
     by the 1,000 replicates above (600 replicates of this trainer, seed 11, gave 0.955 for both intervals)."""
 
     def fit(x_train, y_train, x_test, pool):
-        z_train, z_rest = probes.standardise(x_train[:, None].astype(np.float32),
-                                             np.concatenate([x_test, pool])[:, None].astype(np.float32))
-        [(weights, intercepts, _, _)] = probes.fit_multinomial(z_train, [y_train], 4, C=1.0, max_iter=1000, tol=1e-4)
-        predicted = probes.predict(z_rest, weights, intercepts)[0]
-        return predicted[:len(x_test)], predicted[len(x_test):]
+        [probe] = logistic.fit_logistic(x_train.astype(np.float32), [logistic.Probe(np.arange(len(y_train)), y_train, 4)],
+                                        C=1.0, max_iter=1000, tol=1e-4)
+        return logistic.predict(x_test, probe), logistic.predict(pool, probe)
 
     accuracy, balanced = coverage(fit, 200, seed=1)
     assert 0.91 <= accuracy <= 0.98, accuracy

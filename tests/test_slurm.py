@@ -72,7 +72,7 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
         # the project's profile, adapted to this cluster only: its partition, its GPU type, its size
         profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
         profile["default-resources"]["slurm_partition"] = cluster.partition
-        for rule in ("extract_hidden_states", "intervene"):
+        for rule in ("extract_hidden_states", "intervene", "fit_probes"):
             profile["set-resources"][rule]["gpu_model"] = cluster.gpu_model
         profile["max-threads"] = os.cpu_count()  # extraction.threads (8) > the node's CPUs; the local run has 2 too
         profile["slurm-init-seconds-before-status-checks"] = 2  # not 40: the jobs here take seconds
@@ -108,7 +108,7 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
                      "fit_probes": 6, "fit_appraisal_probes": 1, "fit_text_baseline": 1, "logit_lens": 1,
                      "localise": 1, "intervene": 5}
     assert all("gpu" in gres for _, comment, gres in states.values()
-               if "extract_hidden_states" in comment or "intervene" in comment)
+               if any(rule in comment for rule in ("extract_hidden_states", "intervene", "fit_probes")))
 
     from conftest import TOKEN
 

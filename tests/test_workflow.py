@@ -72,10 +72,18 @@ def test_accuracy_table_shape_and_ranges(e2e_run):
                                         "n_labels", "balanced_accuracy", "balanced_low", "balanced_high", "accuracy"]
     probes = table[table["location"].isin(["residual", "attention", "mlp"])]
     problems = [("all", "label"), ("model_correct", "label"), ("all", "answer")]
+    # the default probe.grid: every location and problem at token -1, the residual stream's all/label at every
+    # position; nothing else
     assert probes.groupby(["location", "subset", "target"]).size().to_dict() == {
-        (location, subset, target): (31 if location == "residual" else 30) * 5
+        (location, subset, target): (31 if location == "residual" else 30) * (
+            5 if (location, subset, target) == ("residual", "all", "label") else 1)
         for location in ("attention", "mlp", "residual") for subset, target in problems}
     assert sorted(set(probes["layer"])) == list(range(0, 31)) and set(probes["position"]) == {-1, -2, -3, -4, -5}
+    assert set(probes.loc[probes["position"] != -1, "location"]) == {"residual"}
+    # a control only where the grid fits one: at token -1
+    at_last = probes["position"] == -1
+    assert probes.loc[at_last, "control_balanced_accuracy"].notna().any()
+    assert probes.loc[~at_last, ["control_balanced_accuracy", "control_accuracy", "selectivity"]].isna().all().all()
     assert len(table[table["location"] == "logit_lens"]) == 3 * 31 and len(table[table["location"] == "text"]) == 3
     scored = table.dropna(subset=["balanced_accuracy"])
     for column in ("accuracy", "accuracy_low", "accuracy_high", "balanced_accuracy", "balanced_low", "balanced_high",
@@ -102,6 +110,7 @@ def test_accuracy_table_shape_and_ranges(e2e_run):
     assert residual.set_index("layer").loc[0, "balanced_accuracy"] <= 1 / 13 + 1e-9
     text = (e2e_run / "results/tables/smollm2-135m_accuracy_by_layer.txt").read_text()
     assert "token -1" in text and text.count("peak layer") == 4 * 3 and "text baseline" in text
+    assert text.startswith("probes fitted (probe.grid") and "residual all/label: token -1, -2, -3, -4, -5" in text
 
 
 def test_the_logit_lens_of_the_last_layer_is_the_models_answer(e2e_run):
@@ -115,7 +124,8 @@ def test_the_logit_lens_of_the_last_layer_is_the_models_answer(e2e_run):
 
 def test_localisation_table(e2e_run):
     places = pd.read_csv(e2e_run / "results/localisation.tsv", sep="\t")
-    assert len(places) == 3 * 3 * 5 + 3 and set(places["location"]) == {"residual", "attention", "mlp", "logit_lens"}
+    # a row per location, problem and token position of the grid (the residual stream's all/label at 5), the lens
+    assert len(places) == 3 * 3 + 4 + 3 and set(places["location"]) == {"residual", "attention", "mlp", "logit_lens"}
     for landmark in ("peak", "onset", "plateau"):
         assert (places[f"{landmark}_low"] <= places[f"{landmark}_layer"]).all()
         assert (places[f"{landmark}_layer"] <= places[f"{landmark}_high"]).all()
@@ -163,9 +173,9 @@ def test_probe_directions_are_the_probes_fitted_on_all_texts(e2e_run):
     path = e2e_run / "results/probes/smollm2-135m/residual/layers16-30.directions.h5"
     with h5py.File(path) as f:
         names = {f"{s}/{t}" for s in f if isinstance(f[s], h5py.Group) for t in f[s]}
-        # model_correct/label only when its few texts could be scored (as in the predictions file)
-        assert {"all/answer", "all/label"} <= names <= {"all/answer", "all/label", "model_correct/label"}
-        assert f["all/label/weights"].shape == (15, 5, 13, 576) and f["all/label/weights"].dtype == np.float32
+        # the default grid fits directions where promotion reads them only: all/label at token -1
+        assert names == {"all/label"} and f["all/label/positions"][:].tolist() == [-1]
+        assert f["all/label/weights"].shape == (15, 1, 13, 576) and f["all/label/weights"].dtype == np.float32
         assert f["layers"][:].tolist() == list(range(16, 31)) and np.isfinite(f["all/label/weights"][:]).all()
     states, meta = read_layer(e2e_run / "results/hidden/smollm2-135m/layers16-30.h5", 20, positions=[-1])
     classes, weights, intercepts = read_directions(path, "all/label", 20, -1)
@@ -208,12 +218,14 @@ def test_intervention_tables(e2e_run):
     assert set(promotion["emotion"]) == set(small_config()["dataset"]["labels"])
     assert sorted(set(promotion["layer"])) == [5, 10, 15, 20, 25, 30] and set(promotion["beta"]) == {0.0, 1.0}
     still = promotion[promotion["beta"] == 0]
-    assert (still["change"].abs() < 1e-6).all() and np.allclose(still["promoted"], still["clean_promoted"])
+    # a step of 0 reruns the window's blocks on the cached path: the clean logits to float32 rounding
+    assert (still["change"].abs() < 1e-5).all() and np.allclose(still["promoted"], still["clean_promoted"])
     assert (still["beta_absolute"] == 0).all() and (promotion.loc[promotion["beta"] == 1, "beta_absolute"] > 0).all()
     assert ((promotion["change_low"] <= promotion["change"] + 1e-9) & (promotion["change"] <= promotion["change_high"] + 1e-9)).all()
 
     surgery = tables["surgery"]
-    recipes = [*small_config()["interventions"]["surgery"]["recipes"], "random1", "random2"]
+    # the recipes in their canonical (sorted) order, then the random controls
+    recipes = [*sorted(small_config()["interventions"]["surgery"]["recipes"]), "random1", "random2"]
     assert list(dict.fromkeys(surgery["recipe"])) == recipes
     per_condition = surgery.groupby(["recipe", "layer", "beta"])
     assert (per_condition["count"].sum() == 32).all() and (per_condition["clean_count"].sum() == 32).all()
@@ -265,16 +277,55 @@ def test_unchanged_config_plans_nothing(e2e_run):
 
 
 # Keys that decide no number: sizes and guesses for resource requests, where a corpus on disk would come
-# from, the job layout where it stays the same (fits_per_job 479 still gives 15 layers of 30 fits per
-# job), and threads.
+# from, the job layout where it stays the same (fits_per_job 799 still gives 15 layers of the residual stream's 51
+# fits per job), and threads.
 NEUTRAL_EDITS = {"models__smollm2-135m__params_m": 140, "models__smollm2-135m__compute_params_m": 90.0,
                  "dataset__texts_guess": 5000, "dataset__url": "https://example.org/other.csv",
-                 "dataset__sha256": "0" * 64, "probe__fits_per_job": 479, "extraction__threads": 3,
+                 "dataset__sha256": "0" * 64, "probe__fits_per_job": 799, "extraction__threads": 3,
                  "interventions__threads": 2}
 
 
 def test_keys_that_decide_no_output_rerun_nothing(e2e_run):
     assert dry_run(e2e_run, with_changes(small_config(), **NEUTRAL_EDITS)) == {}
+
+
+def same_config_in_another_form(config: dict) -> str:
+    """``config`` as a YAML text that says the same thing in another form: keys sorted at every depth, indented by
+    four, commented, the labels in another order, and every integer-valued number written the other way (``1`` for
+    ``1.0``, ``5.0`` for ``5``)."""
+    import yaml
+
+    def retyped(value):
+        if isinstance(value, dict):
+            return {key: retyped(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [retyped(item) for item in value]
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    config = retyped(config)
+    config["dataset"]["labels"] = config["dataset"]["labels"][::-1]
+    text = yaml.safe_dump(config, sort_keys=True, indent=4, default_flow_style=False)
+    return "# the same run, written by another tool\n" + text.replace("\nprobe:", "\n# the probes\nprobe:")
+
+
+def test_a_config_that_says_the_same_thing_in_another_form_reruns_nothing(e2e_run):
+    text = same_config_in_another_form(small_config())
+    assert "C: 1\n" in text and "folds: 5.0" in text and "# the probes" in text  # the form did change
+    assert planned_jobs(run_snakemake(e2e_run, text, "--dry-run")) == {}
+
+
+def test_a_config_given_on_the_command_line_reruns_nothing(e2e_run):
+    """The probe section through --config (as a flow mapping, C written 1) instead of the config file."""
+    import yaml
+
+    config = small_config()
+    probe = dict(config.pop("probe"), C=1)
+    override = "probe=" + yaml.safe_dump(probe, default_flow_style=True, width=10_000).strip()
+    assert planned_jobs(run_snakemake(e2e_run, config, "--dry-run", "--config", override)) == {}
 
 
 def test_new_answer_words_rerun_the_answers_and_what_reads_them_not_the_states(e2e_run):
@@ -454,7 +505,8 @@ def test_paper_config_plans_every_job_with_sane_resources(tmp_path):
     result = run_snakemake(tmp_path, config, "--dry-run")
     jobs = planned_jobs(result)
     layers = [model["n_layers"] for model in config["models"].values()]
-    per_job = config["probe"]["fits_per_job"] // 30  # 5 folds x 3 problems x (probe + control)
+    # every cell: 5 positions x 3 problems x (5 folds x (probe + control) + the fit on all texts)
+    per_job = config["probe"]["fits_per_job"] // (5 * 3 * 11)
     assert len(layers) == 10 and jobs["extract_hidden_states"] == 10 and jobs["answer_emotions"] == 10
     assert jobs["fit_probes"] == 3 * sum(-(-n // per_job) for n in layers)
     assert jobs["fit_appraisal_probes"] == 10 and "prepare_gguf_model" not in jobs
@@ -472,8 +524,9 @@ def test_new_model_runs_only_that_models_jobs(e2e_run):
     config["models"]["gemma3-270m"] = default_config()["models"]["gemma3-270m"]
     result = run_snakemake(e2e_run, config, "--dry-run")
     jobs = planned_jobs(result)
-    # fit_probes: 3 locations x layers 01-15 and 16-18 (the small config's probe.fits_per_job)
-    assert jobs == {"prepare_gguf_model": 1, "extract_hidden_states": 1, "answer_emotions": 1, "fit_probes": 6,
+    # fit_probes: the residual stream's layers 00-15 and 16-18, attention's and the MLP's 01-18 (the small config's
+    # probe.fits_per_job: 15 layers of the residual stream's 51 fits, 25 of the others' 30)
+    assert jobs == {"prepare_gguf_model": 1, "extract_hidden_states": 1, "answer_emotions": 1, "fit_probes": 4,
                     "fit_appraisal_probes": 1, "fit_text_baseline": 1, "logit_lens": 1, "localise": 1,
                     "count_subsets": 1, "aggregate_accuracy": 1, "summarise_answers": 1,
                     "aggregate_appraisal": 1, "plot_accuracy": 1, "plot_layer_position": 1, "plot_confusion": 1,
