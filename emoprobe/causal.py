@@ -5,13 +5,24 @@ Each experiment edits one location in a window of layers around a centre layer a
 its *clean* answer (the unedited run's): the bundled models answer few texts correctly, and almost always
 with one label, so every metric is defined on the clean answer, as the paper's code effectively does.
 
+Which layers a row is about (:func:`windows`): attention and MLP outputs are added to the residual stream, so
+editing them in each layer of a window edits the window; the residual stream is *replaced* at the last token
+after each edited block, so an edit at the top of a window overwrites whatever the window's lower layers did,
+and a window of the residual stream acts exactly as its top layer edited alone. Ablation and patching therefore
+edit the residual stream one layer at a time, and each row names the layers it edited (``first_layer``,
+``last_layer``, ``span``). Steering *adds* to the residual stream at each layer of its window, and the skip
+connection carries every step on: its rows also give ``displacement``, the norm of the steps' sum relative to the
+mean norm at the window's top layer. Windows that would leave the model are dropped (the paper's centres), or,
+with ``clip_windows``, clipped and labelled by the layers they did edit.
+
 ``zero`` and ``random`` ablation: the fraction of texts whose answer is unchanged. ``patching``: over a
 fixed seeded set of (target, source) pairs whose clean answers differ, the fraction whose patched answer
 is the source's clean answer (``transfer``), the target's (``kept``), or neither. ``promotion``: the
 residual stream pushed along an emotion probe's direction; the paper's normalised change of that
 emotion's probability and the fraction of texts whose answer becomes it. ``surgery``: the residual stream
 pushed along a signed combination of appraisal probes' directions; the answers' distribution before and
-after. Fractions come with Wilson 95 % intervals over texts (pairs); mean changes with a bootstrap
+after. Fractions come with Wilson 95 % intervals over texts (patching's allowing for pairs that share a source,
+:func:`clustered_share`); mean changes with a bootstrap
 interval over texts.
 """
 
@@ -70,10 +81,32 @@ def condition_logits(batches: Iterable[tuple[np.ndarray, LastTokenBatch]], plan:
     return logits, clean
 
 
+def windows(location: str, centres: Sequence[int], span: int, n_layers: int, *, replaces: bool, clip: bool
+            ) -> dict[int, list[int]]:
+    """``{centre: the layers edited}`` for each centre that keeps a window: ``centre - span // 2 .. centre + span //
+    2``; a window that leaves ``1 .. n_layers`` is dropped, or clipped with ``clip``. Where the edit ``replaces``
+    the residual stream, a window acts as its top layer alone: the centre is then the one layer edited."""
+    if replaces and location == "residual":
+        return {centre: [centre] for centre in centres}
+    found = {}
+    for centre in centres:
+        layers = interventions.layer_window(centre, span, n_layers)
+        if clip or len(layers) == 2 * (span // 2) + 1:
+            found[centre] = layers
+    return found
+
+
+def describe(location: str, centre: int, layers: Sequence[int]) -> dict:
+    """A condition's row keys: ``location``, ``layer`` (the centre the tables and figures draw it at),
+    ``first_layer``, ``last_layer`` and ``span`` (the layers it edited)."""
+    return {"location": location, "layer": centre, "first_layer": min(layers), "last_layer": max(layers),
+            "span": len(layers)}
+
+
 def ablation_plan(kind: str, locations: Sequence[str], centres: Sequence[int], span: int, n_layers: int,
-                  seed: int, row_ids: np.ndarray) -> tuple[Plan, list[dict]]:
+                  seed: int, row_ids: np.ndarray, clip: bool = False) -> tuple[Plan, list[dict]]:
     """Zero (``kind="zero"``) or random ablation of each location in the window of ``span`` layers around each
-    centre: the plan and one description per condition (``location``, ``layer`` = the centre, ``span``).
+    centre (:func:`windows`): the plan and one description per condition (:func:`describe`), centres first.
 
     Random ablation replaces the output by Gaussian noise rescaled to the output's norm, drawn per text
     from ``(seed, row_id, location, layer)`` (:func:`emoprobe.interventions.gaussian_noise`), so a text gets
@@ -81,8 +114,9 @@ def ablation_plan(kind: str, locations: Sequence[str], centres: Sequence[int], s
     """
     if kind not in ("zero", "random"):
         raise ValueError(f"ablation kind {kind!r} is neither 'zero' nor 'random'")
-    windows = {centre: interventions.layer_window(centre, span, n_layers) for centre in centres}
-    described = [{"location": location, "layer": centre, "span": span} for centre in centres for location in locations]
+    edited = {location: windows(location, centres, span, n_layers, replaces=True, clip=clip) for location in locations}
+    conditions = [(location, centre) for centre in centres for location in locations if centre in edited[location]]
+    described = [describe(location, centre, edited[location][centre]) for location, centre in conditions]
 
     def plan(indices: np.ndarray, batch: LastTokenBatch) -> list[list[Condition]]:
         hidden = batch.clean[("residual", 0)].shape[1]
@@ -93,8 +127,8 @@ def ablation_plan(kind: str, locations: Sequence[str], centres: Sequence[int], s
             return interventions.scaled_noise(interventions.gaussian_noise(seed, row_ids[indices], key, hidden).to(
                 batch.clean[key].device))
 
-        return [[{(location, layer): edit((location, layer)) for layer in windows[centre]} for location in locations]
-                for centre in centres]
+        return [[{(location, layer): edit((location, layer)) for layer in edited[location][centre]}
+                 for location, c in conditions if c == centre] for centre in centres]
 
     return plan, described
 
@@ -103,30 +137,59 @@ def patching_pairs(clean_answer: np.ndarray, n_pairs: int, seed: int) -> tuple[n
     """A fixed seeded set of up to ``n_pairs`` (target, source) text pairs whose clean answers differ, each text
     a target at most once: ``(targets, sources)``, int64 indices into ``clean_answer``, targets sorted.
 
-    Targets are drawn at random among the texts that have a text of another answer; each target's source
-    at random among the texts of other answers. Fewer pairs when fewer texts qualify.
+    Targets are drawn at random among the texts that have a text of another answer; each target's source at random
+    among the texts of other answers that are no pair's source yet, and only when none is left among all of them:
+    outcomes of pairs that share a source are not independent (:func:`clustered_share` allows for those that remain).
+    Fewer pairs when fewer texts qualify.
     """
     rng = np.random.default_rng(seed)
     answers, counts = np.unique(clean_answer, return_counts=True)
     eligible = np.flatnonzero(counts[np.searchsorted(answers, clean_answer)] < len(clean_answer))
     targets = np.sort(rng.permutation(eligible)[:n_pairs])
-    sources = np.array([rng.choice(np.flatnonzero(clean_answer != clean_answer[t])) for t in targets], dtype=np.int64)
+    used = np.zeros(len(clean_answer), dtype=bool)
+    sources = np.empty(len(targets), dtype=np.int64)
+    for i in rng.permutation(len(targets)):
+        candidates = np.flatnonzero(clean_answer != clean_answer[targets[i]])
+        fresh = candidates[~used[candidates]]
+        sources[i] = rng.choice(fresh if len(fresh) else candidates)
+        used[sources[i]] = True
     return targets.astype(np.int64), sources
 
 
+def clustered_share(hits: np.ndarray, clusters: np.ndarray) -> tuple[float, float, float]:
+    """The share of ``hits`` (bool ``[n]``) and its 95 % interval when outcomes of the same cluster (``clusters``
+    ``[n]``: each pair's source) may be alike: Wilson's interval at the effective sample size ``n / deff``, with the
+    design effect ``deff`` (at least 1) the ratio of the cluster-robust variance of the share, ``C / (C - 1) *
+    sum_c (sum_{i in c} (hit_i - share))^2 / n^2`` over ``C`` clusters, to the binomial ``share (1 - share) / n``.
+    With every cluster of one pair this is Wilson's interval. ``tests/test_interventions.py`` checks its coverage
+    by simulation with source effects."""
+    n = len(hits)
+    share = float(np.mean(hits))
+    ids, members = np.unique(clusters, return_inverse=True)
+    deff = 1.0
+    if 0 < share < 1 and len(ids) > 1:
+        residual = np.bincount(members, weights=hits - share)
+        robust = len(ids) / (len(ids) - 1) * np.sum(residual ** 2) / n ** 2
+        deff = max(robust / (share * (1 - share) / n), 1.0)
+    low, high = wilson(share * n / deff, n / deff)
+    return share, low, high
+
+
 def patching_plan(locations: Sequence[str], centres: Sequence[int], span: int, n_layers: int,
-                  source_states: Mapping[tuple[str, int], torch.Tensor]) -> tuple[Plan, list[dict]]:
-    """Patching of each location in the window around each centre: each target's output replaced by its
-    source's clean output there. ``source_states[key]`` is ``[n_targets, hidden]``, row ``i`` the source of
+                  source_states: Mapping[tuple[str, int], torch.Tensor], clip: bool = False
+                  ) -> tuple[Plan, list[dict]]:
+    """Patching of each location in the window around each centre (:func:`windows`): each target's output replaced
+    by its source's clean output there. ``source_states[key]`` is ``[n_targets, hidden]``, row ``i`` the source of
     target ``i`` (the texts the batches run are the targets, in that order)."""
-    windows = {centre: interventions.layer_window(centre, span, n_layers) for centre in centres}
-    described = [{"location": location, "layer": centre, "span": span} for centre in centres for location in locations]
+    edited = {location: windows(location, centres, span, n_layers, replaces=True, clip=clip) for location in locations}
+    conditions = [(location, centre) for centre in centres for location in locations if centre in edited[location]]
+    described = [describe(location, centre, edited[location][centre]) for location, centre in conditions]
 
     def plan(indices: np.ndarray, batch: LastTokenBatch) -> list[list[Condition]]:
         rows = torch.as_tensor(indices)
         return [[{(location, layer): interventions.replace_with(source_states[(location, layer)][rows].to(
-                    batch.clean[(location, layer)].device)) for layer in windows[centre]} for location in locations]
-                for centre in centres]
+                    batch.clean[(location, layer)].device)) for layer in edited[location][centre]}
+                 for location, c in conditions if c == centre] for centre in centres]
 
     return plan, described
 
@@ -143,19 +206,21 @@ def unchanged_rows(logits: np.ndarray, clean: np.ndarray, described: Sequence[di
     return pd.DataFrame(rows)
 
 
-def patching_rows(logits: np.ndarray, target_clean: np.ndarray, source_answer: np.ndarray,
+def patching_rows(logits: np.ndarray, target_clean: np.ndarray, source_answer: np.ndarray, sources: np.ndarray,
                   described: Sequence[dict]) -> pd.DataFrame:
-    """One row per patching condition: ``n_pairs``, and the fractions of pairs whose patched answer is the
-    source's clean answer (``transfer``), the target's (``kept``) or neither, with Wilson 95 % intervals."""
+    """One row per patching condition: ``n_pairs``, ``n_sources`` (distinct source texts; ``sources`` ``[n_pairs]``
+    are their indices), and the fractions of pairs whose patched answer is the source's clean answer
+    (``transfer``), the target's (``kept``) or neither, with 95 % intervals that allow for pairs sharing a source
+    (:func:`clustered_share`)."""
     answer, target_answer = logits.argmax(-1), target_clean.argmax(-1)
     rows = []
     for description, patched in zip(described, answer):
         outcome = {"transfer": patched == source_answer, "kept": patched == target_answer}
         outcome["neither"] = ~(outcome["transfer"] | outcome["kept"])
-        row = {**description, "n_pairs": len(patched)}
+        row = {**description, "n_pairs": len(patched), "n_sources": len(np.unique(sources))}
         for name, hit in outcome.items():
-            low, high = wilson(int(hit.sum()), len(hit))
-            row.update({name: hit.mean(), f"{name}_low": low, f"{name}_high": high})
+            share, low, high = clustered_share(hit, sources)
+            row.update({name: share, f"{name}_low": low, f"{name}_high": high})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -188,39 +253,44 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def promotion_plan(emotions: Sequence[int], betas: Sequence[float], centres: Sequence[int], span: int,
-                   n_layers: int, directions: Mapping[int, np.ndarray], mean_norms: Mapping[int, float]
-                   ) -> tuple[Plan, list[dict]]:
+                   n_layers: int, directions: Mapping[int, np.ndarray], mean_norms: Mapping[int, float],
+                   clip: bool = False) -> tuple[Plan, list[dict]]:
     """Emotion promotion: the residual stream of each layer ``l`` of the window around each centre pushed
     along the unit direction of emotion ``e``'s probe row at ``l``, ``h + beta * mean_norms[l] * u_e``.
 
     ``directions[l]`` is ``[n_labels, hidden]`` of unit rows (:func:`raw_direction` of the probe's raw-space
     weights at layer ``l``), ``mean_norms[l]`` the mean norm of the clean residual stream there at the last
     token, over the texts: ``beta`` is relative to it, since models' norms differ by orders of magnitude.
-    Each description holds ``emotion`` (label id), ``beta``, and ``beta_absolute``, the step's norm at the
-    centre layer.
+    Each description (:func:`describe`) holds ``emotion`` (label id), ``beta``, ``beta_absolute`` (one step's norm
+    at the centre layer) and ``displacement`` (the steps' sum at the window's top layer, over its mean norm).
     """
     return _steering_plan({emotion: {layer: rows[emotion] for layer, rows in directions.items()}
-                           for emotion in emotions}, "emotion", betas, centres, span, n_layers, mean_norms)
+                           for emotion in emotions}, "emotion", betas, centres, span, n_layers, mean_norms, clip)
 
 
 def _steering_plan(named: Mapping[object, Mapping[int, np.ndarray]], name_key: str, betas: Sequence[float],
-                   centres: Sequence[int], span: int, n_layers: int, mean_norms: Mapping[int, float]
-                   ) -> tuple[Plan, list[dict]]:
-    """The residual stream of each layer ``l`` of the window around each centre pushed along ``named[n][l]``
-    (a unit vector ``[hidden]``), ``h + beta * mean_norms[l] * v``, for every name ``n`` and ``beta``; each
-    description holds the name under ``name_key``, ``beta`` and ``beta_absolute`` (the step's norm at the
-    centre layer)."""
-    windows = {centre: interventions.layer_window(centre, span, n_layers) for centre in centres}
-    described = [{"location": "residual", "layer": centre, "span": span, name_key: name, "beta": beta,
-                  "beta_absolute": beta * mean_norms[centre]}
-                 for centre in centres for name in named for beta in betas]
+                   centres: Sequence[int], span: int, n_layers: int, mean_norms: Mapping[int, float],
+                   clip: bool = False) -> tuple[Plan, list[dict]]:
+    """The residual stream of each layer ``l`` of the window around each centre (:func:`windows`) pushed along
+    ``named[n][l]`` (a unit vector ``[hidden]``), ``h + beta * mean_norms[l] * v``, for every name ``n`` and
+    ``beta``; each description holds the name under ``name_key``, ``beta``, ``beta_absolute`` (one step's norm at
+    the centre layer) and ``displacement`` (the norm of the steps' sum over the mean norm at the top layer)."""
+    edited = windows("residual", centres, span, n_layers, replaces=False, clip=clip)
+    described = []
+    for centre, layers in edited.items():
+        for name in named:
+            total = sum(mean_norms[layer] * np.asarray(named[name][layer], dtype=np.float64) for layer in layers)
+            for beta in betas:
+                described.append({**describe("residual", centre, layers), name_key: name, "beta": beta,
+                                  "beta_absolute": beta * mean_norms[centre],
+                                  "displacement": abs(beta) * float(np.linalg.norm(total)) / mean_norms[max(layers)]})
 
     def plan(indices: np.ndarray, batch: LastTokenBatch) -> list[list[Condition]]:
         device = batch.clean[("residual", 0)].device
         steps = {(name, layer): torch.from_numpy(np.asarray(named[name][layer], dtype=np.float32)).to(device)
-                 for name in named for layer in set().union(*windows.values())}
+                 for name in named for layer in set().union(*edited.values())}
         return [[{("residual", layer): interventions.add(beta * mean_norms[layer] * steps[(name, layer)])
-                  for layer in windows[centre]} for name in named for beta in betas] for centre in centres]
+                  for layer in layers} for name in named for beta in betas] for layers in edited.values()]
 
     return plan, described
 
@@ -269,12 +339,13 @@ def surgery_direction(weights: Mapping[str, np.ndarray], recipe: Mapping[str, in
     return raw_direction(v)
 
 
-def surgery_plan(recipes: Mapping[str, Mapping[int, np.ndarray]], betas: Sequence[float], centres: Sequence[int], span: int,
-                 n_layers: int, mean_norms: Mapping[int, float]) -> tuple[Plan, list[dict]]:
+def surgery_plan(recipes: Mapping[str, Mapping[int, np.ndarray]], betas: Sequence[float], centres: Sequence[int],
+                 span: int, n_layers: int, mean_norms: Mapping[int, float], clip: bool = False
+                 ) -> tuple[Plan, list[dict]]:
     """Appraisal surgery: the residual stream of each layer ``l`` of the window pushed along a recipe's unit
     direction, ``h + beta * mean_norms[l] * v``; ``recipes[name]`` is ``{layer: v}`` (one direction per
     layer, from that layer's appraisal probes, or a seeded random one for a control)."""
-    return _steering_plan(recipes, "recipe", betas, centres, span, n_layers, mean_norms)
+    return _steering_plan(recipes, "recipe", betas, centres, span, n_layers, mean_norms, clip)
 
 
 def answer_distribution_rows(logits: np.ndarray, clean: np.ndarray, described: Sequence[dict],
@@ -355,7 +426,8 @@ def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: C
     """One experiment of :data:`EXPERIMENTS` on the texts ``token_ids`` (whole prompts; ``row_ids[i]`` is text
     ``i``'s corpus row), its tidy table.
 
-    ``settings``: ``span``, ``every`` (centre layers, :func:`centre_layers`), ``seed``, and per experiment:
+    ``settings``: ``span``, ``every`` (centre layers, :func:`centre_layers`), ``clip_windows`` (:func:`windows`),
+    ``seed``, and per experiment:
     ``locations`` (ablation, patching), ``n_pairs`` (patching), ``betas`` (relative to the mean norm of the
     clean residual stream at each edited layer, over these texts), ``emotions`` (label names) and
     ``bootstrap`` (promotion), ``recipes``, ``orthogonalise``, ``random_controls`` (surgery).
@@ -366,9 +438,10 @@ def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: C
     asked for, give a single row whose ``note`` says so.
     """
     centres, span, seed = centre_layers(n_layers, settings["every"]), settings["span"], settings["seed"]
+    clip = settings["clip_windows"]
     n_texts = len(token_ids)
     if kind in ("zero", "random"):
-        plan, described = ablation_plan(kind, settings["locations"], centres, span, n_layers, seed, row_ids)
+        plan, described = ablation_plan(kind, settings["locations"], centres, span, n_layers, seed, row_ids, clip)
         logits, clean = condition_logits(batches(token_ids), plan, readout, n_texts, max_rows)
         return unchanged_rows(logits, clean, described)
     edited = sorted(set().union(*(interventions.layer_window(c, span, n_layers) for c in centres)))
@@ -381,10 +454,10 @@ def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: C
             return pd.DataFrame([{"note": f"every one of the {n_texts} texts gets the same clean answer, "
                                           f"{labels[answers[0]]!r}: no pair of texts to patch"}])
         source_states = {key: torch.from_numpy(values[sources]) for key, values in states.items()}
-        plan, described = patching_plan(settings["locations"], centres, span, n_layers, source_states)
+        plan, described = patching_plan(settings["locations"], centres, span, n_layers, source_states, clip)
         logits, target_clean = condition_logits(batches([token_ids[t] for t in targets]), plan, readout,
                                                 len(targets), max_rows)
-        return patching_rows(logits, target_clean, answers[sources], described)
+        return patching_rows(logits, target_clean, answers[sources], sources, described)
     if kind not in ("promotion", "surgery"):
         raise ValueError(f"experiment {kind!r} is not one of {list(EXPERIMENTS)}")
     states, _ = clean_outputs(batches(token_ids), [("residual", layer) for layer in edited], readout, n_texts)
@@ -402,13 +475,14 @@ def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: C
         for layer in edited:
             classes, weights = directions[layer]
             units[layer] = {int(c): raw_direction(w) for c, w in zip(classes, weights) if int(c) in emotions}
-        plan, described = promotion_plan(emotions, settings["betas"], centres, span, n_layers, units, mean_norms)
+        plan, described = promotion_plan(emotions, settings["betas"], centres, span, n_layers, units, mean_norms,
+                                         clip)
         logits, clean = condition_logits(batches(token_ids), plan, readout, n_texts, max_rows)
         table = promotion_rows(logits, clean, described, replicates=settings["bootstrap"], seed=seed)
         return table.assign(emotion=[labels[e] for e in table["emotion"]])
     recipes = recipe_directions({layer: directions[layer] for layer in edited}, settings["recipes"],
                                 settings["orthogonalise"])
     recipes.update(random_directions(settings["random_controls"], edited, hidden, seed))
-    plan, described = surgery_plan(recipes, settings["betas"], centres, span, n_layers, mean_norms)
+    plan, described = surgery_plan(recipes, settings["betas"], centres, span, n_layers, mean_norms, clip)
     logits, clean = condition_logits(batches(token_ids), plan, readout, n_texts, max_rows)
     return answer_distribution_rows(logits, clean, described, labels)

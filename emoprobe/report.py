@@ -80,7 +80,11 @@ def by_layer_text(table: pd.DataFrame, localisation: pd.DataFrame, model: str, g
             f"{place.location:<10} {place.subset:<13} {place.target:<6}: peak layer {place.peak_layer} "
             f"[{place.peak_low}, {place.peak_high}] ({place.peak_score:.3f} [{place.peak_score_low:.3f}, "
             f"{place.peak_score_high:.3f}]), onset {place.onset_layer} [{place.onset_low}, {place.onset_high}], "
-            f"plateau from {place.plateau_layer} [{place.plateau_low}, {place.plateau_high}]")
+            f"plateau from {place.plateau_layer} [{place.plateau_low}, {place.plateau_high}]; peak - layer 1 "
+            f"{place.peak_minus_first:+.3f} [{place.peak_minus_first_low:+.3f}, {place.peak_minus_first_high:+.3f}]"
+            + ("" if pd.isna(place.peak_minus_text) else
+               f", peak - text probe {place.peak_minus_text:+.3f} [{place.peak_minus_text_low:+.3f}, "
+               f"{place.peak_minus_text_high:+.3f}]"))
     for _, text in rows[rows["location"] == "text"].iterrows():
         lines.append(f"text baseline {text.subset} / {text.target}: balanced accuracy {text.balanced_accuracy:.3f} "
                      f"[{text.balanced_low:.3f}, {text.balanced_high:.3f}]")
@@ -117,6 +121,19 @@ def _pyplot():
 
 
 LANDMARKS = {"onset": "o", "plateau": "s", "peak": "^"}
+LANDMARK_NAMES = {"onset": "onset (half-way to the peak)", "plateau": "plateau start (within the peak's margin)",
+                  "peak": "peak"}
+
+
+def _legend_with_landmarks(ax, **kwargs) -> None:
+    """``ax``'s legend, with an entry per landmark marker of :func:`_mark_landmarks` (each with its interval)."""
+    from matplotlib.lines import Line2D
+
+    handles, names = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="dimgrey", marker=marker, linestyle="none", markersize=4)
+                for marker in LANDMARKS.values()]
+    names += [f"{LANDMARK_NAMES[landmark]}, 95 % bootstrap interval" for landmark in LANDMARKS]
+    ax.legend(handles, names, **kwargs)
 
 
 def _mark_landmarks(ax, places: pd.DataFrame, colours: Mapping[str, str], by: str, unit: str = "layer") -> None:
@@ -191,7 +208,7 @@ def plot_accuracy_by_layer(table: pd.DataFrame, localisation: pd.DataFrame, png:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(0, 1)
         axes[i, 0].set_ylabel(f"balanced accuracy, token {position}")
-    axes[0, -1].legend(fontsize=7, loc="upper left")
+    _legend_with_landmarks(axes[0, -1], fontsize=7, loc="upper left")
     figure.tight_layout()
     _footnote(figure, grid_note(grid_text))
     save(figure, png, pdf)
@@ -223,7 +240,7 @@ def plot_accuracy_by_depth(table: pd.DataFrame, localisation: pd.DataFrame, n_la
         ax.set_xlim(0, 1.02)
         ax.set_ylim(0, 1)
     axes[0, 0].set_ylabel("balanced accuracy")
-    axes[0, -1].legend(fontsize=8, loc="upper left")
+    _legend_with_landmarks(axes[0, -1], fontsize=7, loc="upper left")
     figure.tight_layout()
     save(figure, png, pdf)
 
@@ -318,8 +335,12 @@ def intervention_panels(accuracy: pd.DataFrame, interventions: pd.DataFrame, mod
         if part.empty:
             continue
         values = part[column] if column != "unchanged" else 1 - part[column]
-        span = int(part["span"].iloc[0])
-        panels.append((f"{title} (windows of {span} layers)",
+        spans = part.groupby("location")["span"].max()
+        window = spans[[l for l in spans.index if l != "residual"]].max() if len(spans) > ("residual" in spans) else None
+        described = "; ".join(piece for piece in (
+            "residual stream: that layer alone" if "residual" in spans else "",
+            f"attention, MLP: {window} layers centred on it" if window is not None else "") if piece)
+        panels.append((f"{title} ({described})",
                        part.assign(value=values).pivot(index="location", columns="layer", values="value")))
     return [(title, table.reindex([l for l in locations if l in table.index])) for title, table in panels]
 
@@ -337,9 +358,10 @@ def plot_intervention_heatmap(accuracy: pd.DataFrame, interventions: pd.DataFram
                                 squeeze=False)
     for ax, (title, table) in zip(axes[:, 0], panels):
         table = table.reindex(columns=range(1, int(n_layers) + 1))
+        ax.set_facecolor("lightgrey")  # a layer without a window (it would leave the model)
         sns.heatmap(table, ax=ax, vmin=0, vmax=1, cmap="viridis", cbar_kws={"label": "share", "pad": 0.01})
         ax.set_title(f"{model}: {title}", fontsize=9)
-        ax.set_xlabel("layer (centre of the window)")
+        ax.set_xlabel("layer (grey: no window there)")
         ax.set_ylabel("")
     figure.tight_layout()
     save(figure, png, pdf)
@@ -373,8 +395,8 @@ def plot_promotion(promotion: pd.DataFrame, model: str, png: str, pdf: str) -> N
         part = promotion[promotion["beta"] == beta]
         wide = part.pivot(index="emotion", columns="layer", values="change").loc[emotions]
         sns.heatmap(wide, ax=ax, vmin=-1, vmax=1, center=0, cmap="RdBu_r", cbar_kws={"label": "normalised change"})
-        ax.set_title(f"{model}: promotion, beta {beta:g} x mean norm (windows of {int(part['span'].iloc[0])})",
-                     fontsize=9)
+        ax.set_title(f"{model}: promotion, beta {beta:g} x mean norm at each of {int(part['span'].max())} layers "
+                     f"(top layer moved by {part['displacement'].median():.2g} x its mean norm, median)", fontsize=9)
         ax.set_xlabel("layer (centre of the window)")
     figure.tight_layout()
     save(figure, png, pdf)

@@ -7,12 +7,19 @@ scored together. The interval then describes the held-out accuracy of the probes
 a t-interval over folds instead treats the folds' overlapping training sets as independent
 (Nadeau & Bengio 2003) and has only k - 1 degrees of freedom.
 
-- accuracy: the Wilson score interval of the pooled outcomes;
-- balanced accuracy (the mean recall over the labels of the subset): a percentile bootstrap over texts, the same replicates for every layer, position and location of a subset
-  (:func:`bootstrap_counts`), so scores of different layers are compared on paired resamples.
+- accuracy: the Wilson score interval of the pooled outcomes (:func:`wilson`);
+- balanced accuracy (the mean recall over the labels of the subset): Price and Bonett's adjusted Wald interval
+  (:func:`balanced_interval`);
+- where along the layers a score forms (:func:`localise`): peak, onset and plateau layers with percentile
+  intervals from a bootstrap over texts, the same replicates for every layer, position and location of a subset
+  (:func:`bootstrap_counts`), so that layers are compared on paired resamples; the peak's score with an interval
+  that allows for the peak having been chosen among the layers on the same texts (:func:`selected_peak_interval`),
+  from which the plateau's margin is taken; paired differences (the peak against layer 1, against another probe
+  of the same texts) from the same replicates.
 
-``tests/test_scores.py`` checks by simulation that both nominal 95 % intervals cover the true
-held-out score in 93-97 % of replicates.
+``tests/test_scores.py`` checks by simulation that the nominal 95 % intervals cover the true held-out score in
+93-97 % of replicates (the accuracy's, the balanced accuracy's, and the selected peak's with layers of equal and of
+unequal true scores, correlated as real layers are).
 """
 
 from __future__ import annotations
@@ -34,8 +41,9 @@ SCORE_COLUMNS = ["n_texts", "n_labels", "balanced_accuracy", "balanced_low", "ba
                  "n_iter", "converged", "interval", "note"]
 
 
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion ``successes / n`` (NaNs when ``n`` is 0)."""
+def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion ``successes / n`` (NaNs when ``n`` is 0); ``n`` may be an
+    effective sample size (not an integer)."""
     if n == 0:
         return float("nan"), float("nan")
     p = successes / n
@@ -155,30 +163,69 @@ def landmarks(scores: np.ndarray, peak_margin: float | np.ndarray) -> np.ndarray
     return np.stack([peak, onset, plateau], axis=-1)
 
 
-def localise(y: np.ndarray, predicted: np.ndarray, layers: Sequence[int], counts: np.ndarray) -> dict[str, float]:
+def selected_peak_interval(observed: np.ndarray, replicates: np.ndarray, alpha: float = 0.05, beta: float = 0.2
+                           ) -> tuple[float, float]:
+    """A ``1 - 2 alpha`` interval of the best layer's true score, allowing for the best having been chosen among the
+    layers on the same texts (the highest of many noisy scores overstates its layer: with 30 layers of one true score
+    the pointwise interval of the highest covers that score in under half of the replicates).
+
+    From the bootstrap replicates (``[B, n_layers]``, the same resampled texts for every layer) and their
+    studentised deviations ``t = (replicate - observed) / se``: first the layers that may be the best, ``S = {l :
+    observed_l + c_beta se_l >= max_j (observed_j - c_beta se_j)}`` with ``c_beta`` the ``1 - beta`` quantile of
+    ``max_l |t_l|``; then the lower bound ``max over S of observed_l - c se_l``, ``c`` the ``1 - alpha`` quantile of
+    ``max over S of t_l`` (every layer of ``S`` at once), and the upper bound ``max over S of observed_l + z se_l``,
+    ``z`` the normal ``1 - alpha`` quantile. Each bound misses on its own side at most ``alpha`` of the time, and in
+    the simulations of ``tests/test_scores.py`` the two sides fail in different configurations (the lower when layers
+    tie, the upper when one stands out), so that the pair covers in 93-97 %.
+    """
+    se = replicates.std(axis=0, ddof=1)
+    se = np.where(se > 0, se, np.finfo(np.float64).eps)
+    t = (replicates - observed) / se
+    c_beta = np.quantile(np.abs(t).max(axis=1), 1 - beta)
+    maybe = observed + c_beta * se >= np.max(observed - c_beta * se)
+    c = np.quantile(t[:, maybe].max(axis=1), 1 - alpha)
+    z = float(stats.norm.ppf(1 - alpha))
+    low, high = np.max((observed - c * se)[maybe]), np.max((observed + z * se)[maybe])
+    return max(float(low), 0.0), min(float(high), 1.0)
+
+
+def paired_difference(first: np.ndarray, second: np.ndarray) -> tuple[float, float]:
+    """Percentile 95 % interval of ``first - second`` over paired bootstrap replicates (``[B]`` each, the same
+    resampled texts)."""
+    low, high = np.quantile(first - second, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def localise(y: np.ndarray, predicted: np.ndarray, layers: Sequence[int], counts: np.ndarray,
+             baseline: np.ndarray | None = None) -> dict[str, float]:
     """Where along the layers a probe's balanced accuracy forms, with bootstrap intervals over texts.
 
-    The plateau's margin is the peak's own 95 % half-width below it (peak score minus the lower end of
-    its :func:`balanced_interval`), fixed from the full sample and reused in every replicate; each
-    replicate recomputes the peak, onset and plateau start on the same resampled texts for every layer.
+    The peak's score comes with :func:`selected_peak_interval`; the plateau's margin is the peak's score minus that
+    interval's lower end, fixed from the full sample and reused in every replicate; each replicate recomputes the
+    peak, onset and plateau start on the same resampled texts for every layer.
 
     Parameters
     ----------
     y : int array [n]
     predicted : int array [n_layers, n], each layer's pooled out-of-fold predictions
     layers : the layer number of each row of ``predicted``
+    counts : float32 [B, n], the bootstrap replicates (:func:`bootstrap_counts`)
+    baseline : int array [n], another probe's predictions of the same texts (the text probe), or None
 
     Returns
     -------
     dict with ``{peak, onset, plateau}_layer`` and their ``_low``/``_high`` (2.5 and 97.5 % quantiles of the
-    replicates' layers), ``peak_score, peak_score_low, peak_score_high, first_layer_score``.
+    replicates' layers), ``peak_score, peak_score_low, peak_score_high, first_layer_score``, the paired differences
+    ``peak_minus_first`` (the peak layer's score minus the first layer's) and, with ``baseline``,
+    ``peak_minus_baseline``, each with ``_low``/``_high`` (paired percentile bootstrap, at the peak layer chosen on all
+    texts).
     """
     layers = np.asarray(layers)
     correct = predicted == y
     observed = np.array([balanced_accuracy(y, p) for p in predicted])
     replicates = balanced_accuracy_replicates(y, correct, counts)  # [B, n_layers]
     peak = int(observed.argmax())
-    peak_low, peak_high = np.quantile(replicates[:, peak], [0.025, 0.975])
+    peak_low, peak_high = selected_peak_interval(observed, replicates)
     margin = observed[peak] - peak_low
     point = landmarks(observed, margin)
     resampled = landmarks(replicates, margin)  # [B, 3]
@@ -186,8 +233,16 @@ def localise(y: np.ndarray, predicted: np.ndarray, layers: Sequence[int], counts
     for i, name in enumerate(("peak", "onset", "plateau")):
         low, high = np.quantile(layers[resampled[:, i]], [0.025, 0.975], method="inverted_cdf")
         row.update({f"{name}_layer": int(layers[point[i]]), f"{name}_low": int(low), f"{name}_high": int(high)})
-    row.update({"peak_score": float(observed[peak]), "peak_score_low": float(peak_low),
-                "peak_score_high": float(peak_high), "first_layer_score": float(observed[0])})
+    row.update({"peak_score": float(observed[peak]), "peak_score_low": peak_low, "peak_score_high": peak_high,
+                "first_layer_score": float(observed[0])})
+    low, high = paired_difference(replicates[:, peak], replicates[:, 0])
+    row.update({"peak_minus_first": float(observed[peak] - observed[0]), "peak_minus_first_low": low,
+                "peak_minus_first_high": high})
+    if baseline is not None:
+        other = balanced_accuracy_replicates(y, (baseline == y)[None], counts)[:, 0]
+        low, high = paired_difference(replicates[:, peak], other)
+        row.update({"peak_minus_baseline": float(observed[peak] - balanced_accuracy(y, baseline)),
+                    "peak_minus_baseline_low": low, "peak_minus_baseline_high": high})
     return row
 
 
@@ -196,23 +251,31 @@ LOCALISATION_COLUMNS = ["model", "location", "subset", "target", "position", "n_
                         "plateau_low", "plateau_high", "peak_depth", "peak_depth_low", "peak_depth_high", "onset_depth",
                         "onset_depth_low", "onset_depth_high", "plateau_depth", "plateau_depth_low",
                         "plateau_depth_high", "peak_score", "peak_score_low", "peak_score_high", "first_layer_score",
-                        "replicates"]
+                        "peak_minus_first", "peak_minus_first_low", "peak_minus_first_high", "peak_minus_text",
+                        "peak_minus_text_low", "peak_minus_text_high", "replicates"]
 
 
-def localisation_rows(problems: dict[str, dict], *, n_layers: int, replicates: int, seed: int) -> list[dict]:
+def localisation_rows(problems: dict[str, dict], *, n_layers: int, replicates: int, seed: int,
+                      text: dict[str, dict] | None = None) -> list[dict]:
     """:func:`localise` every problem and position of one location's predictions (as
     :func:`emoprobe.h5io.read_predictions` returns them), over layers 1..``n_layers`` (layer 0, the
-    embeddings, is a baseline, not a candidate). Depths are layer / ``n_layers``."""
+    embeddings, is a baseline, not a candidate). Depths are layer / ``n_layers``. ``text``: the text probe's
+    predictions of the same problems (``peak_minus_text``), where it scored the same texts."""
     rows = []
     for name, problem in problems.items():
         subset, target = name.split("/")
         layers = problem["layers"]
         keep = layers >= 1
         counts = bootstrap_counts(len(problem["label_id"]), replicates, seed)
+        baseline = None
+        if text and name in text and np.array_equal(text[name]["row_id"], problem["row_id"]):
+            baseline = text[name]["predicted"][0, 0]
         for p, position in enumerate(problem["positions"]):
             row = {"subset": subset, "target": target, "position": position, "n_texts": len(problem["label_id"]),
                    "n_layers": n_layers, "replicates": replicates}
-            row.update(localise(problem["label_id"], problem["predicted"][keep, p], layers[keep], counts))
+            found = localise(problem["label_id"], problem["predicted"][keep, p], layers[keep], counts, baseline)
+            found = {key.replace("baseline", "text"): value for key, value in found.items()}
+            row.update(found)
             for landmark in ("peak", "onset", "plateau"):
                 for suffix, key in (("", "_layer"), ("_low", "_low"), ("_high", "_high")):
                     row[f"{landmark}_depth{suffix}"] = row[f"{landmark}{key}"] / n_layers

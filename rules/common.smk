@@ -148,10 +148,11 @@ def chunk_index_of_layers(model):
 
 
 def localisation_inputs(wildcards):
-    """The predictions of every location's probes and of the logit lens, by location."""
+    """The predictions of every location's probes, of the logit lens and of the text probe, by location."""
     inputs = {location: probe_files(wildcards.model, location, "predictions.h5") for location in config["locations"]}
     inputs = {location: files for location, files in inputs.items() if files}
     inputs["logit_lens"] = [f"results/baselines/{wildcards.model}/logit_lens.predictions.h5"]
+    inputs["text"] = [f"results/baselines/{wildcards.model}/text.predictions.h5"]  # paired with each probe
     return inputs
 
 
@@ -295,7 +296,7 @@ def intervention_settings(experiment):
     """The settings that decide an experiment's table: the texts, the seed and the experiment's own section
     (ablation and patching: the locations too); not the batching or threads."""
     settings = config["interventions"]
-    decided = {"subset": settings["subset"], "texts": settings["texts"], "seed": settings["seed"]}
+    decided = {key: settings[key] for key in ("subset", "texts", "seed", "clip_windows")}
     if experiment in ("zero", "random", "patching"):
         decided["locations"] = settings["locations"]
     return {**decided, **settings[experiment]}

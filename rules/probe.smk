@@ -64,7 +64,8 @@ rule fit_text_baseline:
         unpack(answers_input),
         prompts="results/corpus/prompts.tsv",
     output:
-        "results/baselines/{model}/text.tsv",
+        table="results/baselines/{model}/text.tsv",
+        predictions="results/baselines/{model}/text.predictions.h5",
     log:
         "logs/fit_text_baseline/{model}.log",
     benchmark:
@@ -134,10 +135,11 @@ rule localise:
     params:
         code=script_code("localise"),
         probe={key: config["probe"][key] for key in ("bootstrap", "seed")},
-        locations=lambda wc: list(localisation_inputs(wc)),
+        locations=lambda wc: [location for location in localisation_inputs(wc) if location != "text"],
         provenance=lambda wc: {
             location: predictions_provenance(wc.model, location) for location in localisation_inputs(wc)
         },
+        text_provenance=lambda wc: predictions_provenance(wc.model, "text"),
         n_layers=lambda wc: config["models"][wc.model]["n_layers"],
     script:
         "../scripts/localise.py"

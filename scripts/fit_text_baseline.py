@@ -1,10 +1,12 @@
-"""The bag-of-words baseline: a probe on the texts alone, for every subset and target of one model's probes."""
+"""The bag-of-words baseline: a probe on the texts alone, for every subset and target of one model's probes, and its
+pooled out-of-fold predictions (one "layer", 0, and one "position", -1: it reads no state)."""
 
 import pandas as pd
 
 from emoprobe.baselines import text_probe
 from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
+from emoprobe.h5io import write_predictions
 from emoprobe.io import write_tsv
 from emoprobe.probes import probe_targets
 
@@ -14,13 +16,20 @@ fit = {key: settings[key] for key in ("C", "max_iter", "tol", "folds", "test_siz
 with reported_as_message():
     prompts = read_prompts(snakemake.input.prompts)
     answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
-tables = []
+tables, predictions = [], {}
 for subset, target, rows, label_id in probe_targets(settings["subsets"], settings["answer_probe"],
                                                     prompts["row_id"].to_numpy(), prompts["label_id"].to_numpy(),
                                                     answers, labels):
-    table, _ = text_probe(prompts["text"].to_numpy()[rows], label_id, label_names=labels, **fit)
+    table, predicted = text_probe(prompts["text"].to_numpy()[rows], label_id, label_names=labels, **fit)
     tables.append(table.assign(model=snakemake.wildcards.model, location="text", subset=subset, target=target,
                                layer=pd.NA))
+    if predicted is not None:  # kept for the paired comparisons with the probes of the same texts (localise)
+        predictions[f"{subset}/{target}"] = {
+            "positions": [-1], "row_id": prompts["row_id"].to_numpy()[rows][predicted["rows"]],
+            **{key: predicted[key] for key in ("label_id", "control_label_id")},
+            **{key: predicted[key][None] for key in ("predicted", "control_predicted")}}
     log.info("%s / %s (%d texts): balanced accuracy %.3f, accuracy %.3f; %s", subset, target, len(rows),
              table["balanced_accuracy"].iloc[0], table["accuracy"].iloc[0], table["note"].iloc[0] or "")
-write_tsv(pd.concat(tables, ignore_index=True), snakemake.output[0])
+write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
+write_predictions(snakemake.output.predictions, predictions, layers=[0],
+                  attrs={"model": snakemake.wildcards.model, "location": "text", "labels": labels})

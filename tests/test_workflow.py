@@ -205,18 +205,29 @@ def test_intervention_tables(e2e_run):
     tables = {e: pd.read_csv(e2e_run / f"results/interventions/smollm2-135m/{e}.tsv", sep="\t") for e in EXPERIMENTS}
     for experiment in ("zero", "random"):
         table = tables[experiment]
-        assert sorted(set(table["layer"])) == list(range(2, 31, 2)) and (table["n_texts"] == 32).all()
-        assert set(table["location"]) == {"residual", "attention", "mlp"} and (table["span"] == 3).all()
+        assert set(table["location"]) == {"residual", "attention", "mlp"} and (table["n_texts"] == 32).all()
+        # the residual stream one layer at a time; attention and MLP in windows of 3 that stay in the model
+        residual, others = table[table["location"] == "residual"], table[table["location"] != "residual"]
+        assert sorted(set(residual["layer"])) == list(range(2, 31, 2)) and (residual["span"] == 1).all()
+        assert (residual["first_layer"] == residual["layer"]).all() and (residual["last_layer"] == residual["layer"]).all()
+        assert sorted(set(others["layer"])) == list(range(2, 29, 2)) and (others["span"] == 3).all()
+        assert (others["first_layer"] == others["layer"] - 1).all() and (others["last_layer"] == others["layer"] + 1).all()
         assert (table["unchanged_low"] <= table["unchanged"]).all() and (table["unchanged"] <= table["unchanged_high"]).all()
     patching = tables["patching"]
-    assert (patching["span"] == 5).all() and patching["n_pairs"].between(20, 32).all()
+    assert sorted(set(patching.loc[patching["location"] == "attention", "layer"])) == list(range(4, 29, 2))
+    assert (patching.loc[patching["location"] != "residual", "span"] == 5).all()
+    assert patching["n_pairs"].between(20, 32).all() and (patching["n_sources"] <= patching["n_pairs"]).all()
     assert np.allclose(patching[["transfer", "kept", "neither"]].sum(axis=1), 1)
     last = patching[(patching["location"] == "residual") & (patching["layer"] == 30)].iloc[0]
     assert last["transfer"] == 1 and last["kept"] == 0  # the last residual stream is the answer's whole input
 
     promotion = tables["promotion"]
     assert set(promotion["emotion"]) == set(small_config()["dataset"]["labels"])
-    assert sorted(set(promotion["layer"])) == [5, 10, 15, 20, 25, 30] and set(promotion["beta"]) == {0.0, 1.0}
+    assert sorted(set(promotion["layer"])) == [5, 10, 15, 20, 25] and set(promotion["beta"]) == {0.0, 1.0}
+    assert (promotion["span"] == 3).all() and (promotion.loc[promotion["beta"] == 0, "displacement"] == 0).all()
+    # three steps of one mean norm each: up to three mean norms at the top layer, as far as the directions agree
+    stepped = promotion.loc[promotion["beta"] == 1, "displacement"]
+    assert (stepped > 0.5).all() and (stepped <= 3.5).all()
     still = promotion[promotion["beta"] == 0]
     # a step of 0 reruns the window's blocks on the cached path: the clean logits to float32 rounding
     assert (still["change"].abs() < 1e-5).all() and np.allclose(still["promoted"], still["clean_promoted"])
