@@ -31,8 +31,8 @@ step "$python" -m pytest -q -p no:cacheprovider tests/test_probes.py \
   tests/test_extract.py::test_extraction_on_cuda_matches_the_cpu
 step "$python" benchmarks/extraction.py --device cuda --threads "$threads" --model "$models/smollm2-135m" \
   --n-prompts 6600 --dtypes float32 bfloat16 "${gpu_batching[@]}" --save-hidden "$out/smollm2-135m.h5"
-step "$python" benchmarks/probes.py --device cuda --threads "$threads" --hidden "$out/smollm2-135m.h5" \
-  --reference-probes 2 --converged-layers 30
+step "$python" benchmarks/probes.py --device cuda --hidden "$out/smollm2-135m.h5" \
+  --answers results/answers/smollm2-135m.tsv --layers 1,10,20,30 --reference-probes 2 --converged-layers 30
 step "$python" benchmarks/extraction.py --device cuda --threads "$threads" --model "$models/gemma3-270m" \
   --n-prompts 6600 --dtypes float32 bfloat16 "${gpu_batching[@]}"
 step "$python" benchmarks/extraction.py --device cuda --threads "$threads" --model "$models/smollm2-135m" \

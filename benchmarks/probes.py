@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from emoprobe import grid  # noqa: E402
+from emoprobe.device import pick_device  # noqa: E402
 from emoprobe.h5io import read_layer  # noqa: E402
 from emoprobe.logistic import Probe, fit_logistic  # noqa: E402
 from emoprobe.probes import fold_indices, probe_layer, probe_targets, split_indices  # noqa: E402
@@ -63,7 +64,7 @@ from emoprobe.batched import probe_layer_batched
 from emoprobe.h5io import read_layer
 from emoprobe.probes import probe_targets
 torch.set_num_threads(1)
-hidden, answers, labels, layers, locations, protocol, out = pickle.load(open(sys.argv[1], "rb"))
+hidden, answers, labels, layers, locations, protocol, device, out = pickle.load(open(sys.argv[1], "rb"))
 answers = pd.read_csv(answers, sep="\\t")
 results = {}
 for location in locations:
@@ -72,7 +73,7 @@ for location in locations:
         problems = probe_targets(["all", "model_correct"], True, meta["row_id"], meta["label_id"], answers, labels)
         start = time.perf_counter()
         fitted = probe_layer_batched(states, [(rows, y) for _, _, rows, y in problems], meta["positions"],
-                                     label_names=labels, control=True, **protocol)
+                                     label_names=labels, control=True, device=device, **protocol)
         seconds = time.perf_counter() - start
         tables = {f"{s}/{t}": table for (s, t, _, _), (table, _) in zip(problems, fitted)}
         results[(location, layer)] = (seconds, tables)
@@ -81,19 +82,20 @@ pickle.dump(results, open(out, "wb"))
 """
 
 
-def run_baseline(revision: str, hidden: str, answers: str, labels: list, layers: list, locations: list) -> dict:
+def run_baseline(revision: str, hidden: str, answers: str, labels: list, layers: list, locations: list,
+                 device: str) -> dict:
     """``{(location, layer): (seconds, {problem: table})}`` of the baseline commit's trainer, in a subprocess."""
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "emoprobe"], capture_output=True,
                                  check=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         arguments, out = Path(tmp) / "arguments.pkl", Path(tmp) / "results.pkl"
-        arguments.write_bytes(pickle.dumps((hidden, answers, labels, layers, locations, PROTOCOL, str(out))))
+        arguments.write_bytes(pickle.dumps((hidden, answers, labels, layers, locations, PROTOCOL, device, str(out))))
         subprocess.run([sys.executable, "-c", BASELINE_RUN, str(arguments), tmp], check=True)
         return pickle.loads(out.read_bytes())
 
 
-def fit_cells(states, meta, answers, labels, location_cells):
+def fit_cells(states, meta, answers, labels, location_cells, device):
     """The workflow's probes of one layer at the given cells: ``(seconds, {problem: table}, fits)`` with, per solve,
     ``(n_classes, d, [(n_iter, n_train)])`` for the FLOP count."""
     positions = grid.positions_of(location_cells)
@@ -115,7 +117,8 @@ def fit_cells(states, meta, answers, labels, location_cells):
     try:
         start = time.perf_counter()
         results = probe_layer(states[:, index], positions, [(rows, y) for _, rows, y in problems],
-                              [location_cells[name] for name, _, _ in problems], label_names=labels, **PROTOCOL)
+                              [location_cells[name] for name, _, _ in problems], label_names=labels, device=device,
+                              **PROTOCOL)
         seconds = time.perf_counter() - start
     finally:
         module.fit_logistic = original
@@ -185,8 +188,10 @@ def main() -> None:
     parser.add_argument("--baseline", default=BASELINE, help="the commit whose trainer is compared ('' : none)")
     parser.add_argument("--converged-layers", default="", help="comma-separated layers to check against scikit-learn")
     parser.add_argument("--reference-probes", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="where both trainers fit (probe.device; auto: CUDA if any)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    device = str(pick_device(args.device, needs_float64=True))
 
     answers = pd.read_csv(args.answers, sep="\t")
     labels = [c.removeprefix("logit_") for c in answers if c.startswith("logit_")]
@@ -205,10 +210,11 @@ def main() -> None:
     full = dict(config, probe={**config["probe"], "grid": [{"locations": "all", "positions": "all", "problems": "all",
                                                              "control": True, "directions": False}]})
     full_cells = grid.cells(full)
-    print(f"{args.hidden}: layers {layers}, locations {locations}, one thread; {torch.__version__}; the workflow's "
+    print(f"{args.hidden}: layers {layers}, locations {locations}, one thread, {device}; {torch.__version__}; the workflow's "
           f"grid ({args.config}):\n{grid.describe(default_cells)}", flush=True)
 
-    baseline = run_baseline(args.baseline, args.hidden, args.answers, labels, layers, locations) if args.baseline else {}
+    baseline = (run_baseline(args.baseline, args.hidden, args.answers, labels, layers, locations, device)
+                if args.baseline else {})
     totals = {"grid": 0.0, "same cells": 0.0, "baseline": 0.0}
     flops = {"grid": 0.0, "same cells": 0.0}
     every_solve = []
@@ -217,8 +223,9 @@ def main() -> None:
     for location in locations:
         for layer in layers:
             states, meta = read_layer(args.hidden, layer, location)
-            seconds, tables, solves = fit_cells(states, meta, answers, labels, default_cells[location])
-            same_seconds, same_tables, same_solves = fit_cells(states, meta, answers, labels, full_cells[location])
+            seconds, tables, solves = fit_cells(states, meta, answers, labels, default_cells[location], device)
+            same_seconds, same_tables, same_solves = fit_cells(states, meta, answers, labels, full_cells[location],
+                                                               device)
             totals["grid"] += seconds
             totals["same cells"] += same_seconds
             flops["grid"] += product_flops(solves)
@@ -272,7 +279,7 @@ def main() -> None:
         seconds.append(time.perf_counter() - start)
         start = time.perf_counter()
         fit_logistic(x, [Probe(train, np.searchsorted(np.unique(y), y[train]), len(np.unique(y)))], C=1.0,
-                     max_iter=1000, tol=1e-4)
+                     max_iter=1000, tol=1e-4, device=device)
         ours.append(time.perf_counter() - start)
     print(f"reference notebook (LogisticRegression(C=1, max_iter=1000) on raw states, one probe): "
           f"{np.mean(seconds):.1f} s/probe on layers {sample}; the workflow's trainer on the same probe alone "
