@@ -34,6 +34,7 @@ localrules:
     plot_interventions,
     plot_steering,
     plot_interventions_by_depth,
+    plot_attention,
 
 
 rule all:

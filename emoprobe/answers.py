@@ -10,6 +10,7 @@ no second forward pass is needed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -91,8 +92,38 @@ def answer_logits(model: torch.nn.Module, last_state: np.ndarray, token_ids: Seq
     return np.concatenate(out)
 
 
-def answer_table(row_id: np.ndarray, label_id: np.ndarray, logits: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
-    """One row per text: ``row_id, label, answer, correct`` and a ``logit_<label>`` column per label.
+def free_answers(model: torch.nn.Module, last_state: np.ndarray, batch_size: int = 128
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The model's unrestricted next token: the argmax over its whole vocabulary of the next-token logits (the final
+    norm, the whole LM head, Gemma's soft-capping), and that token's probability (softmax over the vocabulary).
+
+    Parameters
+    ----------
+    last_state : numpy.ndarray of float32, shape [n_texts, hidden_size], the last block's output at the last token
+
+    Returns
+    -------
+    token ids (int64 [n_texts]) and probabilities (float64 [n_texts])
+    """
+    head = model.get_output_embeddings()
+    readout = label_readout(model, range(head.weight.shape[0]))
+    parameter = next(model.parameters())
+    tokens, probabilities = [], []
+    with torch.inference_mode():
+        for start in range(0, len(last_state), batch_size):
+            hidden = torch.from_numpy(last_state[start:start + batch_size]).to(parameter.device, parameter.dtype)
+            p = torch.softmax(readout(hidden).double(), dim=-1)
+            best = p.max(dim=-1)
+            tokens.append(best.indices.cpu().numpy())
+            probabilities.append(best.values.cpu().numpy())
+    return np.concatenate(tokens).astype(np.int64), np.concatenate(probabilities)
+
+
+def answer_table(row_id: np.ndarray, label_id: np.ndarray, logits: np.ndarray, labels: Sequence[str],
+                 free: tuple[Sequence[str], np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+    """One row per text: ``row_id, label, answer, correct``; with ``free`` (each text's unrestricted next token,
+    written as a JSON string so that spaces and newlines stay visible, its probability, and whether it is a label's
+    answer token) ``free_answer, free_probability, free_is_label``; and a ``logit_<label>`` column per label.
 
     ``labels`` are in label-id order; ``logits`` is ``[n_texts, len(labels)]``.
     """
@@ -103,4 +134,8 @@ def answer_table(row_id: np.ndarray, label_id: np.ndarray, logits: np.ndarray, l
         "answer": np.asarray(labels)[answer],
         "correct": answer == label_id,
     })
+    if free is not None:
+        words, probability, is_label = free
+        table = table.assign(free_answer=[json.dumps(word) for word in words], free_probability=probability,
+                             free_is_label=is_label)
     return pd.concat([table, pd.DataFrame(logits, columns=[f"logit_{label}" for label in labels])], axis=1)

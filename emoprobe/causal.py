@@ -380,6 +380,15 @@ def sample_indices(n_texts: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_texts, size, replace=False)).astype(np.int64)
 
 
+def sample_of(prompts: pd.DataFrame, answers: pd.DataFrame | None, *, subset: str, texts: int, seed: int
+              ) -> pd.DataFrame:
+    """The texts every experiment runs on: the prompts of ``subset`` (``model_correct``: those whose ``answers`` row
+    is correct), then a seeded sample of ``texts`` of them (:func:`sample_indices`)."""
+    if subset == "model_correct":
+        prompts = prompts[prompts["row_id"].isin(answers.loc[answers["correct"].astype(bool), "row_id"])]
+    return prompts.iloc[sample_indices(len(prompts), texts, seed)]
+
+
 def clean_outputs(batches: Iterable[tuple[np.ndarray, LastTokenBatch]], keys: Sequence[tuple[str, int]],
                   readout: Callable[[torch.Tensor], torch.Tensor], n_texts: int
                   ) -> tuple[dict[tuple[str, int], np.ndarray], np.ndarray]:
@@ -407,15 +416,13 @@ def random_directions(count: int, layers: Iterable[int], hidden_size: int, seed:
                            for layer in layers} for k in range(1, count + 1)}
 
 
-def recipe_directions(weights: Mapping[int, Mapping[str, np.ndarray]], recipes: Mapping[str, Mapping[str, int]],
+def recipe_directions(weights: Mapping[int, Mapping[str, np.ndarray]], recipes: Mapping[str, Mapping],
                       orthogonalise: bool) -> dict[str, dict[int, np.ndarray]]:
-    """Each recipe's unit direction at each layer of ``weights`` (``{layer: {appraisal: raw-space ridge
-    weights [hidden]}}``), :func:`surgery_direction`. With ``orthogonalise`` (the paper's text), a recipe's
-    direction is made orthogonal to the weights of the appraisals the other recipes name and it does not,
-    which it is to hold fixed; without (the paper's code), it is the plain signed sum."""
-    named = dict.fromkeys(name for recipe in recipes.values() for name in recipe)
-    return {name: {layer: surgery_direction(rows, recipe,
-                                            [a for a in named if a not in recipe] if orthogonalise else ())
+    """Each recipe's unit direction at each layer of ``weights`` (``{layer: {appraisal: raw-space ridge weights
+    [hidden]}}``), :func:`surgery_direction` of its ``push`` (``{appraisal: +1 or -1}``). With ``orthogonalise``
+    (the paper's text), made orthogonal to the weights of the appraisals it ``hold``\ s; without (the paper's
+    code), the plain signed sum."""
+    return {name: {layer: surgery_direction(rows, recipe["push"], recipe["hold"] if orthogonalise else ())
                    for layer, rows in weights.items()}
             for name, recipe in recipes.items()}
 
@@ -430,7 +437,8 @@ def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: C
     ``seed``, and per experiment:
     ``locations`` (ablation, patching), ``n_pairs`` (patching), ``betas`` (relative to the mean norm of the
     clean residual stream at each edited layer, over these texts), ``emotions`` (label names) and
-    ``bootstrap`` (promotion), ``recipes``, ``orthogonalise``, ``random_controls`` (surgery).
+    ``bootstrap`` (promotion), ``recipes`` (``{name: {"push": {appraisal: sign}, "hold": [appraisals]}}``),
+    ``orthogonalise``, ``random_controls`` (surgery).
     ``directions``: promotion's ``{layer: (classes, weights [k, hidden])}`` of the emotion probe, surgery's
     ``{layer: {appraisal: weights [hidden]}}``, both in the raw state space. ``labels`` are the label names in
     the order of ``readout``'s logits (and of the probes' class ids). Promotion pushes only the emotions the

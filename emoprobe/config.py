@@ -329,9 +329,18 @@ def check_config(config: dict, workdir: Path) -> None:
             if size is not None and not 1 <= size <= model["n_layers"]:
                 raise ConfigError(f"{key}: {size} is not between 1 and the {model['n_layers']} layers of {name}")
     try:
-        grid.cells(config)
+        cells = grid.cells(config)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    nonlinear = config["probe"]["nonlinear"]
+    if nonlinear["fit"] and nonlinear["locations"] != "all":
+        stray = [location for location in nonlinear["locations"] if location not in config["locations"]]
+        if stray:
+            raise ConfigError(f"probe.nonlinear.locations: {stray} are not among the configured locations "
+                              f"{config['locations']}")
+        if not grid.nonlinear_locations(config, cells):
+            raise ConfigError(f"probe.nonlinear.locations: {nonlinear['locations']}: the grid (probe.grid) fits no "
+                              "problem at token -1 there, where the non-linear probes are fitted")
     check_interventions(config)
 
 
@@ -341,7 +350,7 @@ def check_interventions(config: dict) -> None:
     probe directions the configured probes do not fit."""
     settings = config["interventions"]
     experiments = settings["experiments"]
-    for experiment in experiments:
+    for experiment in (e for e in experiments if e != "attention"):  # attention reads the model, edits no window
         span = settings[experiment]["span"]
         for name, model in config["models"].items():
             if span > model["n_layers"]:
@@ -355,11 +364,14 @@ def check_interventions(config: dict) -> None:
     if "surgery" in experiments and not columns:
         raise ConfigError("interventions.experiments: surgery pushes along the appraisal probes, and "
                           "dataset.appraisal_columns names none")
-    for recipe, signs in settings["surgery"]["recipes"].items() if "surgery" in experiments else ():
-        stray = [a for a in signs if a not in columns]
+    for recipe, parts in settings["surgery"]["recipes"].items() if "surgery" in experiments else ():
+        stray = [a for a in [*parts["push"], *parts["hold"]] if a not in columns]
         if stray:
             raise ConfigError(f"interventions.surgery.recipes.{recipe}: {stray} are not in dataset.appraisal_columns "
                               f"{columns}")
+        both = sorted(set(parts["push"]) & set(parts["hold"]))
+        if both:
+            raise ConfigError(f"interventions.surgery.recipes.{recipe}: {both} are both pushed and held")
     if "promotion" in experiments:
         probe = settings["promotion"]["probe"]
         if probe not in grid.problems(config["probe"]):

@@ -64,6 +64,25 @@ def fits_per_layer(config: dict, location: str) -> int:
                for by_position in cells(config)[location].values() for cell in by_position.values())
 
 
+def nonlinear_cells(location_cells: dict[str, dict[int, Cell]]) -> dict[str, dict[int, Cell]]:
+    """The non-linear probes' cells at a location (``probe.nonlinear``): each problem the grid fits at the last token
+    there, with its control where the grid has one, never directions (an MLP has none); empty where it fits no
+    problem at the last token."""
+    return {problem: {-1: Cell(by_position[-1].control, False)} for problem, by_position in location_cells.items()
+            if -1 in by_position}
+
+
+def nonlinear_locations(config: dict, grid_cells: dict[str, dict[str, dict[int, Cell]]]) -> list[str]:
+    """The locations with non-linear probes, in the config's order: none unless ``probe.nonlinear.fit``; those of
+    ``probe.nonlinear.locations`` where the grid fits a problem at the last token."""
+    settings = config["probe"]["nonlinear"]
+    if not settings["fit"]:
+        return []
+    wanted = config["locations"] if settings["locations"] == "all" else settings["locations"]
+    return [location for location in config["locations"]
+            if location in wanted and nonlinear_cells(grid_cells[location])]
+
+
 def positions_of(location_cells: dict[str, dict[int, Cell]]) -> list[int]:
     """The positions any problem of a location is fitted at, in the order they first appear."""
     return list(dict.fromkeys(p for by_position in location_cells.values() for p in by_position))

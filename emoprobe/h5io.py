@@ -331,3 +331,25 @@ def read_directions_of_layers(paths: Sequence, name: str, layers: Sequence[int],
         classes, weights, _ = read_directions(held[layer], name, layer, position, provenance=provenance)
         found[layer] = (classes, weights)
     return found
+
+
+def write_attention(path, row_id: np.ndarray, shares: np.ndarray, kept: dict[int, tuple[Sequence[str], np.ndarray]],
+                    attrs: dict) -> None:
+    """Store the last token's attention of one model's texts, atomically.
+
+    Layout: ``/row_id`` (int64 [n]), ``/shares`` (float32 [n, n_layers, n_heads, n_segments], attribute ``segments``:
+    their names, :data:`emoprobe.attention.SEGMENTS`), and per text of ``kept`` (``{row_id: (tokens, weights)}``) a
+    group ``/texts/{row_id}`` holding ``tokens`` (the prompt's tokens, strings) and ``weights`` (float32 [n_layers,
+    n_heads, n_tokens]): the attention of the last token over every token of the prompt.
+    """
+    from emoprobe.attention import SEGMENTS
+
+    with atomic_path(path) as partial, h5py.File(partial, "w") as f:
+        f.create_dataset("row_id", data=np.asarray(row_id, dtype=np.int64))
+        f.create_dataset("shares", data=np.asarray(shares, dtype=np.float32)).attrs["segments"] = list(SEGMENTS)
+        for row, (tokens, weights) in kept.items():
+            group = f.create_group(f"texts/{int(row)}")
+            group.create_dataset("tokens", data=np.asarray(tokens, dtype=object), dtype=h5py.string_dtype())
+            group.create_dataset("weights", data=np.asarray(weights, dtype=np.float32))
+        for key, value in attrs.items():
+            f.attrs[key] = str(value) if isinstance(value, str) else json.dumps(value)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from emoprobe.extract import (LOCATION_MODULES, PrefixCache, SharedPrefix, encode_prefix, left_pad, length_batches,
-                              max_padded_width, shared_prefix_length, state_module)
+                              location_module, max_padded_width, shared_prefix_length, state_module)
 from emoprobe.nethook import EditLastToken, RetainOutputs
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
@@ -109,7 +109,10 @@ class LastTokenBatch:
         self.cache.freeze()
         self.attention_mask = torch.cat([context_mask, torch.ones(len(token_ids), 1, dtype=torch.long)], 1).to(device)
         self.position_ids = torch.as_tensor([[offset + len(ids) - 1] for ids in token_ids], device=device)
-        last_ids = torch.as_tensor([[ids[-1]] for ids in token_ids], device=device)
+        # where each prompt's tokens sit among the cached keys: the prefix, the left-padded context, the last token
+        self.key_index = [list(range(offset)) + list(range(offset + context_ids.shape[1] - len(ids) + 1,
+                                                           offset + context_ids.shape[1] + 1)) for ids in token_ids]
+        self.last_ids = last_ids = torch.as_tensor([[ids[-1]] for ids in token_ids], device=device)
         keys = [("residual", 0)] + [(location, layer) for layer in range(1, len(blocks) + 1)
                                     for location in dict.fromkeys(["residual", *locations])]
         with RetainOutputs({key: state_module(model, blocks, *key) for key in keys}, select=lambda h: h[:, -1]) as trace:
@@ -118,6 +121,32 @@ class LastTokenBatch:
 
     def __len__(self) -> int:
         return len(self.position_ids)
+
+    def attention(self) -> list[torch.Tensor]:
+        """The last token's attention weights in every block over each prompt's own tokens, prefix included, in
+        prompt order: per prompt a float32 tensor ``[n_layers, n_heads, n_tokens]``, each row summing to 1.
+
+        The last token is run once more against the cache with the model's eager attention, which returns its
+        weights (the fused kernels do not); padding is masked as in any run, and tokens a sliding-window layer no
+        longer sees get 0 there."""
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [location_module(block, "attention").register_forward_hook(
+            lambda module, args, output, layer=layer: captured.__setitem__(layer, output[1][:, :, -1].float()))
+            for layer, block in enumerate(self.blocks, 1)]
+        implementation = self.model.config._attn_implementation
+        self.model.set_attn_implementation("eager")
+        try:
+            self._forward(input_ids=self.last_ids)
+        finally:
+            self.model.set_attn_implementation(implementation)
+            for hook in hooks:
+                hook.remove()
+        # a sliding-window layer caches only the last keys of the window: the earlier ones get no weight there
+        n_keys = max(w.shape[-1] for w in captured.values())
+        weights = torch.zeros(len(self), len(self.blocks), captured[1].shape[1], n_keys)
+        for layer, w in captured.items():
+            weights[:, layer - 1, :, n_keys - w.shape[-1]:] = w.cpu()
+        return [weights[i][:, :, index] for i, index in enumerate(self.key_index)]
 
     def _forward(self, copies: int = 1, **inputs) -> None:
         """Run the last token(s) of ``inputs`` (``copies`` times the batch's rows) against the cache."""

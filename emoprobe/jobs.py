@@ -9,7 +9,7 @@ workflow writes; it decides how the work is split and scheduled.
 from __future__ import annotations
 
 from emoprobe.config import chunk_size, layer_chunks
-from emoprobe.grid import fits_per_layer
+from emoprobe.grid import cells as grid_cells, fits_per_layer, nonlinear_cells
 
 # Tokens per prompt for the runtime requests: the two-shot prompts average 58 with SmolLM2's tokenizer
 # (benchmarks/scaling.py), the zero-shot ones fewer.
@@ -21,6 +21,9 @@ FLOP_RATE = {"float32": 5e10, "bfloat16": 2e13, "float16": 2e13}
 # what the trainer takes on the bundled models on a fast CPU (docs/performance.md), for slower CPUs and layers that
 # need more iterations; a retry doubles it. Wider layers also pay the whitening's d x d products (probe_seconds).
 PROBE_SECONDS = 0.08
+# Seconds of one CPU thread per iteration of one non-linear probe per million values of its features times hidden
+# units (n_texts x d x hidden), measured on the bundled SmolLM2 (docs/performance.md).
+NONLINEAR_SECONDS = 1.3e-4
 
 
 def extraction_chunks(config: dict, model: str) -> list[tuple[int, int]]:
@@ -99,6 +102,17 @@ def probe_seconds(config: dict, model: str, location: str, n_layers: int, n_text
 def probe_runtime(config: dict, model: str, location: str, n_layers: int, n_texts: int, attempt: int) -> int:
     """Minutes for a probe job of ``n_layers`` layers of ``location`` (:func:`probe_seconds`), plus ten for loading."""
     return int(10 + probe_seconds(config, model, location, n_layers, n_texts) / 60) * attempt
+
+
+def nonlinear_runtime(config: dict, model: str, location: str, n_texts: int, attempt: int) -> int:
+    """Minutes for the non-linear probes of ``location`` (every layer), each running its ``max_iter`` iterations at
+    :data:`NONLINEAR_SECONDS`: an upper bound, as a converged probe stops earlier; plus ten for loading."""
+    settings = config["probe"]["nonlinear"]
+    folds = max(config["probe"]["folds"], 1)
+    fits = sum(folds * (2 if cells[-1].control else 1) for cells in nonlinear_cells(grid_cells(config)[location]).values())
+    layers = sum(last - first + 1 for first, last in probe_groups(config, model, location))
+    values = n_texts * config["models"][model]["hidden_size"] * settings["hidden"] / 1e6
+    return int(10 + NONLINEAR_SECONDS * settings["max_iter"] * fits * values * layers / 60) * attempt
 
 
 def appraisal_mem_mb(config: dict, model: str, n_texts: int, attempt: int) -> int:

@@ -18,15 +18,19 @@ How it is fast:
   cut into contiguous blocks; each block is multiplied by the weights of the probes that train on it only, so
   no probe pays for its test rows (a fifth of the rows under 5 folds).
 - **Converged probes leave the product.** A probe that meets ``tol`` (or its budget) is dropped from every later
-  step, so each probe costs its own iterations, not those of the slowest probe of its solve.
+  step (:func:`emoprobe.lbfgs.minimise`), so each probe costs its own iterations, not those of the slowest probe
+  of its solve.
 - **Element-wise work on labels, not one-hot matrices**: the softmax, the loss and the residual
   ``softmax - onehot`` are formed in place on the logits of one block (a few passes over ``[probes, classes,
   rows]`` that stay in cache), with the true class gathered and scattered by index.
 - **Standardisation folded into the weights**: ``W z + b = (W / std) x + (b - (W / std) mean)``, so the raw
   features are never copied per fold; per-block sums give every probe's mean and standard deviation.
 - **Whitening**: the parameters are ``M`` with ``W = M Q``, ``Q = L^-1``, ``L L^T`` the correlation of the
-  features plus ``0.2 I`` (from all rows of the solve): the optimum is unchanged, but the residual stream's
-  strongly correlated features no longer make L-BFGS crawl.
+  features plus ``0.2 I`` (of the solve's rows, or given, e.g. of all texts): the optimum is unchanged, but the
+  residual stream's strongly correlated features no longer make L-BFGS crawl.
+- **The classes' curvature in the initial inverse Hessian**: L-BFGS starts each step from ``(mean(diag p - p p^T)
+  + 0.01 I)^-1`` over the classes (the softmax's factor of the Hessian, K-FAC), not from a scalar, so that probes
+  whose labels are mostly one class do not spend their steps learning the rare classes' curvature.
 
 Near the optimum a loss rounded to float32 can leave the line search no decrease to find; a probe that stalls
 so, short of ``tol``, is finished in float64 from where it stopped.
@@ -40,12 +44,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from emoprobe.lbfgs import minimise
+
 # Ridge added to the feature correlation in the whitening Q: it changes how fast L-BFGS converges, not where to;
 # 0.2 was fastest on the bundled models' layers among 0.06-2, and 0.0002-0.2 gave the same iterations.
 PRECONDITIONER_SHRINKAGE = 0.2
-ARMIJO = 1e-4  # sufficient decrease of the backtracking line search
-MAX_BACKTRACKS = 30
-HISTORY = 10  # curvature pairs per probe
 # Added to the class curvature before it is inverted (curvatures are probabilities' p(1 - p), at most 1/4): it keeps
 # the step of a class the probe barely predicts finite; 1e-2 took the fewest iterations among 1e-5..3e-2.
 CLASS_DAMPING = 1e-2
@@ -172,7 +175,8 @@ def _shifted(probe: Probe, shift: torch.Tensor) -> Probe:
 
 
 class _Solve:
-    """The batched L-BFGS of :func:`fit_logistic` over ordered, shifted features ``[n_used, d]``, in their dtype.
+    """The probes of :func:`fit_logistic` over ordered, shifted features ``[n_used, d]``, in their dtype, as the
+    :class:`emoprobe.lbfgs.Problem` that :func:`emoprobe.lbfgs.minimise` solves.
 
     Per-probe state lives in tensors whose first axis is the active probes; a probe that finishes is removed
     from all of them (and from the blocks' member lists) before the next step.
@@ -235,7 +239,7 @@ class _Solve:
     def evaluate(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Each active probe's objective ``[B]``, gradient ``[B, N]`` (written out by hand) and the inverse of its
         damped class curvature ``[B, K, K]``: the mean over its rows of ``diag(p) - p p^T``, the softmax's factor of
-        the Hessian (:meth:`_direction`)."""
+        the Hessian (:meth:`precondition`)."""
         B, K, d = len(theta), self.K, self.d
         w, b = self.weights(theta)
         raw = w / self.std[:, None, :]
@@ -287,104 +291,35 @@ class _Solve:
         return theta
 
     def run(self, *, max_iter: int, tol: float, used: Sequence[int] | None = None) -> list[Fit]:
-        """L-BFGS with a backtracking (Armijo) line search, each probe on its own curvature pairs, step length and
-        stopping test; returns the fits in the order of the probes."""
-        B = len(self.probes)
-        theta = self.start()
-        loss, grad, inverse = self.evaluate(theta)
-        budget = torch.as_tensor([max_iter - u for u in (used or [0] * B)], device=self.device)
-        n_iter = torch.zeros(B, dtype=torch.long, device=self.device)
-        converged = grad.abs().amax(dim=1) <= tol
-        h_diag = torch.ones(B, dtype=self.dtype, device=self.device)
-        steps, changes, rho = [], [], []
-        fits: dict[int, Fit] = {}
-        while True:
-            finished = converged | (n_iter >= budget)
-            if bool(finished.any()):
-                raw, intercept = self.raw(theta[finished], finished)
-                raw = raw.double()
-                intercept = intercept.double() - raw @ self.shift
-                for j, i in enumerate(torch.nonzero(finished).flatten().tolist()):
-                    probe = int(self.ids[i])
-                    k = self.probes[probe].n_classes
-                    fits[probe] = Fit(raw[j, :k].float().cpu().numpy(), intercept[j, :k].float().cpu().numpy(),
-                                      int(n_iter[i]) + (used[probe] if used else 0), bool(converged[i]))
-                keep = ~finished
-                if not bool(keep.any()):
-                    break
-                theta, loss, grad, inverse, n_iter, converged, budget, h_diag = (
-                    t[keep] for t in (theta, loss, grad, inverse, n_iter, converged, budget, h_diag))
-                steps, changes, rho = ([t[keep] for t in ts] for ts in (steps, changes, rho))
-                self._keep(keep)
-            direction = self._direction(grad, steps, changes, rho, h_diag, inverse)
-            slope = (grad * direction).sum(dim=1)
-            descent = slope < 0
-            first = n_iter == 0
-            t = torch.where(first, torch.clamp(1.0 / grad.abs().sum(dim=1), max=1.0), torch.ones_like(slope))
-            pending = descent.clone()
-            new_theta, new_loss, new_grad, new_inverse = theta.clone(), loss.clone(), grad.clone(), inverse.clone()
-            for _ in range(MAX_BACKTRACKS):
-                trial = theta + (t * pending)[:, None] * direction
-                trial_loss, trial_grad, trial_inverse = self.evaluate(trial)
-                accept = pending & (trial_loss <= loss + ARMIJO * t * slope)
-                new_theta[accept], new_loss[accept], new_grad[accept], new_inverse[accept] = (
-                    trial[accept], trial_loss[accept], trial_grad[accept], trial_inverse[accept])
-                pending &= ~accept
-                if not bool(pending.any()):
-                    break
-                t = torch.where(pending, t * 0.5, t)
-            # no descent direction, or no decrease found: float32 rounding; stop here (finished in float64)
-            stalled = ~descent | pending
-            step, change = new_theta - theta, new_grad - grad
-            curvature = (step * change).sum(dim=1)
-            # a pair whose curvature is lost in rounding would spoil the inverse Hessian estimate: skip it (relative,
-            # so that the small steps near an optimum, where a float64 finish starts, still count)
-            kept = ~stalled & (curvature > torch.finfo(self.dtype).eps * step.norm(dim=1) * change.norm(dim=1))
-            if bool(kept.any()):
-                if len(steps) == HISTORY:
-                    steps.pop(0), changes.pop(0), rho.pop(0)
-                steps.append(torch.where(kept[:, None], step, 0.0))
-                changes.append(torch.where(kept[:, None], change, 0.0))
-                rho.append(torch.where(kept, 1.0 / torch.where(kept, curvature, 1.0), 0.0))
-                scaled = (change * self._by_class(new_inverse, change)).sum(dim=1)
-                h_diag = torch.where(kept, curvature / scaled.clamp(min=1e-300), h_diag)
-            theta, loss, grad, inverse = new_theta, new_loss, new_grad, new_inverse
-            n_iter += (~stalled).long()
-            converged = ~stalled & (grad.abs().amax(dim=1) <= tol)
-            budget = torch.where(stalled, n_iter, budget)  # a stalled probe is finished, not converged
-        return [fits[i] for i in range(B)]
+        """The fits of :func:`emoprobe.lbfgs.minimise` from :meth:`start`, in the order of the probes."""
+        self.used, self.fits = used, {}
+        minimise(self, self.start(), max_iter=max_iter, tol=tol, used=used)
+        return [self.fits[i] for i in range(len(self.probes))]
 
-    def _keep(self, keep: torch.Tensor) -> None:
+    def finish(self, theta: torch.Tensor, which: torch.Tensor, n_iter: list[int], converged: list[bool]) -> None:
+        """Map the finished probes' parameters to raw-space weights and intercepts (in float64, then float32)."""
+        raw, intercept = self.raw(theta, which)
+        raw = raw.double()
+        intercept = intercept.double() - raw @ self.shift
+        for j, i in enumerate(torch.nonzero(which).flatten().tolist()):
+            probe = int(self.ids[i])
+            k = self.probes[probe].n_classes
+            self.fits[probe] = Fit(raw[j, :k].float().cpu().numpy(), intercept[j, :k].float().cpu().numpy(),
+                                   n_iter[j] + (self.used[probe] if self.used else 0), converged[j])
+
+    def keep(self, keep: torch.Tensor) -> None:
         """Drop the probes not in ``keep`` (a mask over the active ones) from the per-probe tensors."""
         self.ids = self.ids[keep]
         self.mean, self.std, self.absent, self.n_train, self.penalty = (
             t[keep] for t in (self.mean, self.std, self.absent, self.n_train, self.penalty))
         self._blocks()
 
-    def _by_class(self, inverse: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    def precondition(self, inverse: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """``r`` ``[B, N]`` (weights, then intercepts, classes first) multiplied by each probe's ``inverse`` ``[B, K,
         K]`` over the classes: the inverse of the Hessian's Kronecker approximation ``curvature x I`` (K-FAC), in the
-        whitened coordinates where the features' factor is the identity."""
+        whitened coordinates where the features' factor is the identity. A scalar initial Hessian leaves L-BFGS to
+        learn from its pairs the curvature of classes the probe rarely predicts (an answer probe's labels are mostly
+        one); the class factor gives it at once (half the iterations of such probes)."""
         B, K, d = len(r), self.K, self.d
         weights = torch.bmm(inverse, r[:, :K * d].reshape(B, K, d)).reshape(B, K * d)
         return torch.cat([weights, torch.bmm(inverse, r[:, K * d:, None])[:, :, 0]], dim=1)
-
-    def _direction(self, grad, steps, changes, rho, h_diag, inverse) -> torch.Tensor:
-        """The L-BFGS direction of each probe: the two-loop recursion over its own curvature pairs (rho 0: no
-        pair) from the initial inverse Hessian ``h_diag x`` :meth:`_by_class`, the gradient itself before there is
-        any pair. A scalar initial Hessian leaves L-BFGS to learn from its pairs the curvature of classes the probe
-        rarely predicts (an answer probe's labels are mostly one); the class factor gives it at once (half the
-        iterations of such probes)."""
-        r = -grad
-        if not steps:
-            return r
-        alphas = []
-        for s, y, p in zip(reversed(steps), reversed(changes), reversed(rho)):
-            alpha = p * (s * r).sum(dim=1)
-            r = r - alpha[:, None] * y
-            alphas.append(alpha)
-        r = self._by_class(inverse, r) * h_diag[:, None]
-        for (s, y, p), alpha in zip(zip(steps, changes, rho), reversed(alphas)):
-            beta = p * (y * r).sum(dim=1)
-            r = r + (alpha - beta)[:, None] * s
-        return r

@@ -21,6 +21,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from emoprobe.grid import Cell
 from emoprobe.logistic import Probe, fit_logistic, predict, whitening
+from emoprobe.mlp import fit_mlp, predict_mlp
 from emoprobe.scores import INTEGER_COLUMNS, INTERVAL, SCORE_COLUMNS, balanced_accuracy, score_predictions
 
 
@@ -179,9 +180,9 @@ class LayerProbes(NamedTuple):
 
 
 def probe_layer(states: np.ndarray, positions: Sequence[int], problems: Sequence[tuple[np.ndarray, np.ndarray]],
-                cells: Sequence[dict[int, Cell]], *, label_names: Sequence[str], C: float, max_iter: int, tol: float,
-                folds: int, test_size: float, seed: int, stratify: bool, device: str | torch.device = "cpu"
-                ) -> list[LayerProbes]:
+                cells: Sequence[dict[int, Cell]], *, label_names: Sequence[str], C: float = 1.0, max_iter: int = 1000,
+                tol: float = 1e-4, folds: int, test_size: float, seed: int, stratify: bool, device: str | torch.device = "cpu",
+                mlp: dict | None = None) -> list[LayerProbes]:
     """Fit and score each problem's probes at the positions of its grid cells, one layer.
 
     Parameters
@@ -194,6 +195,9 @@ def probe_layer(states: np.ndarray, positions: Sequence[int], problems: Sequence
         once with ``seed``, on the same folds) and with a fit on all its texts (its directions) where asked
     folds, test_size, stratify, seed : see :func:`fold_indices`
     device : where to fit (see :func:`emoprobe.device.pick_device`)
+    mlp : None for the linear probes (``C``, ``max_iter``, ``tol``); else the non-linear probes of
+        :func:`emoprobe.mlp.fit_mlp` with these settings (``hidden``, ``alpha``, ``max_iter``, ``tol``), seeded with
+        ``seed``, on the same folds (no directions: they are linear)
 
     Returns
     -------
@@ -225,9 +229,15 @@ def probe_layer(states: np.ndarray, positions: Sequence[int], problems: Sequence
             probes += [Probe(np.arange(n), y, k)] if cell.directions else []
             if position not in whitened:
                 whitened[position] = whitening(states[:, list(positions).index(position)])
-            fits = fit_logistic(x, probes, C=C, max_iter=max_iter, tol=tol, q=whitened[position], device=device)
-            # every fold's (and control's) labels of every text in one product, then each fold's rows read off it
-            labels = predict(x, fits[:len(probes) - cell.directions])
+            if mlp is None:
+                fits = fit_logistic(x, probes, C=C, max_iter=max_iter, tol=tol, q=whitened[position], device=device)
+                # every fold's (and control's) labels of every text in one product, then each fold's rows read off it
+                labels = predict(x, fits[:len(probes) - cell.directions])
+            elif cell.directions:
+                raise ValueError("a non-linear probe has no directions: its grid cells must not ask for them")
+            else:
+                fits = fit_mlp(x, probes, **mlp, seed=seed, q=whitened[position], device=device)
+                labels = predict_mlp(x, fits)
             accuracy = []
             for f, (train, test) in enumerate(splits):
                 predicted[i, test] = labels[f, test]

@@ -13,7 +13,7 @@ from emoprobe.scores import INTEGER_COLUMNS, SCORE_COLUMNS
 KEYS = ["model", "location", "subset", "target", "layer", "position"]
 COLUMNS = KEYS + SCORE_COLUMNS
 # Rows of accuracy.tsv that are not probes of a hidden-state location, in the order they follow them.
-BASELINES = ["logit_lens", "text"]
+BASELINES = ["logit_lens", "text", "appraisal_ratings"]
 TARGETS = ["label", "answer"]
 # The model's own readout (logit lens) giving its final answer on at least this share of texts marks the layers at
 # which a linear probe on model_correct can score by recovering the LM head (label = answer there).
@@ -85,23 +85,32 @@ def by_layer_text(table: pd.DataFrame, localisation: pd.DataFrame, model: str, g
             + ("" if pd.isna(place.peak_minus_text) else
                f", peak - text probe {place.peak_minus_text:+.3f} [{place.peak_minus_text_low:+.3f}, "
                f"{place.peak_minus_text_high:+.3f}]"))
-    for _, text in rows[rows["location"] == "text"].iterrows():
-        lines.append(f"text baseline {text.subset} / {text.target}: balanced accuracy {text.balanced_accuracy:.3f} "
-                     f"[{text.balanced_low:.3f}, {text.balanced_high:.3f}]")
+    for name, baseline in (("text baseline", "text"), ("appraisal ratings", "appraisal_ratings")):
+        for _, row in rows[rows["location"] == baseline].iterrows():
+            lines.append(f"{name} {row.subset} / {row.target}: balanced accuracy {row.balanced_accuracy:.3f} "
+                         f"[{row.balanced_low:.3f}, {row.balanced_high:.3f}]")
     unscored = rows[rows["balanced_accuracy"].isna()].drop_duplicates(["location", "subset", "target"])
     for _, row in unscored.iterrows():
         lines.append(f"not scored: {row.location} {row.subset} / {row.target}: {row.note}")
     return "\n".join(lines) + "\n"
 
 
+FREE_TOP = 10
+
+
 def answer_summary(answers: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per model: ``model, accuracy, n_texts, n_correct, most_common_answer, its_share``."""
+    """One row per model: ``model, accuracy, n_texts, n_correct, most_common_answer, most_common_share``, and of
+    the unrestricted next token, ``free_is_label_share`` (the texts whose free answer is a label's answer token) and
+    ``free_top`` (the :data:`FREE_TOP` most common free answers with their counts, ``"token" count; ...``)."""
     rows = []
     for model, table in answers.items():
         counts = table["answer"].value_counts()
+        free = table["free_answer"].value_counts().head(FREE_TOP)
         rows.append({"model": model, "accuracy": table["correct"].mean(), "n_texts": len(table),
                      "n_correct": int(table["correct"].sum()), "most_common_answer": counts.index[0],
-                     "most_common_share": counts.iloc[0] / len(table)})
+                     "most_common_share": counts.iloc[0] / len(table),
+                     "free_is_label_share": table["free_is_label"].astype(bool).mean(),
+                     "free_top": "; ".join(f"{word} {count}" for word, count in free.items())})
     return pd.DataFrame(rows)
 
 
@@ -158,8 +167,8 @@ def _footnote(figure, text: str) -> None:
 def plot_accuracy_by_layer(table: pd.DataFrame, localisation: pd.DataFrame, png: str, pdf: str, grid_text: str,
                            position: int = -1) -> None:
     """Balanced accuracy vs layer at ``position``: a panel per problem (subset and target, rows) and model
-    (columns), a line per location with its 95 % band (the residual stream from layer 0, the embeddings), the
-    logit lens dashed, the text baseline dotted, chance (1 / labels) grey; onset (o), plateau start (s) and peak
+    (columns), a line per location with its 95 % band (the residual stream from layer 0, the embeddings; its
+    non-linear probe, where fitted, dashed in its colour), the logit lens dashed black, the text baseline dotted, chance (1 / labels) grey; onset (o), plateau start (s) and peak
     (^) of each location with their intervals at the bottom; on ``model_correct`` panels the layers of
     :func:`circular_layers` shaded."""
     plt = _pyplot()
@@ -167,7 +176,7 @@ def plot_accuracy_by_layer(table: pd.DataFrame, localisation: pd.DataFrame, png:
 
     models = list(dict.fromkeys(table["model"]))
     problems = problems_of(table)
-    at = table[(table["position"] == position) | table["location"].eq("text")]
+    at = table[(table["position"] == position) | table["location"].isin(["text", "appraisal_ratings"])]
     figure, axes = plt.subplots(len(problems), len(models), figsize=(4.4 * len(models), 3.3 * len(problems)),
                                 squeeze=False, sharey=True)
     for i, (subset, target) in enumerate(problems):
@@ -176,18 +185,24 @@ def plot_accuracy_by_layer(table: pd.DataFrame, localisation: pd.DataFrame, png:
             part = at[(at["model"] == model) & (at["subset"] == subset) & (at["target"] == target)]
             colours = {}
             for location, rows in part[~part["location"].isin(BASELINES)].groupby("location", sort=False):
-                line, = ax.plot(rows["layer"], rows["balanced_accuracy"], marker="o", markersize=2.5, label=location)
+                # a location's non-linear (MLP) probe: dashed, in its linear probe's colour
+                linear = location.removesuffix("-nonlinear")
+                style = {"linestyle": "--", "color": colours[linear]} if linear in colours else {}
+                line, = ax.plot(rows["layer"], rows["balanced_accuracy"], marker="o", markersize=2.5, label=location,
+                                **style)
                 ax.fill_between(rows["layer"].astype(float), rows["balanced_low"], rows["balanced_high"],
                                 color=line.get_color(), alpha=0.2)
-                colours[location] = line.get_color()
+                colours.setdefault(location, line.get_color())
             lens = part[part["location"] == "logit_lens"]
             if len(lens):
                 ax.plot(lens["layer"], lens["balanced_accuracy"], color="black", linestyle="--", linewidth=1,
                         label="logit lens")
-            text = part[part["location"] == "text"]
-            if len(text) and text["balanced_accuracy"].notna().all():
-                ax.axhline(text["balanced_accuracy"].iloc[0], color="tab:brown", linestyle=":", linewidth=1.5,
-                           label="text (TF-IDF)")
+            for baseline, colour, name in (("text", "tab:brown", "text (TF-IDF)"),
+                                           ("appraisal_ratings", "tab:purple", "the 21 appraisal ratings")):
+                rows = part[part["location"] == baseline]
+                if len(rows) and rows["balanced_accuracy"].notna().all():
+                    ax.axhline(rows["balanced_accuracy"].iloc[0], color=colour, linestyle=":", linewidth=1.5,
+                               label=name)
             chance = part["balanced_chance"].dropna()
             if len(chance):
                 ax.axhline(chance.iloc[0], color="grey", linestyle="-", linewidth=0.8, label="chance (1 / labels)")
@@ -294,19 +309,29 @@ def plot_appraisal_r2(table: pd.DataFrame, model: str, png: str, pdf: str, posit
 
 
 def plot_confusion(answers: pd.DataFrame, labels: Sequence[str], model: str, png: str, pdf: str) -> None:
-    """Row-normalised confusion matrix of the model's own answers (true label by row)."""
+    """Row-normalised confusion matrix of the model's own answers (true label by row), and beside it what the model
+    would say unrestricted: its :data:`FREE_TOP` most common free next tokens, those that are a label's answer token
+    marked."""
     plt = _pyplot()
     import seaborn as sns
 
     counts = pd.crosstab(pd.Categorical(answers["label"], labels), pd.Categorical(answers["answer"], labels),
                          dropna=False)
     share = counts.div(counts.sum(axis=1).replace(0, 1), axis=0)
-    figure, ax = plt.subplots(figsize=(7, 6))
+    figure, (ax, free_ax) = plt.subplots(1, 2, figsize=(11, 6), gridspec_kw={"width_ratios": [7, 3]})
     sns.heatmap(share, ax=ax, vmin=0, vmax=1, cmap="Blues", annot=counts, fmt="d", annot_kws={"fontsize": 7},
                 cbar_kws={"label": "share of the true label's texts"})
-    ax.set_xlabel("model's answer")
+    ax.set_xlabel("model's answer (the argmax over the 13 labels' tokens)")
     ax.set_ylabel("true label")
     ax.set_title(f"{model}: answers, accuracy {answers['correct'].mean():.3f}", fontsize=10)
+    top = answers.groupby("free_answer")["free_is_label"].agg(["size", "first"]).sort_values("size", ascending=False)
+    top = top.head(FREE_TOP)[::-1]
+    free_ax.barh(range(len(top)), top["size"] / len(answers),
+                 color=["tab:blue" if is_label else "tab:grey" for is_label in top["first"]])
+    free_ax.set_yticks(range(len(top)), top.index, fontsize=8, family="monospace")
+    free_ax.set_xlabel("share of texts")
+    free_ax.set_title(f"unrestricted next token\n(blue: a label's; {answers['free_is_label'].mean():.2f} of texts)",
+                      fontsize=9)
     figure.tight_layout()
     save(figure, png, pdf)
 
@@ -459,5 +484,37 @@ def plot_interventions_by_depth(accuracy: pd.DataFrame, interventions: pd.DataFr
     for ax in axes[-1]:
         ax.set_xlabel("layer / number of layers")
     axes[0, -1].legend(fontsize=7)
+    figure.tight_layout()
+    save(figure, png, pdf)
+
+
+def plot_attention(attention: pd.DataFrame, patching: pd.DataFrame | None, model: str, png: str, pdf: str) -> None:
+    """Where the last token reads the event: the mean share of its attention on the event text, layer x head, and
+    beside it, on the same layers, the share of answers that patching the attention output transfers (its windows'
+    centres), so that the layers where attention moves the answer can be held against the heads that read the text."""
+    plt = _pyplot()
+    import seaborn as sns
+
+    text = attention[attention["segment"] == "text"].pivot(index="layer", columns="head", values="share")
+    n_layers = len(text)
+    figure, axes = plt.subplots(1, 2, figsize=(4 + 0.35 * text.shape[1], 1.5 + 0.25 * n_layers),
+                                gridspec_kw={"width_ratios": [max(text.shape[1], 4), 3]}, sharey=False)
+    sns.heatmap(text, ax=axes[0], vmin=0, vmax=1, cmap="magma", cbar_kws={"label": "share on the event text"})
+    axes[0].set_title(f"{model}: the last token's attention on the event text\n(mean over "
+                      f"{int(attention['n_texts'].iloc[0])} texts)", fontsize=9)
+    axes[0].set_xlabel("head")
+    ax = axes[1]
+    if patching is not None and "location" in patching:
+        rows = patching[patching["location"] == "attention"].set_index("layer")["transfer"]
+        rows = rows.reindex(text.index)
+        ax.barh(np.arange(n_layers) + 0.5, rows.fillna(0).to_numpy(), height=0.8, color="tab:orange")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of answers transferred")
+        ax.set_title("patching the attention output\n(windows centred on the layer)", fontsize=9)
+    else:
+        ax.text(0.5, 0.5, "no patching in this run", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    ax.set_ylim(n_layers, 0)
+    ax.set_yticks(np.arange(n_layers) + 0.5, text.index)
+    ax.set_ylabel("layer")
     figure.tight_layout()
     save(figure, png, pdf)

@@ -17,7 +17,7 @@ rule aggregate_accuracy:
         runtime=5,
     params:
         code=script_code("aggregate_accuracy"),
-        order={"models": MODELS, "locations": config["locations"], "subsets": config["probe"]["subsets"]},
+        order={"models": MODELS, "locations": score_locations(), "subsets": config["probe"]["subsets"]},
         grid=grid.describe(GRID),
     script:
         "../scripts/aggregate_accuracy.py"

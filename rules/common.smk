@@ -55,9 +55,13 @@ LAYERS = {m: list(range(1, config["models"][m]["n_layers"] + 1)) for m in MODELS
 CHUNKS = {m: jobs.extraction_chunks(config, m) for m in MODELS}
 # Extraction stores the token embeddings as layer 0 of the residual stream, in the first chunk.
 EMBEDDING_LAYER = "residual" in config["locations"]
+# the locations with non-linear probes (probe.nonlinear)
+NONLINEAR = grid.nonlinear_locations(config, GRID)
 
 
 EXPERIMENTS = config["interventions"]["experiments"]
+# The experiments that edit the model (one intervene job and table each); "attention" only reads it (rule attend).
+INTERVENTIONS = [e for e in EXPERIMENTS if e != "attention"]
 # Experiments whose tables share the combined heatmap with the probes: where a location is used.
 HEATMAP_EXPERIMENTS = [e for e in ("zero", "random", "patching") if e in EXPERIMENTS]
 
@@ -167,9 +171,34 @@ def probe_files(model, location=None, suffix="tsv"):
 
 def score_files():
     """Every table of probe and baseline scores of the run."""
-    return [path for model in MODELS for path in probe_files(model)] + [
-        f"results/baselines/{model}/{kind}.tsv" for model in MODELS for kind in ("text", "logit_lens")
+    kinds = ["text", "logit_lens"] + (["appraisal_ratings"] if config["dataset"]["appraisal_columns"] else [])
+    return (
+        [path for model in MODELS for path in probe_files(model)]
+        + [f"results/probes/{model}/{location}/nonlinear.tsv" for model in MODELS for location in NONLINEAR]
+        + [f"results/baselines/{model}/{kind}.tsv" for model in MODELS for kind in kinds]
+    )
+
+
+def score_locations():
+    """The locations of results/accuracy.tsv in order: each configured one, then its non-linear probes."""
+    return [
+        name
+        for location in config["locations"]
+        for name in [location] + ([f"{location}-nonlinear"] if location in NONLINEAR else [])
     ]
+
+
+def nonlinear_cells(location):
+    """The non-linear probes' cells at ``location`` (:func:`emoprobe.grid.nonlinear_cells`) as plain data."""
+    return {
+        problem: {position: cell._asdict() for position, cell in by_position.items()}
+        for problem, by_position in grid.nonlinear_cells(GRID[location]).items()
+    }
+
+
+def probe_layers(model, location):
+    """The layers the linear probes of ``location`` are fitted at (the embeddings, 0, on the residual stream)."""
+    return [layer for first, last in jobs.probe_groups(config, model, location) for layer in range(first, last + 1)]
 
 
 def appraisal_files():
@@ -211,9 +240,9 @@ def model_identity(model):
 
 
 def probe_settings():
-    """The probe settings that decide a probe's fit and scores: not the grid (a job's cells are its own param), the
-    job layout or the localisation's bootstrap."""
-    return {k: v for k, v in config["probe"].items() if k not in ("grid", "fits_per_job", "bootstrap")}
+    """The probe settings that decide a linear probe's fit and scores: not the grid (a job's cells are its own param),
+    the non-linear probes, the job layout or the localisation's bootstrap."""
+    return {k: v for k, v in config["probe"].items() if k not in ("grid", "nonlinear", "fits_per_job", "bootstrap")}
 
 
 def grid_cells(location):
@@ -278,13 +307,20 @@ def recorded_config():
     return recorded
 
 
-def intervention_inputs(wildcards):
-    """What an experiment reads: the model, the prompts, the answers where it runs on model_correct, and the
-    directions it pushes along (promotion: the residual stream's emotion probes; surgery: the appraisal
-    probes). Ablation and patching read no probe, so that refitting probes never reruns them."""
+def sample_inputs(wildcards):
+    """What the experiments' sample of texts needs: the model, the prompts, and the answers where it is drawn from
+    model_correct."""
     inputs = {**model_inputs(wildcards), "prompts": "results/corpus/prompts.tsv"}
     if config["interventions"]["subset"] == "model_correct":
         inputs["answers"] = f"results/answers/{wildcards.model}.tsv"
+    return inputs
+
+
+def intervention_inputs(wildcards):
+    """What an experiment reads: its sample's inputs, and the directions it pushes along (promotion: the residual
+    stream's emotion probes; surgery: the appraisal probes). Ablation and patching read no probe, so that refitting
+    probes never reruns them."""
+    inputs = sample_inputs(wildcards)
     if wildcards.experiment == "promotion":
         inputs["directions"] = probe_files(wildcards.model, "residual", "directions.h5")
     elif wildcards.experiment == "surgery":
@@ -292,11 +328,16 @@ def intervention_inputs(wildcards):
     return inputs
 
 
+def sample_settings():
+    """The settings that decide the experiments' sample of texts."""
+    return {key: config["interventions"][key] for key in ("subset", "texts", "seed")}
+
+
 def intervention_settings(experiment):
-    """The settings that decide an experiment's table: the texts, the seed and the experiment's own section
+    """The settings that decide an experiment's table: the sample, windows, and the experiment's own section
     (ablation and patching: the locations too); not the batching or threads."""
     settings = config["interventions"]
-    decided = {key: settings[key] for key in ("subset", "texts", "seed", "clip_windows")}
+    decided = {**sample_settings(), "clip_windows": settings["clip_windows"]}
     if experiment in ("zero", "random", "patching"):
         decided["locations"] = settings["locations"]
     return {**decided, **settings[experiment]}
@@ -322,7 +363,7 @@ def intervention_files(model=None, experiments=None):
     return [
         f"results/interventions/{m}/{experiment}.tsv"
         for m in ([model] if model else MODELS)
-        for experiment in (EXPERIMENTS if experiments is None else experiments)
+        for experiment in (INTERVENTIONS if experiments is None else experiments)
     ]
 
 
@@ -341,7 +382,10 @@ def all_targets():
     if config["dataset"]["appraisal_columns"]:
         figures += [f"appraisal_r2/{model}" for model in MODELS]
         tables.append("results/appraisal_r2.tsv")
-    if EXPERIMENTS:
+    if "attention" in EXPERIMENTS:
+        tables += expand("results/attention/{model}.tsv", model=MODELS)
+        figures += [f"attention/{model}" for model in MODELS]
+    if INTERVENTIONS:
         tables.append("results/interventions.tsv")
         kinds = (["interventions"] if HEATMAP_EXPERIMENTS else []) + [
             e for e in ("promotion", "surgery") if e in EXPERIMENTS

@@ -202,3 +202,30 @@ rule plot_interventions_by_depth:
         subset=heatmap_probe_subset(),
     script:
         "../scripts/plot_interventions_by_depth.py"
+
+
+rule plot_attention:
+    input:
+        attention="results/attention/{model}.tsv",
+        interventions=lambda wc: intervention_files(wc.model, [e for e in ("patching",) if e in INTERVENTIONS]),
+    output:
+        png=report(
+            "results/figures/attention/{model}.png",
+            caption="../report/attention.rst",
+            category="Figures",
+            subcategory="{model}",
+        ),
+        pdf="results/figures/attention/{model}.pdf",
+    log:
+        "logs/plot_attention/{model}.log",
+    benchmark:
+        "logs/benchmarks/plot_attention/{model}.tsv"
+    conda:
+        "../envs/plot-seaborn.yaml"
+    resources:
+        mem_mb=1024,
+        runtime=5,
+    params:
+        code=script_code("plot_attention"),
+    script:
+        "../scripts/plot_attention.py"

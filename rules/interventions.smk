@@ -28,6 +28,34 @@ rule intervene:
         "../scripts/run_intervention.py"
 
 
+rule attend:
+    input:
+        unpack(sample_inputs),
+    output:
+        table="results/attention/{model}.tsv",
+        weights="results/attention/{model}.h5",
+    log:
+        "logs/attend/{model}.log",
+    benchmark:
+        "logs/benchmarks/attend/{model}.tsv"
+    conda:
+        "../envs/interventions.yaml"
+    threads: config["interventions"]["threads"]
+    resources:
+        mem_mb=lambda wc, attempt: jobs.intervention_mem_mb(config, wc.model, N_TEXTS, attempt),
+        runtime=lambda wc, attempt: 15 * attempt,
+    params:
+        code=script_code("attend"),
+        model=lambda wc: model_identity(wc.model),
+        dtype=config["extraction"]["dtype"],
+        device=config["extraction"]["device"],
+        template=lambda wc: TEMPLATE,
+        settings={**sample_settings(), "attention": config["interventions"]["attention"]},
+        batching={key: config["interventions"][key] for key in ("batch_tokens", "max_batch_size", "max_padding")},
+    script:
+        "../scripts/attend.py"
+
+
 rule aggregate_interventions:
     input:
         intervention_files(),

@@ -29,6 +29,40 @@ rule fit_probes:
         "../scripts/fit_probes.py"
 
 
+rule fit_nonlinear_probes:
+    input:
+        unpack(answers_input),
+        states=lambda wc: chunk_files(wc.model),
+    output:
+        "results/probes/{model}/{location}/nonlinear.tsv",
+    log:
+        "logs/fit_nonlinear_probes/{model}/{location}.log",
+    benchmark:
+        "logs/benchmarks/fit_nonlinear_probes/{model}/{location}.tsv"
+    conda:
+        "../envs/probe.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: jobs.probe_mem_mb(config, wc.model, N_TEXTS, attempt),
+        runtime=lambda wc, attempt: jobs.nonlinear_runtime(config, wc.model, wc.location, N_TEXTS, attempt),
+    params:
+        code=script_code("fit_nonlinear_probes"),
+        # the folds and problems of the linear probes, not their optimiser
+        probe={
+            key: config["probe"][key]
+            for key in ("subsets", "answer_probe", "folds", "test_size", "seed", "stratify", "device")
+        },
+        nonlinear={key: config["probe"]["nonlinear"][key] for key in ("hidden", "alpha", "max_iter", "tol")},
+        cells=lambda wc: nonlinear_cells(wc.location),
+        labels=sorted(config["dataset"]["labels"]),
+        location=lambda wc: wc.location,
+        layers=lambda wc: probe_layers(wc.model, wc.location),
+        chunk_index=lambda wc: chunk_index_of_layers(wc.model),
+        provenance=lambda wc: hidden_provenance(wc.model),
+    script:
+        "../scripts/fit_nonlinear_probes.py"
+
+
 rule fit_appraisal_probes:
     input:
         states=lambda wc: chunk_files(wc.model),
@@ -71,7 +105,7 @@ rule fit_text_baseline:
     benchmark:
         "logs/benchmarks/fit_text_baseline/{model}.tsv"
     conda:
-        "../envs/probe-prompts.yaml"
+        "../envs/probe.yaml"
     threads: 1
     resources:
         mem_mb=2048,
@@ -82,6 +116,32 @@ rule fit_text_baseline:
         labels=sorted(config["dataset"]["labels"]),
     script:
         "../scripts/fit_text_baseline.py"
+
+
+rule fit_ratings_baseline:
+    input:
+        unpack(answers_input),
+        prompts="results/corpus/prompts.tsv",
+    output:
+        "results/baselines/{model}/appraisal_ratings.tsv",
+    log:
+        "logs/fit_ratings_baseline/{model}.log",
+    benchmark:
+        "logs/benchmarks/fit_ratings_baseline/{model}.tsv"
+    conda:
+        "../envs/probe-prompts.yaml"
+    threads: 1
+    resources:
+        mem_mb=2048,
+        runtime=lambda wc, attempt: 15 * attempt,
+    params:
+        code=script_code("fit_ratings_baseline"),
+        probe=probe_settings(),
+        control=text_control(),
+        labels=sorted(config["dataset"]["labels"]),
+        columns=config["dataset"]["appraisal_columns"],
+    script:
+        "../scripts/fit_ratings_baseline.py"
 
 
 rule logit_lens:

@@ -1,8 +1,9 @@
-"""The model's own answer to every prompt, from the stored last-layer states."""
+"""The model's own answer to every prompt, among the labels and unrestricted, from the stored last-layer states."""
 
+import numpy as np
 import torch
 
-from emoprobe.answers import answer_logits, answer_table, answer_token_ids
+from emoprobe.answers import answer_logits, answer_table, answer_token_ids, free_answers
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import read_layer
 from emoprobe.io import write_tsv
@@ -25,7 +26,11 @@ with reported_as_message():
 log.info("model %s on %s; answer tokens %s", name, device,
          dict(zip(labels, tokenizer.convert_ids_to_tokens(token_ids))))
 logits = answer_logits(model, states[:, 0], token_ids)
-table = answer_table(meta["row_id"], meta["label_id"], logits, labels)
-log.info("accuracy %.4f on %d texts; answers %s", table["correct"].mean(), len(table),
-         table["answer"].value_counts().to_dict())
+free, probability = free_answers(model, states[:, 0])
+words = tokenizer.convert_ids_to_tokens(free.tolist())
+words = [tokenizer.convert_tokens_to_string([word]) for word in words]
+table = answer_table(meta["row_id"], meta["label_id"], logits, labels, (words, probability, np.isin(free, token_ids)))
+log.info("accuracy %.4f on %d texts; answers %s; free answers a label's in %.3f, most common %s", table["correct"].mean(),
+         len(table), table["answer"].value_counts().to_dict(), table["free_is_label"].mean(),
+         table["free_answer"].value_counts().head(5).to_dict())
 write_tsv(table, snakemake.output[0], float_format="%.6g")

@@ -4,7 +4,7 @@ import pandas as pd
 import torch
 
 from emoprobe.answers import answer_token_ids, label_readout
-from emoprobe.causal import run_experiment, sample_indices
+from emoprobe.causal import run_experiment, sample_of
 from emoprobe.corpus import read_prompts
 from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
@@ -28,11 +28,9 @@ if kind == "promotion" and not all(settings["probe"] in directions_problems(path
               snakemake.output[0])
     raise SystemExit(0)
 with reported_as_message():
-    prompts = read_prompts(snakemake.input.prompts)
-    if settings["subset"] == "model_correct":
-        answers = pd.read_csv(snakemake.input.answers, sep="\t")
-        prompts = prompts[prompts["row_id"].isin(answers.loc[answers["correct"].astype(bool), "row_id"])]
-    prompts = prompts.iloc[sample_indices(len(prompts), settings["texts"], settings["seed"])]
+    answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
+    prompts = sample_of(read_prompts(snakemake.input.prompts), answers, subset=settings["subset"],
+                        texts=settings["texts"], seed=settings["seed"])
     model, tokenizer = load_decoder(path_or_id, revision=revision, dtype=snakemake.params.dtype, device=device,
                                     trust_remote_code=model_cfg["trust_remote_code"], local_only=local_only,
                                     head=True)

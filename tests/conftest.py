@@ -35,6 +35,9 @@ def small_config(limit: int = 144) -> dict:
     config["models"] = {"smollm2-135m": config["models"]["smollm2-135m"]}
     config["models"]["smollm2-135m"]["layer_chunk_size"] = 15
     config["probe"]["fits_per_job"] = 15 * 51  # 15 layers per job: the residual stream's 51 fits per layer (probe.grid)
+    # the non-linear probes (off by default for their time) of the residual stream, 4 hidden units: the MLP's cost on
+    # a slice is its whitening's d x d products, not the texts
+    config["probe"]["nonlinear"].update(fit=True, locations=["residual"], hidden=4)
     # every experiment on 32 of the texts, windows on every 2nd layer (promotion and surgery every 5th), one step
     # each besides promotion's two: what each table and figure needs, at a fraction of the run's time
     interventions = config["interventions"]

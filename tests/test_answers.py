@@ -46,3 +46,31 @@ def test_answer_tokens_are_distinct_first_tokens(smollm2_lm):
     assert tokenizer.convert_ids_to_tokens(ids[LABELS.index("joy")]) == "\u0120joy"  # with the leading space
     with pytest.raises(ConfigError, match="labels 'anger' and 'guilt' both start with token"):
         answer_token_ids(tokenizer, LABELS, {"guilt": "anger"})
+
+
+def test_the_free_answer_is_the_whole_vocabularys_argmax(smollm2_lm):
+    """The unrestricted next token read from the last block's output (what extraction stores) is the full causal
+    LM's argmax over its whole vocabulary, with its softmax probability."""
+    from emoprobe.answers import free_answers
+    from emoprobe.corpus import build_prompts, checked_corpus
+    from emoprobe.extract import tokenize
+
+    model, tokenizer = smollm2_lm
+    config = default_config()
+    corpus = checked_corpus(config["dataset"]["path"], config["dataset"]).head(6)
+    prompts = build_prompts(corpus, config["prompt"]["templates"]["zero_shot"])["prompt"].tolist()
+    states, expected, probability, captured = [], [], [], {}
+    last_block = model.get_decoder().layers[-1]
+    handle = last_block.register_forward_hook(
+        lambda module, args, output: captured.update(h=output[0] if isinstance(output, tuple) else output))
+    try:
+        with torch.inference_mode():
+            for ids in tokenize(tokenizer, prompts):
+                p = torch.softmax(model(torch.tensor([ids])).logits[0, -1].double(), dim=-1)
+                expected.append(int(p.argmax()))
+                probability.append(float(p.max()))
+                states.append(captured["h"][0, -1].numpy())
+    finally:
+        handle.remove()
+    tokens, found = free_answers(model, np.stack(states))
+    assert tokens.tolist() == expected and np.allclose(found, probability, atol=1e-5)

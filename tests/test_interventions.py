@@ -404,6 +404,13 @@ def test_a_surgery_direction_leaves_the_appraisals_held_fixed_alone():
     held = causal.surgery_direction(weights, {"pleasantness": 1}, held_fixed=["urgency", "effort"])
     assert np.isclose(np.linalg.norm(held), 1.0) and abs(held @ weights["urgency"]) < 1e-5 and \
         abs(held @ weights["effort"]) < 1e-5 and held @ weights["pleasantness"] > 0
+    # a recipe holds its own list, as the paper's set does; without orthogonalise, the plain signed sum (its code)
+    recipes = {"p+held": {"push": {"pleasantness": 1}, "hold": ["urgency", "effort"]},
+               "p+s-": {"push": {"pleasantness": 1, "self_control": -1}, "hold": []}}
+    found = causal.recipe_directions({7: weights}, recipes, orthogonalise=True)
+    assert np.allclose(found["p+held"][7], held, atol=1e-6) and np.allclose(found["p+s-"][7], plain, atol=1e-6)
+    unheld = causal.recipe_directions({7: weights}, recipes, orthogonalise=False)["p+held"][7]
+    assert np.allclose(unheld, weights["pleasantness"] / np.linalg.norm(weights["pleasantness"]), atol=1e-6)
 
 
 def test_answer_distributions_count_every_text_once():
@@ -458,3 +465,57 @@ def test_what_the_experiments_cannot_do_they_refuse(smollm2_parts):
         causal.run_experiment("steering", {"every": 5, "span": 3, "seed": 0, "clip_windows": False}, batches=None,
                               readout=readout, token_ids=token_ids, row_ids=np.arange(len(token_ids)), n_layers=30,
                               labels=LABELS)
+
+
+def eager_last_token_attention(model, prompt: list[int]) -> torch.Tensor:
+    """The last token's attention ``[n_layers, n_heads, n_tokens]`` of a plain full-prompt run with eager attention."""
+    implementation = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            found = model(torch.tensor([prompt]), output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation(implementation)
+    return torch.stack([a[0, :, -1].float() for a in found])
+
+
+def assert_attention_is_eager(model, blocks, token_ids, pad_id, share_prefix):
+    found = list(interventions.iter_last_token_batches(model, blocks, token_ids, pad_id=pad_id, batch_tokens=4096,
+                                                       max_batch_size=4, max_padding=0.9, share_prefix=share_prefix))
+    for indices, batch in found:
+        for i, weights in zip(indices, batch.attention()):
+            assert weights.shape[2] == len(token_ids[i])
+            assert torch.allclose(weights.sum(dim=2), torch.ones(()), atol=1e-5)
+            assert float((weights - eager_last_token_attention(model, token_ids[i])).abs().max()) < 1e-5, i
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_last_token_attention_is_eager_attention_on_a_sliding_window_model(share_prefix):
+    model = small_gemma3(window=8)  # a window shorter than the prompts: the cache drops keys the query cannot see
+    assert_attention_is_eager(model, decoder_layers(model), SMALL_PROMPTS, 0, share_prefix)
+
+
+def test_last_token_attention_is_eager_attention_on_both_bundled_models(smollm2_lm, gemma3_lm):
+    for model, tokenizer in (smollm2_lm, gemma3_lm):
+        base = model.get_decoder()
+        token_ids = tokenize(tokenizer, PROMPTS)  # of several lengths: padded batches
+        assert len({len(ids) for ids in token_ids}) > 1
+        assert_attention_is_eager(base, decoder_layers(base), token_ids, tokenizer.pad_token_id, share_prefix=True)
+
+
+def test_attention_shares_split_each_prompt_into_its_parts(smollm2_lm, gemma3_lm):
+    from emoprobe.attention import SEGMENTS, segment_shares, token_segments
+
+    template = "What are the inferred emotions in the following contexts? Context: {text} Answer:"
+    for _, tokenizer in (smollm2_lm, gemma3_lm):
+        token_ids = tokenize(tokenizer, PROMPTS)
+        segments = token_segments(tokenizer, PROMPTS, template)
+        for text, ids, found in zip(TEXTS, token_ids, segments):
+            assert len(found) == len(ids)
+            # the text's tokens spell the text; the segments come in order: start, opening, text, closing
+            assert tokenizer.decode([t for t, s in zip(ids, found) if s == 2]).strip() == text
+            assert found[0] == 0 and (np.diff(found[1:]) >= 0).all() and set(found[1:]) == {1, 2, 3}
+        weights = np.random.default_rng(0).dirichlet(np.ones(len(segments[0])), size=(2, 3))
+        shares = segment_shares(weights, segments[0])
+        assert shares.shape == (2, 3, len(SEGMENTS)) and np.allclose(shares.sum(axis=2), 1, atol=1e-6)
+        assert np.allclose(shares[..., 2], weights[..., segments[0] == 2].sum(axis=2), atol=1e-6)

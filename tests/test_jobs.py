@@ -87,7 +87,7 @@ def test_intervention_conditions_and_requests_follow_the_windows_and_the_sample(
         "texts": 100, "locations": ["residual", "attention", "mlp"], "batch_tokens": 32768,
         "zero": {"every": 1}, "patching": {"every": 2},
         "promotion": {"every": 3, "emotions": [], "betas": [0.5, 1.0]},
-        "surgery": {"every": 3, "recipes": {f"r{k}": {} for k in range(8)}, "random_controls": 2, "betas": [1.0]},
+        "surgery": {"every": 3, "recipes": {f"r{k}": {"push": {}} for k in range(8)}, "random_controls": 2, "betas": [1.0]},
     }
     assert jobs.intervention_conditions(config, "m", "zero") == 30 * 3
     assert jobs.intervention_conditions(config, "m", "patching") == 15 * 3  # layers 30, 28, .., 2

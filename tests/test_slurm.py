@@ -65,6 +65,10 @@ def test_a_cluster_whose_test_process_was_killed_is_cleared_and_a_live_one_is_no
         link.unlink(missing_ok=True)
 
 
+# the rules the profile sends to a GPU node: those that run the model or fit probes
+GPU_RULES = ("extract_hidden_states", "intervene", "attend", "fit_probes", "fit_nonlinear_probes")
+
+
 @pytest.mark.skipif(slurmctld_path() is None, reason="SLURM is not installed (no slurmctld on PATH); "
                     "apt-get install slurmctld slurmd slurm-client munge")
 def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
@@ -72,7 +76,7 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
         # the project's profile, adapted to this cluster only: its partition, its GPU type, its size
         profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
         profile["default-resources"]["slurm_partition"] = cluster.partition
-        for rule in ("extract_hidden_states", "intervene", "fit_probes"):
+        for rule in GPU_RULES:
             profile["set-resources"][rule]["gpu_model"] = cluster.gpu_model
         profile["max-threads"] = os.cpu_count()  # extraction.threads (8) > the node's CPUs; the local run has 2 too
         profile["slurm-init-seconds-before-status-checks"] = 2  # not 40: the jobs here take seconds
@@ -105,10 +109,10 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
     rules = Counter(re.sub(r"_wildcards_.*", "", comment).removeprefix("rule_") for _, comment, _ in states.values())
     # everything but the local rules (all, aggregating and plotting) ran as a SLURM job, once
     assert rules == {"prepare_prompts": 1, "prepare_gguf_model": 1, "extract_hidden_states": 2, "answer_emotions": 1,
-                     "fit_probes": 6, "fit_appraisal_probes": 1, "fit_text_baseline": 1, "logit_lens": 1,
-                     "localise": 1, "intervene": 5}
+                     "fit_probes": 6, "fit_appraisal_probes": 1, "fit_text_baseline": 1, "fit_ratings_baseline": 1, "logit_lens": 1,
+                     "localise": 1, "intervene": 5, "attend": 1, "fit_nonlinear_probes": 1}
     assert all("gpu" in gres for _, comment, gres in states.values()
-               if any(rule in comment for rule in ("extract_hidden_states", "intervene", "fit_probes")))
+               if any(rule in comment for rule in GPU_RULES))
 
     from conftest import TOKEN
 

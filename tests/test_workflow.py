@@ -236,7 +236,7 @@ def test_intervention_tables(e2e_run):
 
     surgery = tables["surgery"]
     # the recipes in their canonical (sorted) order, then the random controls
-    recipes = [*sorted(small_config()["interventions"]["surgery"]["recipes"]), "random1", "random2"]
+    recipes = [*sorted(small_config()["interventions"]["surgery"]["recipes"]), "random1", "random2", "random3"]
     assert list(dict.fromkeys(surgery["recipe"])) == recipes
     per_condition = surgery.groupby(["recipe", "layer", "beta"])
     assert (per_condition["count"].sum() == 32).all() and (per_condition["clean_count"].sum() == 32).all()
@@ -342,15 +342,16 @@ def test_a_config_given_on_the_command_line_reruns_nothing(e2e_run):
 def test_new_answer_words_rerun_the_answers_and_what_reads_them_not_the_states(e2e_run):
     jobs = dry_run(e2e_run, with_changes(small_config(), answer__words={"neutral": "none"}))
     # the experiments read the answer from the same label tokens
-    assert jobs == {"answer_emotions": 1, "logit_lens": 1, "fit_probes": 6, "fit_text_baseline": 1,
+    assert jobs == {"answer_emotions": 1, "logit_lens": 1, "fit_probes": 6, "fit_text_baseline": 1, "fit_ratings_baseline": 1,
                     "count_subsets": 1, "localise": 1, "summarise_answers": 1, "aggregate_accuracy": 1,
                     "plot_accuracy": 1, "plot_layer_position": 1, "plot_confusion": 1, "record_config": 1, "all": 1,
-                    "intervene": 5, "aggregate_interventions": 1, "plot_steering": 2, **ACCURACY_READERS}
+                    "intervene": 5, "aggregate_interventions": 1, "plot_steering": 2, "fit_nonlinear_probes": 1,
+                    "plot_attention": 1, **ACCURACY_READERS}
 
 
 def test_new_probe_tolerance_reruns_the_fits_not_the_appraisal_or_the_answers(e2e_run):
     jobs, experiments = planned_experiments(e2e_run, with_changes(small_config(), probe__tol=1e-3))
-    assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "localise": 1, "aggregate_accuracy": 1,
+    assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "fit_ratings_baseline": 1, "localise": 1, "aggregate_accuracy": 1,
                     "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1, "all": 1,
                     **STEERING_READERS, **ACCURACY_READERS}
     assert experiments == ["promotion"]
@@ -365,7 +366,7 @@ def test_new_storage_dtype_reruns_the_extraction_and_everything_after_it(e2e_run
 
 def test_new_probe_parameter_reruns_probes_and_aggregation_only(e2e_run):
     jobs, experiments = planned_experiments(e2e_run, with_changes(small_config(), probe__C=0.5))
-    assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "localise": 1, "aggregate_accuracy": 1,
+    assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "fit_ratings_baseline": 1, "localise": 1, "aggregate_accuracy": 1,
                     "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1, "all": 1,
                     **STEERING_READERS, **ACCURACY_READERS}
     assert experiments == ["promotion"]  # the new probes' directions; ablation and patching read no probe
@@ -373,8 +374,8 @@ def test_new_probe_parameter_reruns_probes_and_aggregation_only(e2e_run):
 
 def test_no_answer_probe_reruns_the_probes_and_baselines_but_not_the_answers(e2e_run):
     jobs = dry_run(e2e_run, with_changes(small_config(), probe__answer_probe=False))
-    assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "logit_lens": 1, "count_subsets": 1, "localise": 1,
-                    "aggregate_accuracy": 1, "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1,
+    assert jobs == {"fit_probes": 6, "fit_nonlinear_probes": 1, "fit_text_baseline": 1, "fit_ratings_baseline": 1,
+                    "logit_lens": 1, "count_subsets": 1, "localise": 1, "aggregate_accuracy": 1, "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1,
                     "all": 1, **STEERING_READERS, **ACCURACY_READERS}
 
 
@@ -423,14 +424,17 @@ def test_an_experiments_own_key_reruns_that_experiment_only(e2e_run, section, ke
     assert sorted(planned) == sorted(experiments)
     assert jobs["intervene"] == len(experiments) and "fit_probes" not in jobs and "extract_hidden_states" not in jobs
     expected = HEATMAP_READERS if set(experiments) & {"zero", "random", "patching"} else STEERING_READERS
+    if "patching" in experiments:  # drawn beside the attention shares
+        expected = {**expected, "plot_attention": 1}
     besides = {"intervene", "record_config", "all", "plot_steering"}
     assert set(jobs) - besides == set(expected) - besides
 
 
 def test_new_intervention_sample_reruns_every_experiment_not_the_probes(e2e_run):
     jobs, experiments = planned_experiments(e2e_run, with_changes(small_config(), interventions__seed=7))
-    assert jobs == {"intervene": 5, "aggregate_interventions": 1, "plot_steering": 2, "record_config": 1, "all": 1,
-                    **ACCURACY_READERS}
+    # the attention weights are read on the same seeded sample of texts
+    assert jobs == {"intervene": 5, "aggregate_interventions": 1, "plot_steering": 2, "attend": 1, "plot_attention": 1,
+                    "record_config": 1, "all": 1, **ACCURACY_READERS}
     assert sorted(experiments) == sorted(EXPERIMENTS)
 
 
@@ -477,7 +481,7 @@ def copy_of_the_workflow(directory):
     return directory / "Snakefile"
 
 
-PROBE_CODE_RERUNS = {"fit_probes": 6, "fit_appraisal_probes": 1, "fit_text_baseline": 1, "logit_lens": 1,
+PROBE_CODE_RERUNS = {"fit_probes": 6, "fit_nonlinear_probes": 1, "fit_appraisal_probes": 1, "fit_text_baseline": 1, "fit_ratings_baseline": 1, "logit_lens": 1,
                      "count_subsets": 1, "localise": 1, "aggregate_accuracy": 1, "aggregate_appraisal": 1,
                      "plot_accuracy": 1, "plot_layer_position": 1, "plot_appraisal": 1, "all": 1,
                      # promotion and surgery read the new probes' directions (neither imports emoprobe.probes)
@@ -538,11 +542,12 @@ def test_new_model_runs_only_that_models_jobs(e2e_run):
     # fit_probes: the residual stream's layers 00-15 and 16-18, attention's and the MLP's 01-18 (the small config's
     # probe.fits_per_job: 15 layers of the residual stream's 51 fits, 25 of the others' 30)
     assert jobs == {"prepare_gguf_model": 1, "extract_hidden_states": 1, "answer_emotions": 1, "fit_probes": 4,
-                    "fit_appraisal_probes": 1, "fit_text_baseline": 1, "logit_lens": 1, "localise": 1,
+                    "fit_appraisal_probes": 1, "fit_text_baseline": 1, "fit_ratings_baseline": 1, "logit_lens": 1, "localise": 1,
                     "count_subsets": 1, "aggregate_accuracy": 1, "summarise_answers": 1,
                     "aggregate_appraisal": 1, "plot_accuracy": 1, "plot_layer_position": 1, "plot_confusion": 1,
                     "plot_appraisal": 1, "record_config": 1, "all": 1, "intervene": 5, "aggregate_interventions": 1,
-                    "plot_interventions": 2, "plot_steering": 2, "plot_interventions_by_depth": 1}
+                    "plot_interventions": 2, "plot_steering": 2, "plot_interventions_by_depth": 1,
+                    "fit_nonlinear_probes": 1, "attend": 1, "plot_attention": 1}
     assert "smollm2-135m/layers" not in result.stdout.split("rule aggregate_accuracy")[0].split("output:")[-1]
     planned_outputs = re.findall(r"output: (\S+)", result.stdout)
     assert not [o for o in planned_outputs if "smollm2" in o and o.endswith((".h5", ".tsv"))]

@@ -1,0 +1,50 @@
+"""What the last prompt token attends to, per layer and head, on the texts the interventions run on: the share of
+its attention on the start, the template's opening, the event text and the template's closing words, and the weights
+over every token of a few of the texts."""
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emoprobe.attention import segment_shares, share_table, token_segments
+from emoprobe.causal import sample_of
+from emoprobe.corpus import read_prompts
+from emoprobe.device import pick_device
+from emoprobe.errors import log_to, reported_as_message
+from emoprobe.extract import tokenize
+from emoprobe.h5io import write_attention
+from emoprobe.interventions import iter_last_token_batches
+from emoprobe.io import write_tsv
+from emoprobe.models import decoder_layers, load_decoder, model_location
+
+log = log_to(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+name, model_cfg, settings = snakemake.wildcards.model, snakemake.params.model, snakemake.params.settings
+path_or_id, revision, local_only = model_location(name, model_cfg, getattr(snakemake.input, "model_dir", None))
+with reported_as_message():
+    answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
+    prompts = sample_of(read_prompts(snakemake.input.prompts), answers, subset=settings["subset"],
+                        texts=settings["texts"], seed=settings["seed"])
+    model, tokenizer = load_decoder(path_or_id, revision=revision, dtype=snakemake.params.dtype,
+                                    device=pick_device(snakemake.params.device),
+                                    trust_remote_code=model_cfg["trust_remote_code"], local_only=local_only)
+token_ids = tokenize(tokenizer, prompts["prompt"])
+segments = token_segments(tokenizer, prompts["prompt"], snakemake.params.template)
+blocks = decoder_layers(model)
+shares, kept = [None] * len(token_ids), {}
+for indices, batch in iter_last_token_batches(model, blocks, token_ids, pad_id=tokenizer.pad_token_id,
+                                              **snakemake.params.batching):
+    for i, weights in zip(indices, batch.attention()):
+        shares[i] = segment_shares(weights.numpy(), segments[i])
+        if i < settings["attention"]["kept"]:
+            kept[int(i)] = weights.numpy()
+shares = np.stack(shares)
+table = share_table(shares)
+table.insert(0, "model", name)
+text = table[table["segment"] == "text"].groupby("layer")["share"].max()
+log.info("%d texts; the most any head of a layer attends to the event text: %s", len(token_ids),
+         text.round(2).to_dict())
+write_tsv(table, snakemake.output.table, float_format="%.6g")
+write_attention(snakemake.output.weights, prompts["row_id"].to_numpy(), shares,
+                {prompts["row_id"].iloc[i]: (tokenizer.convert_ids_to_tokens(token_ids[i]), kept[i]) for i in kept},
+                attrs={"model": name, "template": snakemake.params.template})
