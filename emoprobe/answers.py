@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emoprobe.config import ConfigError
+from emoprobe.errors import ConfigError
 
 
 def answer_token_ids(tokenizer, labels: Sequence[str], words: Mapping[str, str]) -> list[int]:

@@ -25,13 +25,23 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from emoprobe.config import ConfigError, model_source
-from emoprobe.errors import UserError
+from emoprobe.errors import ConfigError, UserError
 
+SOURCES = ("hub", "local", "gguf")
 KEYS = ("n_layers", "hidden_size", "params_m")
 # params_m is an estimate for resource requests (the bundled configs said 135 and 268 for 134.5 and
 # 268.1 million): a given value within this fraction of the model's count passes.
 PARAMS_TOLERANCE = 0.05
+
+
+def model_source(name: str, model: dict) -> str:
+    """Which of ``hub``, ``local``, ``gguf`` the model comes from; exactly one must be given."""
+    given = [s for s in SOURCES if s in model]
+    if len(given) != 1:
+        raise ConfigError(
+            f"models.{name}: give exactly one source of {list(SOURCES)}, found {given or 'none'}"
+        )
+    return given[0]
 
 
 class ModelFileError(UserError):
@@ -397,9 +407,6 @@ def _describe_hub(name: str, model: dict, workdir: Path) -> Description:
                        f"not in the Hugging Face cache's config.json (or every safetensors file) of {at!r}")
 
 
-DESCRIBERS = {"gguf": _describe_gguf, "local": _describe_local, "hub": _describe_hub}
-
-
 def checked_values(name: str, model: dict, description: Description) -> dict:
     """``n_layers``, ``hidden_size`` and ``params_m`` of a model: the config's where it gives them (each
     checked against what the model's files say), else the files'.
@@ -429,5 +436,8 @@ def describe_models(config: dict, workdir: Path) -> None:
     ``workdir`` is where relative ``local`` paths start. Raises ConfigError naming the key.
     """
     for name, model in config["models"].items():
-        description = DESCRIBERS[model_source(name, model)](name, model, Path(workdir))
+        # named here, not in a module-level table: a job that imports this module for model_source then reaches
+        # no describer (the hub's needs huggingface_hub, which the jobs' envs do not hold)
+        describe = {"gguf": _describe_gguf, "local": _describe_local, "hub": _describe_hub}[model_source(name, model)]
+        description = describe(name, model, Path(workdir))
         model.update(checked_values(name, model, description))

@@ -12,13 +12,8 @@ import string
 from pathlib import Path
 
 from emoprobe import grid
-from emoprobe.errors import UserError
-
-SOURCES = ("hub", "local", "gguf")
-
-
-class ConfigError(UserError):
-    """The config is wrong; the message names the key and what was expected."""
+from emoprobe.architecture import describe_models, model_source
+from emoprobe.errors import ConfigError
 
 
 def schema_errors(config: dict, schema: dict) -> list[str]:
@@ -81,8 +76,6 @@ def prepare_config(config: dict, configfiles: list, schema_path: str | Path, wor
     and the checks across keys (:func:`check_config`). Raises :class:`ConfigError`."""
     import yaml
     from snakemake.utils import validate
-
-    from emoprobe.architecture import describe_models
 
     for path in configfiles:
         if duplicates := duplicate_keys(path):
@@ -168,16 +161,6 @@ def _types(schema: dict) -> list[str]:
     """The JSON types a schema names (``type`` as a string or a list)."""
     types = schema.get("type", [])
     return [types] if isinstance(types, str) else list(types)
-
-
-def model_source(name: str, model: dict) -> str:
-    """Which of ``hub``, ``local``, ``gguf`` the model comes from; exactly one must be given."""
-    given = [s for s in SOURCES if s in model]
-    if len(given) != 1:
-        raise ConfigError(
-            f"models.{name}: give exactly one source of {list(SOURCES)}, found {given or 'none'}"
-        )
-    return given[0]
 
 
 def chunk_size(config: dict, name: str) -> int:

@@ -11,6 +11,10 @@ class UserError(ValueError):
     """A mistake in the user's input; its message names the file, row, column or key."""
 
 
+class ConfigError(UserError):
+    """The config is wrong; the message names the key and what was expected."""
+
+
 @contextlib.contextmanager
 def reported_as_message():
     """Turn a :class:`UserError` into its message on stderr and exit status 1, without a traceback."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from emoprobe.config import ConfigError
+from emoprobe.errors import ConfigError
 from emoprobe.nethook import RetainOutputs
 
 

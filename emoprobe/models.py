@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from emoprobe.architecture import model_source
 from emoprobe.config import sha256_of
 from emoprobe.errors import UserError
 from emoprobe.io import atomic_directory
@@ -86,8 +87,6 @@ def model_location(name: str, model: dict, model_dir: str | None) -> tuple[str, 
     A hub model loads by id and revision (downloading if need be); a local or
     prepared GGUF model loads from ``model_dir`` without touching the hub.
     """
-    from emoprobe.config import model_source
-
     if model_source(name, model) == "hub":
         return model["hub"]["id"], model["hub"].get("revision"), False
     return model_dir, None, True

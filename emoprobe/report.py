@@ -505,11 +505,13 @@ def plot_attention(attention: pd.DataFrame, patching: pd.DataFrame | None, model
     axes[0].set_xlabel("head")
     ax = axes[1]
     if patching is not None and "location" in patching:
-        rows = patching[patching["location"] == "attention"].set_index("layer")["transfer"]
-        rows = rows.reindex(text.index)
-        ax.barh(np.arange(n_layers) + 0.5, rows.fillna(0).to_numpy(), height=0.8, color="tab:orange")
+        rows = patching[patching["location"] == "attention"].set_index("layer").reindex(text.index)
+        share = rows["transfer"].fillna(0).to_numpy()
+        error = np.stack([share - rows["transfer_low"].fillna(0), rows["transfer_high"].fillna(0) - share])
+        ax.barh(np.arange(n_layers) + 0.5, share, height=0.8, color="tab:orange", xerr=error,
+                error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.3"})
         ax.set_xlim(0, 1)
-        ax.set_xlabel("share of answers transferred")
+        ax.set_xlabel("share of answers transferred (95 %)")
         ax.set_title("patching the attention output\n(windows centred on the layer)", fontsize=9)
     else:
         ax.text(0.5, 0.5, "no patching in this run", ha="center", va="center", transform=ax.transAxes, fontsize=8)

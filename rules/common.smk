@@ -14,18 +14,16 @@ min_version("9.0")
 os.environ.update(EMOPROBE_WORKFLOW=workflow.basedir)  # set for conda, not read: no envvars entry
 
 from emoprobe import grid, jobs
-from emoprobe.architecture import package_file
+from emoprobe.architecture import model_source, package_file
 from emoprobe.config import (
-    ConfigError,
     code_sha256,
     count_records,
-    model_source,
     prepare_config,
     prompt_template,
     sha256_of,
 )
 from emoprobe.corpus import checked_corpus
-from emoprobe.errors import UserError
+from emoprobe.errors import ConfigError, UserError
 
 try:
     prepare_config(config, workflow.configfiles, workflow.source_path("../schemas/config.schema.yaml"), Path.cwd())

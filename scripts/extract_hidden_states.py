@@ -12,10 +12,10 @@ import torch
 import transformers
 
 import emoprobe
+from emoprobe.architecture import model_source
 from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.extract import extract_to_hdf5
-from emoprobe.config import model_source
 from emoprobe.device import pick_device
 from emoprobe.models import ModelError, load_decoder, model_location
 

@@ -7,7 +7,7 @@ import torch
 
 from conftest import default_config
 from emoprobe.answers import answer_logits, answer_table, answer_token_ids
-from emoprobe.config import ConfigError
+from emoprobe.errors import ConfigError
 from emoprobe.h5io import read_layer
 
 LABELS = sorted(default_config()["dataset"]["labels"])

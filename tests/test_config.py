@@ -5,14 +5,8 @@ import yaml
 
 from conftest import ROOT, default_config, run_snakemake, small_config, with_changes
 from emoprobe.architecture import ModelFileError, describe_models, gguf_description, gguf_header, package_file
-from emoprobe.config import (
-    ConfigError,
-    check_config,
-    code_sha256,
-    duplicate_keys,
-    layer_chunks,
-    schema_errors,
-)
+from emoprobe.config import check_config, code_sha256, duplicate_keys, layer_chunks, schema_errors
+from emoprobe.errors import ConfigError
 
 SCHEMA = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
 

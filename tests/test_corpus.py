@@ -7,7 +7,7 @@ import pytest
 
 from conftest import CORPUS, default_config
 from emoprobe import corpus
-from emoprobe.config import ConfigError
+from emoprobe.errors import ConfigError
 
 DATASET = default_config()["dataset"]
 TEMPLATE = default_config()["prompt"]["templates"]["zero_shot"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from emoprobe import extract
-from emoprobe.config import ConfigError
+from emoprobe.errors import ConfigError
 from emoprobe.h5io import HiddenFileError, HiddenStateWriter, read_layer
 from emoprobe.models import decoder_layers, exact_attention_for_broadcast_heads, shares_one_kv_head
 from emoprobe.nethook import RetainOutputs
