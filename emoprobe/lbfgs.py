@@ -44,8 +44,8 @@ def minimise(problem: Problem, theta: torch.Tensor, *, max_iter: int, tol: float
     no entry above ``tol``, or it has had ``max_iter`` iterations (less ``used``, those it had before), or its line
     search finds no decrease (in float32 near an optimum: the caller may finish it in float64). With ``stall =
     (k, drop)`` a problem whose objective fell by less than ``drop`` over its last ``k`` iterations has converged
-    too (scikit-learn's ``n_iter_no_change`` and ``tol`` of its MLPs: for objectives whose gradient creeps along flat
-    valleys). Each finished problem goes to ``problem.finish``."""
+    too (for objectives whose gradient creeps along flat valleys; cf. scikit-learn's ``n_iter_no_change`` of its
+    stochastic MLP solvers). Each finished problem goes to ``problem.finish``."""
     B = len(theta)
     device = theta.device
     loss, grad, state = problem.evaluate(theta)

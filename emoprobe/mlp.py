@@ -10,8 +10,10 @@ workflow's default ``alpha`` (``probe.nonlinear.alpha``) is 100, not the 1 that 
 ``C = 1``: at 1 (and 10) a converged fit memorises the training texts (docs/statistics.md).
 
 It is not convex, and its gradient creeps along flat valleys for thousands of iterations after the accuracy has
-settled: a probe has converged by scikit-learn's rule for its MLPs, when its objective fell by less than ``tol`` over
-its last :data:`N_ITER_NO_CHANGE` iterations. Each probe starts from Glorot-uniform weights seeded by ``(seed, its
+settled (scikit-learn's own L-BFGS solver for it, which stops on the gradient, did not stop in 2,000 on the bundled
+models' states): a probe has converged when its objective fell by less than ``tol`` over its last
+:data:`N_ITER_NO_CHANGE` iterations, a stricter form of the rule of scikit-learn's stochastic MLP solvers (which
+stop after that many iterations that each gain less than ``tol`` on the best). Each probe starts from Glorot-uniform weights seeded by ``(seed, its
 index)``, so that a run is reproducible to the last bit.
 """
 
@@ -26,7 +28,7 @@ import torch
 from emoprobe.lbfgs import minimise
 from emoprobe.logistic import Probe, whitening
 
-N_ITER_NO_CHANGE = 10  # scikit-learn's MLPClassifier default
+N_ITER_NO_CHANGE = 10  # as scikit-learn's MLPClassifier's n_iter_no_change
 
 
 class MLPFit(NamedTuple):

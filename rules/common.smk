@@ -243,6 +243,12 @@ def probe_settings():
     return {k: v for k, v in config["probe"].items() if k not in ("grid", "nonlinear", "fits_per_job", "bootstrap")}
 
 
+def baseline_settings():
+    """The probe settings that decide the text and appraisal-ratings baselines: a probe's less ``device``, since they
+    are fitted on the CPU."""
+    return {k: v for k, v in probe_settings().items() if k != "device"}
+
+
 def grid_cells(location):
     """The grid's cells at ``location`` (:func:`emoprobe.grid.cells`) as plain data: ``{problem: {position:
     {"control": bool, "directions": bool}}}``."""

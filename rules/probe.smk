@@ -112,7 +112,7 @@ rule fit_text_baseline:
         runtime=lambda wc, attempt: 30 * attempt,
     params:
         code=script_code("fit_text_baseline"),
-        probe={**probe_settings(), "control": text_control()},
+        probe={**baseline_settings(), "control": text_control()},
         labels=sorted(config["dataset"]["labels"]),
     script:
         "../scripts/fit_text_baseline.py"
@@ -136,7 +136,7 @@ rule fit_ratings_baseline:
         runtime=lambda wc, attempt: 15 * attempt,
     params:
         code=script_code("fit_ratings_baseline"),
-        probe=probe_settings(),
+        probe=baseline_settings(),
         control=text_control(),
         labels=sorted(config["dataset"]["labels"]),
         columns=config["dataset"]["appraisal_columns"],

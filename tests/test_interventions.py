@@ -519,3 +519,8 @@ def test_attention_shares_split_each_prompt_into_its_parts(smollm2_lm, gemma3_lm
         shares = segment_shares(weights, segments[0])
         assert shares.shape == (2, 3, len(SEGMENTS)) and np.allclose(shares.sum(axis=2), 1, atol=1e-6)
         assert np.allclose(shares[..., 2], weights[..., segments[0] == 2].sum(axis=2), atol=1e-6)
+        # a template's escaped braces are one character of the prompt each: the text is still found where it is
+        braced = "Emotions {{joy, fear, ...}} in: {text} Answer:"
+        prompts = [braced.format(text=text) for text in TEXTS]
+        for text, ids, found in zip(TEXTS, tokenize(tokenizer, prompts), token_segments(tokenizer, prompts, braced)):
+            assert tokenizer.decode([t for t, s in zip(ids, found) if s == 2]).strip() == text

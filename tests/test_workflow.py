@@ -349,6 +349,12 @@ def test_new_answer_words_rerun_the_answers_and_what_reads_them_not_the_states(e
                     "plot_attention": 1, **ACCURACY_READERS}
 
 
+def test_new_probe_device_reruns_the_probes_not_the_baselines_fitted_on_the_cpu(e2e_run):
+    jobs = dry_run(e2e_run, with_changes(small_config(), probe__device="cpu"))
+    assert jobs["fit_probes"] == 6 and jobs["fit_nonlinear_probes"] == 1
+    assert not {"fit_text_baseline", "fit_ratings_baseline", "fit_appraisal_probes", "answer_emotions"} & set(jobs)
+
+
 def test_new_probe_tolerance_reruns_the_fits_not_the_appraisal_or_the_answers(e2e_run):
     jobs, experiments = planned_experiments(e2e_run, with_changes(small_config(), probe__tol=1e-3))
     assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "fit_ratings_baseline": 1, "localise": 1, "aggregate_accuracy": 1,
