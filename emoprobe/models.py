@@ -92,6 +92,16 @@ def model_location(name: str, model: dict, model_dir: str | None) -> tuple[str, 
     return model_dir, None, True
 
 
+def load_configured_model(name: str, model: dict, model_dir: str | None, *, dtype: str, device: torch.device,
+                          head: bool = False):
+    """Load model ``name`` of the config (``model``: its entry under ``models``) with its tokenizer, from where
+    :func:`model_location` says (``model_dir``: the prepared directory of a local or GGUF model), as
+    :func:`load_decoder` loads it: the base decoder, or with ``head`` the causal LM. Returns ``(model, tokenizer)``."""
+    path_or_id, revision, local_only = model_location(name, model, model_dir)
+    return load_decoder(path_or_id, revision=revision, dtype=dtype, device=device,
+                        trust_remote_code=model["trust_remote_code"], local_only=local_only, head=head)
+
+
 def shares_one_kv_head(config) -> bool:
     """Whether all query heads of the model share a single key/value head (Gemma-3-270M and -1B).
 

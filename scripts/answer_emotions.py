@@ -8,20 +8,18 @@ from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import read_layer
 from emoprobe.io import write_tsv
 from emoprobe.device import pick_device
-from emoprobe.models import load_decoder, model_location
+from emoprobe.models import load_configured_model
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg = snakemake.wildcards.model, snakemake.params.model
 labels = sorted(snakemake.params.labels)
-path_or_id, revision, local_only = model_location(name, model_cfg, getattr(snakemake.input, "model_dir", None))
 device = pick_device(snakemake.params.device)
 with reported_as_message():
     states, meta = read_layer(snakemake.input.states, snakemake.params.layer, "residual", positions=[-1],
                               provenance=snakemake.params.provenance)
-    model, tokenizer = load_decoder(path_or_id, revision=revision, dtype=snakemake.params.dtype, device=device,
-                                    trust_remote_code=model_cfg["trust_remote_code"], local_only=local_only,
-                                    head=True)
+    model, tokenizer = load_configured_model(name, model_cfg, getattr(snakemake.input, "model_dir", None),
+                                             dtype=snakemake.params.dtype, device=device, head=True)
     token_ids = answer_token_ids(tokenizer, labels, snakemake.params.words)
 log.info("model %s on %s; answer tokens %s", name, device,
          dict(zip(labels, tokenizer.convert_ids_to_tokens(token_ids))))

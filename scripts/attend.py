@@ -15,19 +15,17 @@ from emoprobe.extract import tokenize
 from emoprobe.h5io import write_attention
 from emoprobe.interventions import iter_last_token_batches
 from emoprobe.io import write_tsv
-from emoprobe.models import decoder_layers, load_decoder, model_location
+from emoprobe.models import decoder_layers, load_configured_model
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg, settings = snakemake.wildcards.model, snakemake.params.model, snakemake.params.settings
-path_or_id, revision, local_only = model_location(name, model_cfg, getattr(snakemake.input, "model_dir", None))
 with reported_as_message():
     answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
     prompts = sample_of(read_prompts(snakemake.input.prompts), answers, subset=settings["subset"],
                         texts=settings["texts"], seed=settings["seed"])
-    model, tokenizer = load_decoder(path_or_id, revision=revision, dtype=snakemake.params.dtype,
-                                    device=pick_device(snakemake.params.device),
-                                    trust_remote_code=model_cfg["trust_remote_code"], local_only=local_only)
+    model, tokenizer = load_configured_model(name, model_cfg, getattr(snakemake.input, "model_dir", None),
+                                             dtype=snakemake.params.dtype, device=pick_device(snakemake.params.device))
 token_ids = tokenize(tokenizer, prompts["prompt"])
 segments = token_segments(tokenizer, prompts["prompt"], snakemake.params.template)
 blocks = decoder_layers(model)

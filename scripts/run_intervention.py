@@ -12,13 +12,12 @@ from emoprobe.extract import tokenize
 from emoprobe.h5io import directions_problems, read_directions_of_layers
 from emoprobe.interventions import iter_last_token_batches
 from emoprobe.io import write_tsv
-from emoprobe.models import decoder_layers, load_decoder, model_location
+from emoprobe.models import decoder_layers, load_configured_model
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg, kind = snakemake.wildcards.model, snakemake.params.model, snakemake.wildcards.experiment
 settings, labels = snakemake.params.settings, sorted(snakemake.params.labels)
-path_or_id, revision, local_only = model_location(name, model_cfg, getattr(snakemake.input, "model_dir", None))
 device = pick_device(snakemake.params.device)
 if kind == "promotion" and not all(settings["probe"] in directions_problems(path) for path in snakemake.input.directions):
     # as the probe tables do for a subset too small to score: a row that says why, and the workflow carries on
@@ -31,9 +30,8 @@ with reported_as_message():
     answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
     prompts = sample_of(read_prompts(snakemake.input.prompts), answers, subset=settings["subset"],
                         texts=settings["texts"], seed=settings["seed"])
-    model, tokenizer = load_decoder(path_or_id, revision=revision, dtype=snakemake.params.dtype, device=device,
-                                    trust_remote_code=model_cfg["trust_remote_code"], local_only=local_only,
-                                    head=True)
+    model, tokenizer = load_configured_model(name, model_cfg, getattr(snakemake.input, "model_dir", None),
+                                             dtype=snakemake.params.dtype, device=device, head=True)
     base = model.get_decoder()
     blocks = decoder_layers(base)
     readout = label_readout(model, answer_token_ids(tokenizer, labels, snakemake.params.words))
