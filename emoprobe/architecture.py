@@ -436,8 +436,9 @@ def describe_models(config: dict, workdir: Path) -> None:
     ``workdir`` is where relative ``local`` paths start. Raises ConfigError naming the key.
     """
     for name, model in config["models"].items():
-        # named here, not in a module-level table: a job that imports this module for model_source then reaches
-        # no describer (the hub's needs huggingface_hub, which the jobs' envs do not hold)
+        # named here, not in a module-level table: the code a job can reach by importing this module for
+        # model_source (what tests/test_envs.py follows) then holds no describer, and so not the hub's lazy import
+        # of huggingface_hub, which the jobs' envs do not hold
         describe = {"gguf": _describe_gguf, "local": _describe_local, "hub": _describe_hub}[model_source(name, model)]
         description = describe(name, model, Path(workdir))
         model.update(checked_values(name, model, description))

@@ -168,7 +168,8 @@ def plot_accuracy_by_layer(table: pd.DataFrame, localisation: pd.DataFrame, png:
                            position: int = -1) -> None:
     """Balanced accuracy vs layer at ``position``: a panel per problem (subset and target, rows) and model
     (columns), a line per location with its 95 % band (the residual stream from layer 0, the embeddings; its
-    non-linear probe, where fitted, dashed in its colour), the logit lens dashed black, the text baseline dotted, chance (1 / labels) grey; onset (o), plateau start (s) and peak
+    non-linear probe, where fitted, dashed in its colour), the logit lens dashed black, the text baseline and the
+    appraisal-ratings baseline dotted, chance (1 / labels) grey; onset (o), plateau start (s) and peak
     (^) of each location with their intervals at the bottom; on ``model_correct`` panels the layers of
     :func:`circular_layers` shaded."""
     plt = _pyplot()
