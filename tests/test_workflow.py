@@ -355,6 +355,23 @@ def test_new_probe_device_reruns_the_probes_not_the_baselines_fitted_on_the_cpu(
     assert not {"fit_text_baseline", "fit_ratings_baseline", "fit_appraisal_probes", "answer_emotions"} & set(jobs)
 
 
+@pytest.mark.parametrize("key, value", [("alpha", 10.0), ("hidden", 8), ("max_iter", 500), ("tol", 1e-3)])
+def test_a_non_linear_probe_setting_reruns_the_non_linear_probes_only(e2e_run, key, value):
+    config = small_config()
+    config["probe"]["nonlinear"][key] = value
+    jobs = dry_run(e2e_run, config)
+    assert jobs["fit_nonlinear_probes"] == 1 and "aggregate_accuracy" in jobs
+    assert not {"fit_probes", "fit_text_baseline", "fit_ratings_baseline", "fit_appraisal_probes", "logit_lens",
+                "answer_emotions", "intervene", "attend"} & set(jobs)
+
+
+def test_more_attention_weights_kept_rerun_the_attention_only(e2e_run):
+    config = small_config()
+    config["interventions"]["attention"]["kept"] = 3
+    jobs = dry_run(e2e_run, config)
+    assert jobs["attend"] == 1 and set(jobs) <= {"attend", "plot_attention", "record_config", "all"}
+
+
 def test_new_probe_tolerance_reruns_the_fits_not_the_appraisal_or_the_answers(e2e_run):
     jobs, experiments = planned_experiments(e2e_run, with_changes(small_config(), probe__tol=1e-3))
     assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "fit_ratings_baseline": 1, "localise": 1, "aggregate_accuracy": 1,
