@@ -40,11 +40,11 @@ localrules:
 rule all:
     default_target: True
     input:
-        all_targets(),
+        plan.all_targets(config),
 
 
 onsuccess:
     for model in MODELS:
-        table = f"results/tables/{model}_accuracy_by_layer.txt"
+        table = plan.path(plan.TEXT_TABLE, model=model)
         if os.path.exists(table):
             print(open(table).read())

@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 from emoprobe import interventions
+from emoprobe.experiments import editing
 from emoprobe.interventions import Edit, LastTokenBatch
 from emoprobe.scores import wilson
 
@@ -361,7 +362,6 @@ def answer_distribution_rows(logits: np.ndarray, clean: np.ndarray, described: S
     return pd.DataFrame(rows)
 
 
-EXPERIMENTS = ("zero", "random", "patching", "promotion", "surgery")
 # one pass's batches of prompts, from their token ids (:func:`emoprobe.interventions.iter_last_token_batches`)
 Batches = Callable[[Sequence[Sequence[int]]], Iterable[tuple[np.ndarray, LastTokenBatch]]]
 
@@ -430,8 +430,8 @@ def recipe_directions(weights: Mapping[int, Mapping[str, np.ndarray]], recipes: 
 def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: Callable[[torch.Tensor], torch.Tensor],
                    token_ids: Sequence[Sequence[int]], row_ids: np.ndarray, n_layers: int, labels: Sequence[str],
                    directions: Mapping[int, Mapping] | None = None, max_rows: int = 2048) -> pd.DataFrame:
-    """One experiment of :data:`EXPERIMENTS` on the texts ``token_ids`` (whole prompts; ``row_ids[i]`` is text
-    ``i``'s corpus row), its tidy table.
+    """One experiment that edits the model (:func:`emoprobe.experiments.editing`) on the texts ``token_ids`` (whole
+    prompts; ``row_ids[i]`` is text ``i``'s corpus row), its tidy table.
 
     ``settings``: ``span``, ``every`` (centre layers, :func:`centre_layers`), ``clip_windows`` (:func:`windows`),
     ``seed``, and per experiment:
@@ -467,7 +467,7 @@ def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: C
                                                 len(targets), max_rows)
         return patching_rows(logits, target_clean, answers[sources], sources, described)
     if kind not in ("promotion", "surgery"):
-        raise ValueError(f"experiment {kind!r} is not one of {list(EXPERIMENTS)}")
+        raise ValueError(f"experiment {kind!r} is not one of {editing()}")
     states, _ = clean_outputs(batches(token_ids), [("residual", layer) for layer in edited], readout, n_texts)
     mean_norms = {layer: float(np.linalg.norm(states[("residual", layer)], axis=1).mean()) for layer in edited}
     hidden = states[("residual", edited[0])].shape[1]

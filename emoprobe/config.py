@@ -11,7 +11,7 @@ import hashlib
 import string
 from pathlib import Path
 
-from emoprobe import grid
+from emoprobe import experiments, grid
 from emoprobe.architecture import describe_models, model_source
 from emoprobe.errors import ConfigError
 
@@ -332,8 +332,8 @@ def check_interventions(config: dict) -> None:
     model, emotions that are not labels, recipes naming appraisals that are not rated, and experiments whose
     probe directions the configured probes do not fit."""
     settings = config["interventions"]
-    experiments = settings["experiments"]
-    for experiment in (e for e in experiments if e != "attention"):  # attention reads the model, edits no window
+    configured = settings["experiments"]
+    for experiment in experiments.editing(configured):  # the others edit no window
         span = settings[experiment]["span"]
         for name, model in config["models"].items():
             if span > model["n_layers"]:
@@ -344,10 +344,10 @@ def check_interventions(config: dict) -> None:
     if stray:
         raise ConfigError(f"interventions.promotion.emotions: {stray} are not in dataset.labels {labels}")
     columns = config["dataset"]["appraisal_columns"]
-    if "surgery" in experiments and not columns:
+    if "surgery" in configured and not columns:
         raise ConfigError("interventions.experiments: surgery pushes along the appraisal probes, and "
                           "dataset.appraisal_columns names none")
-    for recipe, parts in settings["surgery"]["recipes"].items() if "surgery" in experiments else ():
+    for recipe, parts in settings["surgery"]["recipes"].items() if "surgery" in configured else ():
         stray = [a for a in [*parts["push"], *parts["hold"]] if a not in columns]
         if stray:
             raise ConfigError(f"interventions.surgery.recipes.{recipe}: {stray} are not in dataset.appraisal_columns "
@@ -355,7 +355,7 @@ def check_interventions(config: dict) -> None:
         both = sorted(set(parts["push"]) & set(parts["hold"]))
         if both:
             raise ConfigError(f"interventions.surgery.recipes.{recipe}: {both} are both pushed and held")
-    if "promotion" in experiments:
+    if "promotion" in configured:
         probe = settings["promotion"]["probe"]
         if probe not in grid.problems(config["probe"]):
             raise ConfigError(f"interventions.promotion.probe: {probe} is not a probe the workflow fits "

@@ -1,11 +1,11 @@
 rule aggregate_accuracy:
     input:
-        scores=score_files(),
-        localisation=expand("results/localisation/{model}.tsv", model=MODELS),
+        scores=plan.score_files(config),
+        localisation=expand(plan.LOCALISATION, model=MODELS),
     output:
         table=report("results/accuracy.tsv", caption="../report/accuracy_table.rst", category="Tables"),
         localisation=report("results/localisation.tsv", caption="../report/localisation_table.rst", category="Tables"),
-        text=expand("results/tables/{model}_accuracy_by_layer.txt", model=MODELS),
+        text=expand(plan.TEXT_TABLE, model=MODELS),
     log:
         "logs/aggregate_accuracy.log",
     benchmark:
@@ -17,8 +17,8 @@ rule aggregate_accuracy:
         runtime=5,
     params:
         code=script_code("aggregate_accuracy"),
-        order={"models": MODELS, "locations": score_locations(), "subsets": config["probe"]["subsets"]},
-        grid=grid.describe(GRID),
+        order={"models": MODELS, "locations": plan.score_locations(config), "subsets": config["probe"]["subsets"]},
+        grid=grid.describe(grid.cells(config)),
     script:
         "../scripts/aggregate_accuracy.py"
 
@@ -37,14 +37,14 @@ rule record_config:
         runtime=5,
     params:
         code=script_code("record_config"),
-        config=lambda wc: recorded_config(),
+        config=lambda wc: plan.recorded_config(config),
     script:
         "../scripts/record_config.py"
 
 
 rule summarise_answers:
     input:
-        expand("results/answers/{model}.tsv", model=MODELS),
+        expand(plan.ANSWERS, model=MODELS),
     output:
         report("results/answers.tsv", caption="../report/answers_table.rst", category="Tables"),
     log:
@@ -65,7 +65,7 @@ rule summarise_answers:
 
 rule aggregate_appraisal:
     input:
-        appraisal_files(),
+        expand(f"{plan.APPRAISAL}.tsv", model=MODELS) if config["dataset"]["appraisal_columns"] else [],
     output:
         report("results/appraisal_r2.tsv", caption="../report/appraisal_table.rst", category="Tables"),
     log:

@@ -1,9 +1,9 @@
 rule answer_emotions:
     input:
         unpack(model_inputs),
-        states=last_chunk_file,
+        states=lambda wc: plan.hidden_files(config, wc.model)[-1],
     output:
-        "results/answers/{model}.tsv",
+        plan.ANSWERS,
     log:
         "logs/answer_emotions/{model}.log",
     benchmark:
@@ -16,9 +16,9 @@ rule answer_emotions:
         runtime=lambda wc, attempt: 15 * attempt,
     params:
         code=script_code("answer_emotions"),
-        model=lambda wc: model_identity(wc.model),
-        layer=lambda wc: LAYERS[wc.model][-1],
-        provenance=lambda wc: hidden_provenance(wc.model),
+        model=lambda wc: plan.model_identity(config, wc.model),
+        layer=lambda wc: plan.layers(config, wc.model)[-1],
+        provenance=lambda wc: plan.hidden_provenance(config, wc.model),
         labels=config["dataset"]["labels"],
         words=config["answer"]["words"],
         dtype=config["extraction"]["dtype"],

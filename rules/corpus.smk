@@ -22,7 +22,7 @@ rule prepare_prompts:
     input:
         csv=corpus_csv(),
     output:
-        "results/corpus/prompts.tsv",
+        plan.PROMPTS,
     log:
         "logs/prepare_prompts.log",
     benchmark:
@@ -34,8 +34,8 @@ rule prepare_prompts:
         runtime=5,
     params:
         code=script_code("prepare_prompts"),
-        dataset=dataset_settings(),
-        corpus_sha256=corpus_sha256(),
-        template=lambda wc: TEMPLATE,
+        dataset=plan.dataset_settings(config),
+        corpus_sha256=plan.corpus_sha256(config),
+        template=lambda wc: plan.template(config),
     script:
         "../scripts/prepare_prompts.py"

@@ -1,9 +1,9 @@
 rule extract_hidden_states:
     input:
         unpack(model_inputs),
-        prompts="results/corpus/prompts.tsv",
+        prompts=plan.PROMPTS,
     output:
-        "results/hidden/{model}/layers{first}-{last}.h5",
+        plan.HIDDEN,
     log:
         "logs/extract_hidden_states/{model}/layers{first}-{last}.log",
     benchmark:
@@ -19,13 +19,13 @@ rule extract_hidden_states:
         runtime=lambda wc, attempt: jobs.extraction_runtime(config, wc.model, int(wc.last), N_TEXTS, attempt),
     params:
         code=script_code("extract_hidden_states"),
-        model=lambda wc: model_identity(wc.model),
-        shape=lambda wc: model_shape(wc.model),
+        model=lambda wc: plan.model_identity(config, wc.model),
+        shape=lambda wc: plan.model_shape(config, wc.model),
         positions=config["positions"],
         locations=config["locations"],
-        template=lambda wc: TEMPLATE,
-        sample={key: config["dataset"][key] for key in ("limit", "seed")},
-        extraction=lambda wc: extraction_settings(wc.model),
-        first_layer=first_stored_layer,
+        template=lambda wc: plan.template(config),
+        sample=plan.sample(config),
+        extraction=lambda wc: plan.extraction_settings(config, wc.model),
+        first_layer=lambda wc: plan.first_stored_layer(config, wc.first),
     script:
         "../scripts/extract_hidden_states.py"

@@ -29,14 +29,14 @@ rule plot_accuracy:
     params:
         code=script_code("plot_accuracy"),
         n_layers={model: config["models"][model]["n_layers"] for model in MODELS},
-        grid=grid.describe(GRID),
+        grid=grid.describe(grid.cells(config)),
     script:
         "../scripts/plot_accuracy.py"
 
 
 rule plot_layer_position:
     input:
-        lambda wc: probe_files(wc.model),
+        lambda wc: plan.probe_files(config, wc.model),
     output:
         png=report(
             "results/figures/layer_position/{model}.png",
@@ -58,14 +58,14 @@ rule plot_layer_position:
         code=script_code("plot_layer_position"),
         model=lambda wc: wc.model,
         positions=config["positions"],
-        grid=grid.describe(GRID),
+        grid=grid.describe(grid.cells(config)),
     script:
         "../scripts/plot_layer_position.py"
 
 
 rule plot_appraisal:
     input:
-        "results/appraisal/{model}.tsv",
+        f"{plan.APPRAISAL}.tsv",
     output:
         png=report(
             "results/figures/appraisal_r2/{model}.png",
@@ -92,7 +92,7 @@ rule plot_appraisal:
 
 rule plot_confusion:
     input:
-        "results/answers/{model}.tsv",
+        plan.ANSWERS,
     output:
         png=report(
             "results/figures/confusion/{model}.png",
@@ -120,7 +120,7 @@ rule plot_confusion:
 rule plot_interventions:
     input:
         accuracy="results/accuracy.tsv",
-        tables=lambda wc: intervention_files(wc.model, HEATMAP_EXPERIMENTS),
+        tables=lambda wc: plan.intervention_files(config, wc.model, plan.heatmap_experiments(config)),
     output:
         png=report(
             "results/figures/interventions/{model}.png",
@@ -141,14 +141,14 @@ rule plot_interventions:
     params:
         code=script_code("plot_interventions"),
         locations=config["interventions"]["locations"],
-        subset=heatmap_probe_subset(),
+        subset=plan.heatmap_probe_subset(config),
     script:
         "../scripts/plot_interventions.py"
 
 
 rule plot_steering:
     input:
-        "results/interventions/{model}/{experiment}.tsv",
+        plan.INTERVENTION,
     output:
         png=report(
             "results/figures/{experiment}/{model}.png",
@@ -162,7 +162,7 @@ rule plot_steering:
     benchmark:
         "logs/benchmarks/plot_steering/{experiment}/{model}.tsv"
     wildcard_constraints:
-        experiment="promotion|surgery",
+        experiment="|".join(experiments.steering()),
     conda:
         "../envs/plot-seaborn.yaml"
     resources:
@@ -199,15 +199,15 @@ rule plot_interventions_by_depth:
         code=script_code("plot_interventions_by_depth"),
         n_layers={model: config["models"][model]["n_layers"] for model in MODELS},
         locations=config["interventions"]["locations"],
-        subset=heatmap_probe_subset(),
+        subset=plan.heatmap_probe_subset(config),
     script:
         "../scripts/plot_interventions_by_depth.py"
 
 
 rule plot_attention:
     input:
-        attention="results/attention/{model}.tsv",
-        interventions=lambda wc: intervention_files(wc.model, [e for e in ("patching",) if e in INTERVENTIONS]),
+        attention=f"{plan.ATTENTION}.tsv",
+        interventions=lambda wc: plan.intervention_files(config, wc.model, plan.attention_patching(config)),
     output:
         png=report(
             "results/figures/attention/{model}.png",

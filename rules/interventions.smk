@@ -2,7 +2,7 @@ rule intervene:
     input:
         unpack(intervention_inputs),
     output:
-        "results/interventions/{model}/{experiment}.tsv",
+        plan.INTERVENTION,
     log:
         "logs/intervene/{model}/{experiment}.log",
     benchmark:
@@ -15,15 +15,14 @@ rule intervene:
         runtime=lambda wc, attempt: jobs.intervention_runtime(config, wc.model, wc.experiment, N_TEXTS, attempt),
     params:
         code=script_code("run_intervention"),
-        model=lambda wc: model_identity(wc.model),
+        model=lambda wc: plan.model_identity(config, wc.model),
         labels=config["dataset"]["labels"],
         words=config["answer"]["words"],
         dtype=config["extraction"]["dtype"],
         device=config["extraction"]["device"],
-        settings=lambda wc: intervention_settings(wc.experiment),
-        # the batches decide the last bits of the logits, as the extraction's do its states
-        batching={key: config["interventions"][key] for key in ("batch_tokens", "max_batch_size", "max_padding")},
-        directions_provenance=lambda wc: directions_provenance(wc.model, wc.experiment),
+        settings=lambda wc: plan.intervention_settings(config, wc.experiment),
+        batching=plan.batching(config),
+        directions_provenance=lambda wc: plan.directions_provenance(config, wc.model, wc.experiment),
     script:
         "../scripts/run_intervention.py"
 
@@ -32,8 +31,8 @@ rule attend:
     input:
         unpack(sample_inputs),
     output:
-        table="results/attention/{model}.tsv",
-        weights="results/attention/{model}.h5",
+        table=f"{plan.ATTENTION}.tsv",
+        weights=f"{plan.ATTENTION}.h5",
     log:
         "logs/attend/{model}.log",
     benchmark:
@@ -46,19 +45,19 @@ rule attend:
         runtime=lambda wc, attempt: 15 * attempt,
     params:
         code=script_code("attend"),
-        model=lambda wc: model_identity(wc.model),
+        model=lambda wc: plan.model_identity(config, wc.model),
         dtype=config["extraction"]["dtype"],
         device=config["extraction"]["device"],
-        template=lambda wc: TEMPLATE,
-        settings={**sample_settings(), "attention": config["interventions"]["attention"]},
-        batching={key: config["interventions"][key] for key in ("batch_tokens", "max_batch_size", "max_padding")},
+        template=lambda wc: plan.template(config),
+        settings=plan.attention_settings(config),
+        batching=plan.batching(config),
     script:
         "../scripts/attend.py"
 
 
 rule aggregate_interventions:
     input:
-        intervention_files(),
+        plan.intervention_files(config),
     output:
         report("results/interventions.tsv", caption="../report/interventions_table.rst", category="Tables"),
     log:

@@ -2,9 +2,9 @@ rule fit_probes:
     input:
         unpack(probe_inputs),
     output:
-        table="results/probes/{model}/{location}/layers{first}-{last}.tsv",
-        predictions="results/probes/{model}/{location}/layers{first}-{last}.predictions.h5",
-        directions="results/probes/{model}/{location}/layers{first}-{last}.directions.h5",
+        table=f"{plan.PROBES}.tsv",
+        predictions=f"{plan.PROBES}.predictions.h5",
+        directions=f"{plan.PROBES}.directions.h5",
     log:
         "logs/fit_probes/{model}/{location}/layers{first}-{last}.log",
     benchmark:
@@ -19,12 +19,12 @@ rule fit_probes:
         ),
     params:
         code=script_code("fit_probes"),
-        probe=probe_settings(),
-        cells=lambda wc: grid_cells(wc.location),
-        labels=sorted(config["dataset"]["labels"]),
+        probe=plan.probe_settings(config),
+        cells=lambda wc: plan.grid_cells(config, wc.location),
+        labels=plan.labels(config),
         location=lambda wc: wc.location,
         layers=lambda wc: list(range(int(wc.first), int(wc.last) + 1)),
-        provenance=lambda wc: hidden_provenance(wc.model),
+        provenance=lambda wc: plan.hidden_provenance(config, wc.model),
     script:
         "../scripts/fit_probes.py"
 
@@ -32,9 +32,9 @@ rule fit_probes:
 rule fit_nonlinear_probes:
     input:
         unpack(answers_input),
-        states=lambda wc: chunk_files(wc.model),
+        states=lambda wc: plan.hidden_files(config, wc.model),
     output:
-        "results/probes/{model}/{location}/nonlinear.tsv",
+        plan.NONLINEAR,
     log:
         "logs/fit_nonlinear_probes/{model}/{location}.log",
     benchmark:
@@ -47,29 +47,25 @@ rule fit_nonlinear_probes:
         runtime=lambda wc, attempt: jobs.nonlinear_runtime(config, wc.model, wc.location, N_TEXTS, attempt),
     params:
         code=script_code("fit_nonlinear_probes"),
-        # the folds and problems of the linear probes, not their optimiser
-        probe={
-            key: config["probe"][key]
-            for key in ("subsets", "answer_probe", "folds", "test_size", "seed", "stratify", "device")
-        },
-        nonlinear={key: config["probe"]["nonlinear"][key] for key in ("hidden", "alpha", "max_iter", "tol")},
-        cells=lambda wc: nonlinear_cells(wc.location),
-        labels=sorted(config["dataset"]["labels"]),
+        probe=plan.nonlinear_problem_settings(config),
+        nonlinear=plan.nonlinear_settings(config),
+        cells=lambda wc: plan.nonlinear_cells(config, wc.location),
+        labels=plan.labels(config),
         location=lambda wc: wc.location,
-        layers=lambda wc: probe_layers(wc.model, wc.location),
-        chunk_index=lambda wc: chunk_index_of_layers(wc.model),
-        provenance=lambda wc: hidden_provenance(wc.model),
+        layers=lambda wc: plan.probe_layers(config, wc.model, wc.location),
+        chunk_index=lambda wc: plan.chunk_index_of_layers(config, wc.model),
+        provenance=lambda wc: plan.hidden_provenance(config, wc.model),
     script:
         "../scripts/fit_nonlinear_probes.py"
 
 
 rule fit_appraisal_probes:
     input:
-        states=lambda wc: chunk_files(wc.model),
-        prompts="results/corpus/prompts.tsv",
+        states=lambda wc: plan.hidden_files(config, wc.model),
+        prompts=plan.PROMPTS,
     output:
-        table="results/appraisal/{model}.tsv",
-        directions="results/appraisal/{model}.directions.h5",
+        table=f"{plan.APPRAISAL}.tsv",
+        directions=f"{plan.APPRAISAL}.directions.h5",
     log:
         "logs/fit_appraisal_probes/{model}.log",
     benchmark:
@@ -85,10 +81,10 @@ rule fit_appraisal_probes:
         appraisal=config["appraisal"],
         columns=config["dataset"]["appraisal_columns"],
         # the emotion probes' folds, not their other settings, whose change need not rerun these
-        split={key: config["probe"][key] for key in ("folds", "test_size", "seed", "stratify")},
+        split=plan.split_settings(config),
         # the layers of each chunk file, in the order of input.states
-        layers=lambda wc: [list(range(first, last + 1)) for first, last in CHUNKS[wc.model]],
-        provenance=lambda wc: hidden_provenance(wc.model),
+        layers=lambda wc: [list(range(first, last + 1)) for first, last in jobs.extraction_chunks(config, wc.model)],
+        provenance=lambda wc: plan.hidden_provenance(config, wc.model),
     script:
         "../scripts/fit_appraisal_probes.py"
 
@@ -96,10 +92,10 @@ rule fit_appraisal_probes:
 rule fit_text_baseline:
     input:
         unpack(answers_input),
-        prompts="results/corpus/prompts.tsv",
+        prompts=plan.PROMPTS,
     output:
-        table="results/baselines/{model}/text.tsv",
-        predictions="results/baselines/{model}/text.predictions.h5",
+        table=plan.path(plan.BASELINE, baseline="text") + ".tsv",
+        predictions=plan.path(plan.BASELINE, baseline="text") + ".predictions.h5",
     log:
         "logs/fit_text_baseline/{model}.log",
     benchmark:
@@ -112,8 +108,8 @@ rule fit_text_baseline:
         runtime=lambda wc, attempt: 30 * attempt,
     params:
         code=script_code("fit_text_baseline"),
-        probe={**baseline_settings(), "control": text_control()},
-        labels=sorted(config["dataset"]["labels"]),
+        probe={**plan.baseline_settings(config), "control": plan.text_control(config)},
+        labels=plan.labels(config),
     script:
         "../scripts/fit_text_baseline.py"
 
@@ -121,9 +117,9 @@ rule fit_text_baseline:
 rule fit_ratings_baseline:
     input:
         unpack(answers_input),
-        prompts="results/corpus/prompts.tsv",
+        prompts=plan.PROMPTS,
     output:
-        "results/baselines/{model}/appraisal_ratings.tsv",
+        plan.path(plan.BASELINE, baseline="appraisal_ratings") + ".tsv",
     log:
         "logs/fit_ratings_baseline/{model}.log",
     benchmark:
@@ -136,9 +132,9 @@ rule fit_ratings_baseline:
         runtime=lambda wc, attempt: 15 * attempt,
     params:
         code=script_code("fit_ratings_baseline"),
-        probe=baseline_settings(),
-        control=text_control(),
-        labels=sorted(config["dataset"]["labels"]),
+        probe=plan.baseline_settings(config),
+        control=plan.text_control(config),
+        labels=plan.labels(config),
         columns=config["dataset"]["appraisal_columns"],
     script:
         "../scripts/fit_ratings_baseline.py"
@@ -147,11 +143,11 @@ rule fit_ratings_baseline:
 rule logit_lens:
     input:
         unpack(model_inputs),
-        states=lambda wc: chunk_files(wc.model),
-        answers="results/answers/{model}.tsv",
+        states=lambda wc: plan.hidden_files(config, wc.model),
+        answers=plan.ANSWERS,
     output:
-        table="results/baselines/{model}/logit_lens.tsv",
-        predictions="results/baselines/{model}/logit_lens.predictions.h5",
+        table=plan.path(plan.BASELINE, baseline="logit_lens") + ".tsv",
+        predictions=plan.path(plan.BASELINE, baseline="logit_lens") + ".predictions.h5",
     log:
         "logs/logit_lens/{model}.log",
     benchmark:
@@ -164,24 +160,26 @@ rule logit_lens:
         runtime=lambda wc, attempt: 15 * attempt,
     params:
         code=script_code("logit_lens"),
-        model=lambda wc: model_identity(wc.model),
-        labels=sorted(config["dataset"]["labels"]),
+        model=lambda wc: plan.model_identity(config, wc.model),
+        labels=plan.labels(config),
         words=config["answer"]["words"],
         dtype=config["extraction"]["dtype"],
         device=config["extraction"]["device"],
-        probe={key: config["probe"][key] for key in ("subsets", "answer_probe", "folds")},
-        layers=lambda wc: list(range(0 if EMBEDDING_LAYER else 1, config["models"][wc.model]["n_layers"] + 1)),
-        chunk_index=lambda wc: chunk_index_of_layers(wc.model),
-        provenance=lambda wc: hidden_provenance(wc.model),
+        probe=plan.problem_settings(config),
+        layers=lambda wc: plan.lens_layers(config, wc.model),
+        chunk_index=lambda wc: plan.chunk_index_of_layers(config, wc.model),
+        provenance=lambda wc: plan.hidden_provenance(config, wc.model),
     script:
         "../scripts/logit_lens.py"
 
 
 rule localise:
     input:
-        unpack(localisation_inputs),
+        unpack(lambda wc: plan.localised(config, wc.model)),
+        # paired with each probe
+        text=[plan.path(plan.BASELINE, baseline="text") + ".predictions.h5"],
     output:
-        "results/localisation/{model}.tsv",
+        plan.LOCALISATION,
     log:
         "logs/localise/{model}.log",
     benchmark:
@@ -195,11 +193,12 @@ rule localise:
     params:
         code=script_code("localise"),
         probe={key: config["probe"][key] for key in ("bootstrap", "seed")},
-        locations=lambda wc: [location for location in localisation_inputs(wc) if location != "text"],
+        locations=lambda wc: list(plan.localised(config, wc.model)),
         provenance=lambda wc: {
-            location: predictions_provenance(wc.model, location) for location in localisation_inputs(wc)
+            location: plan.predictions_provenance(config, wc.model, location)
+            for location in plan.localised(config, wc.model)
         },
-        text_provenance=lambda wc: predictions_provenance(wc.model, "text"),
+        text_provenance=lambda wc: plan.predictions_provenance(config, wc.model, "text"),
         n_layers=lambda wc: config["models"][wc.model]["n_layers"],
     script:
         "../scripts/localise.py"
@@ -207,8 +206,8 @@ rule localise:
 
 rule count_subsets:
     input:
-        prompts="results/corpus/prompts.tsv",
-        answers=expand("results/answers/{model}.tsv", model=MODELS),
+        prompts=plan.PROMPTS,
+        answers=expand(plan.ANSWERS, model=MODELS),
     output:
         report("results/subsets.tsv", caption="../report/subsets_table.rst", category="Tables"),
     log:
@@ -222,8 +221,8 @@ rule count_subsets:
         runtime=5,
     params:
         code=script_code("count_subsets"),
-        probe={key: config["probe"][key] for key in ("subsets", "answer_probe", "folds")},
-        labels=sorted(config["dataset"]["labels"]),
+        probe=plan.problem_settings(config),
+        labels=plan.labels(config),
         models=MODELS,
     script:
         "../scripts/count_subsets.py"

@@ -12,19 +12,18 @@ import torch
 import transformers
 
 import emoprobe
-from emoprobe.architecture import model_source
 from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.extract import extract_to_hdf5
 from emoprobe.device import pick_device
 from emoprobe.models import ModelError, load_decoder, model_location
+from emoprobe.provenance import hidden_states
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg = snakemake.wildcards.model, snakemake.params.model
 settings = snakemake.params.extraction
 layers = list(range(snakemake.params.first_layer, int(snakemake.wildcards.last) + 1))
-source = model_source(name, model_cfg)
 path_or_id, revision, local_only = model_location(name, model_cfg, getattr(snakemake.input, "model_dir", None))
 device = pick_device(settings["device"])
 log.info("model %s (%s) on %s in %s, %d threads, layers %s", name, path_or_id, device, settings["dtype"],
@@ -38,16 +37,18 @@ with reported_as_message():
             raise ModelError(f"models.{name}.{key}: the workflow planned {snakemake.params.shape[key]}, the model "
                              f"loaded has {actual}")
     prompts = read_prompts(snakemake.input.prompts)
+    provenance = hidden_states(model_cfg, snakemake.params.template, snakemake.params.sample,
+                               settings["storage_dtype"])
     attrs = {
-        "model": name,
-        "source": json.dumps({source: model_cfg[source]}),
+        "model": provenance["model"],
+        "source": json.dumps(provenance["source"]),
         "revision": revision or getattr(model.config, "_commit_hash", None) or "",
-        "prompt_template": snakemake.params.template,
+        "prompt_template": provenance["prompt_template"],
         "locations": list(snakemake.params.locations),
-        "dataset_limit": int(snakemake.params.sample["limit"]),
-        "dataset_seed": int(snakemake.params.sample["seed"]),
+        "dataset_limit": provenance["dataset_limit"],
+        "dataset_seed": provenance["dataset_seed"],
         "dtype": settings["dtype"],
-        "storage_dtype": settings["storage_dtype"],
+        "storage_dtype": provenance["storage_dtype"],
         "device": str(device),
         "emoprobe_version": emoprobe.__version__,
         "torch_version": torch.__version__,

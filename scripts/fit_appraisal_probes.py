@@ -4,6 +4,7 @@ and the weights of their fit on all texts."""
 import numpy as np
 import pandas as pd
 
+from emoprobe import provenance
 from emoprobe.appraisal import appraisal_directions, appraisal_r2, appraisal_table
 from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
@@ -36,4 +37,4 @@ write_directions(snakemake.output.directions,
                  {"appraisal": {**directions, "positions": meta["positions"],
                                 **{key: np.stack(directions[key]) for key in ("weights", "intercepts")}}},
                  layers=fitted_layers,
-                 attrs={"model": snakemake.wildcards.model, "appraisals": columns})
+                 attrs=provenance.appraisal_directions(snakemake.wildcards.model, columns))

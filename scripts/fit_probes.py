@@ -11,6 +11,7 @@ from emoprobe.grid import Cell, positions_of
 from emoprobe.h5io import read_layer, write_directions, write_predictions
 from emoprobe.io import write_tsv
 from emoprobe.probes import probe_layer, probe_targets
+from emoprobe.provenance import predictions as predictions_provenance
 
 log = log_to(snakemake.log[0])
 # One thread whatever the job is given: the order of torch's parallel sums, so the last bits of a fit, would
@@ -64,7 +65,7 @@ for layer in layers:
                  "" if table["converged"].all() else f", NOT converged to tol={settings['tol']:g}",
                  f"; {best.note}" if best.note else "")
 write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
-attrs = {"model": snakemake.wildcards.model, "location": location, "labels": labels}
+attrs = predictions_provenance(snakemake.wildcards.model, location, labels)
 write_predictions(snakemake.output.predictions,
                   {name: {**arrays, **{key: np.stack(arrays[key]) for key in ("predicted", "control_predicted")}}
                    for name, arrays in predictions.items()}, layers=layers, attrs=attrs)

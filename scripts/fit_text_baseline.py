@@ -9,6 +9,7 @@ from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import write_predictions
 from emoprobe.io import write_tsv
 from emoprobe.probes import probe_targets
+from emoprobe.provenance import predictions as predictions_provenance
 
 log = log_to(snakemake.log[0])
 settings, labels = snakemake.params.probe, snakemake.params.labels
@@ -32,4 +33,4 @@ for subset, target, rows, label_id in probe_targets(settings["subsets"], setting
              table["balanced_accuracy"].iloc[0], table["accuracy"].iloc[0], table["note"].iloc[0] or "")
 write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
 write_predictions(snakemake.output.predictions, predictions, layers=[0],
-                  attrs={"model": snakemake.wildcards.model, "location": "text", "labels": labels})
+                  attrs=predictions_provenance(snakemake.wildcards.model, "text", labels))

@@ -13,6 +13,7 @@ from emoprobe.io import write_tsv
 from emoprobe.device import pick_device
 from emoprobe.models import load_configured_model
 from emoprobe.probes import probe_targets
+from emoprobe.provenance import predictions as predictions_provenance
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -44,4 +45,4 @@ for subset, target, rows, label_id in probe_targets(settings["subsets"], True, m
     log.info("%s / %s: balanced accuracy by layer %s", subset, target, np.round(table["balanced_accuracy"], 3).tolist())
 write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
 write_predictions(snakemake.output.predictions, predictions, layers=layers,
-                  attrs={"model": name, "location": "logit_lens", "labels": labels})
+                  attrs=predictions_provenance(name, "logit_lens", labels))

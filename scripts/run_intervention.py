@@ -43,7 +43,7 @@ with reported_as_message():
     elif kind == "surgery":
         columns = snakemake.params.directions_provenance["appraisals"]
         directions = {layer: dict(zip(columns, weights)) for layer, (_, weights) in read_directions_of_layers(
-            [snakemake.input.directions], "appraisal", list(range(1, len(blocks) + 1)),
+            snakemake.input.directions, "appraisal", list(range(1, len(blocks) + 1)),
             provenance=snakemake.params.directions_provenance).items()}
 token_ids = tokenize(tokenizer, prompts["prompt"])
 log.info("%s on %s (%s, %d threads): %d texts of subset %s", kind, name, device, torch.get_num_threads(),

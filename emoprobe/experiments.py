@@ -1,0 +1,50 @@
+"""The experiments on the model's forward pass that ``interventions.experiments`` may name, and what each needs.
+
+The one list the rules (:mod:`emoprobe.plan`), the config check (:mod:`emoprobe.config`), the job estimates
+(:mod:`emoprobe.jobs`) and the figures read: adding an experiment is an entry here, its section in the schema,
+and the function that runs it (:func:`emoprobe.causal.run_experiment`). Only the standard library is imported
+here: this runs every time Snakemake parses the workflow.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Experiment(NamedTuple):
+    """What one experiment does to the model, what it reads, and where it is drawn."""
+
+    edits: bool
+    """It runs the model with an edit in windows of layers (``span``, ``every``): one ``intervene`` job and table
+    per model. Otherwise it only reads the forward pass (rule ``attend``)."""
+    per_location: bool
+    """It edits each of ``interventions.locations`` in turn; its table is drawn beside the probes in the
+    combined heatmap and the depth figure."""
+    directions: str | None
+    """The directions it pushes along: ``emotion`` (the residual stream's emotion probes at token -1),
+    ``appraisal`` (the appraisal probes), or none. Those with directions have a figure of their own."""
+
+
+EXPERIMENTS = {
+    "zero": Experiment(edits=True, per_location=True, directions=None),
+    "random": Experiment(edits=True, per_location=True, directions=None),
+    "patching": Experiment(edits=True, per_location=True, directions=None),
+    "promotion": Experiment(edits=True, per_location=False, directions="emotion"),
+    "surgery": Experiment(edits=True, per_location=False, directions="appraisal"),
+    "attention": Experiment(edits=False, per_location=False, directions=None),
+}
+
+
+def editing(names: list[str] | None = None) -> list[str]:
+    """Of ``names`` (default: every experiment), those that edit the model (an ``intervene`` job each)."""
+    return [name for name in (EXPERIMENTS if names is None else names) if EXPERIMENTS[name].edits]
+
+
+def per_location(names: list[str] | None = None) -> list[str]:
+    """Of ``names`` (default: every experiment), those that edit each location in turn (the heatmap's)."""
+    return [name for name in (EXPERIMENTS if names is None else names) if EXPERIMENTS[name].per_location]
+
+
+def steering(names: list[str] | None = None) -> list[str]:
+    """Of ``names`` (default: every experiment), those that push along directions (a figure of their own)."""
+    return [name for name in (EXPERIMENTS if names is None else names) if EXPERIMENTS[name].directions]

@@ -1,0 +1,400 @@
+"""The workflow's plan: which files a run writes, where, and which settings decide each of them.
+
+Plain functions of the prepared config (:func:`emoprobe.config.prepare_config`: validated, defaults filled in,
+models described, keys sorted). ``rules/*.smk`` take their output paths, the files a job reads and the params
+that decide a job's output from here; what a job writes into a file's attributes and what its readers expect
+come from one function (:mod:`emoprobe.provenance`).
+
+Params hold exactly what decides an output, so that editing anything else reruns nothing: the keys that only
+size or schedule work are listed once, in :data:`SCHEDULING`; the rest of each rule's choice is its function
+below. Only the standard library is imported here: this runs every time Snakemake parses the workflow.
+"""
+
+from __future__ import annotations
+
+import os
+
+from emoprobe import experiments, grid, jobs, provenance
+from emoprobe.architecture import model_source
+from emoprobe.config import count_records, prompt_template, sha256_of
+
+# Output paths, as Snakemake wildcard patterns (the rules' outputs); :func:`path` fills them in.
+PROMPTS = "results/corpus/prompts.tsv"
+HIDDEN = "results/hidden/{model}/layers{first}-{last}.h5"
+ANSWERS = "results/answers/{model}.tsv"
+PROBES = "results/probes/{model}/{location}/layers{first}-{last}"  # + .tsv, .predictions.h5, .directions.h5
+NONLINEAR = "results/probes/{model}/{location}/nonlinear.tsv"
+APPRAISAL = "results/appraisal/{model}"  # + .tsv, .directions.h5
+BASELINE = "results/baselines/{model}/{baseline}"  # + .tsv, .predictions.h5
+LOCALISATION = "results/localisation/{model}.tsv"
+INTERVENTION = "results/interventions/{model}/{experiment}.tsv"
+ATTENTION = "results/attention/{model}"  # + .tsv, .h5
+TEXT_TABLE = "results/tables/{model}_accuracy_by_layer.txt"
+FIGURE = "results/figures/{figure}.{suffix}"
+
+# The keys that only size, schedule or cut work into jobs: no param holds them and the recorded config leaves
+# them out, so that editing one reruns nothing. ``models`` applies to every model's entry.
+SCHEDULING = {
+    "dataset": ("texts_guess",),
+    "extraction": ("threads", "layer_chunk_size"),
+    "probe": ("fits_per_job",),
+    "interventions": ("threads",),
+    "models": ("params_m", "compute_params_m", "layer_chunk_size"),
+}
+# Where the corpus lies or comes from: its sha256 (:func:`corpus_sha256`) stands for its bytes.
+CORPUS_LOCATION = ("path", "url", "sha256")
+
+
+def path(template: str, **values) -> str:
+    """``template`` with the wildcards named in ``values`` filled in (others left for Snakemake); layer numbers
+    (``first``, ``last``) written with two digits, as the rules' outputs match them."""
+    for key, value in values.items():
+        text = f"{int(value):02d}" if key in ("first", "last") else str(value)
+        template = template.replace("{" + key + "}", text)
+    return template
+
+
+def without_scheduling(section: str, settings: dict) -> dict:
+    """``settings`` (a section of the config, or a model's entry for ``models``) less its :data:`SCHEDULING` keys."""
+    return {key: value for key, value in settings.items() if key not in SCHEDULING.get(section, ())}
+
+
+# --- the corpus and its sample
+
+
+def corpus_sha256(config: dict) -> str:
+    """sha256 of the local corpus; for one still to be downloaded, the sha256 the download checks."""
+    location = config["dataset"]["path"]
+    return sha256_of([location]) if os.path.exists(location) else config["dataset"]["sha256"]
+
+
+def n_texts(config: dict) -> int:
+    """Texts in the run, for resource estimates: the sample size, else the corpus's records, else (the corpus is
+    yet to be downloaded) ``dataset.texts_guess``."""
+    dataset = config["dataset"]
+    return dataset["limit"] or count_records(dataset["path"]) or dataset["texts_guess"]
+
+
+def dataset_settings(config: dict) -> dict:
+    """The dataset settings that decide the prompts: not where the corpus lies or comes from (its sha256 is the
+    param that stands for its bytes) nor the size guess for resource requests."""
+    return {k: v for k, v in without_scheduling("dataset", config["dataset"]).items() if k not in CORPUS_LOCATION}
+
+
+def template(config: dict) -> str:
+    """The prompt template's text (:func:`emoprobe.config.prompt_template`)."""
+    return prompt_template(config["prompt"])
+
+
+def sample(config: dict) -> dict:
+    """The settings that decide which texts are in the run (``dataset.limit``, ``dataset.seed``)."""
+    return {key: config["dataset"][key] for key in ("limit", "seed")}
+
+
+# --- models and their hidden states
+
+
+def model_identity(config: dict, model: str) -> dict:
+    """What decides which model a job loads: its source entry and whether its own code may run; not its size
+    estimates or job layout."""
+    entry = config["models"][model]
+    source = model_source(model, entry)
+    return {"name": model, "source": source, source: entry[source], "trust_remote_code": entry["trust_remote_code"]}
+
+
+def model_shape(config: dict, model: str) -> dict:
+    """The depth and width the model has (read from it at parse time, :mod:`emoprobe.architecture`)."""
+    return {key: config["models"][model][key] for key in ("n_layers", "hidden_size")}
+
+
+def layers(config: dict, model: str) -> list[int]:
+    """The model's decoder layers, 1-based."""
+    return list(range(1, config["models"][model]["n_layers"] + 1))
+
+
+def stores_embeddings(config: dict) -> bool:
+    """Whether extraction stores the token embeddings, as layer 0 of the residual stream (in the first chunk)."""
+    return "residual" in config["locations"]
+
+
+def extraction_settings(config: dict, model: str) -> dict:
+    """The extraction settings that decide a model's states (not threads or chunking), with the model's own
+    ``storage_dtype`` where it has one."""
+    settings = without_scheduling("extraction", config["extraction"])
+    settings["storage_dtype"] = config["models"][model].get("storage_dtype", settings["storage_dtype"])
+    return settings
+
+
+def hidden_provenance(config: dict, model: str) -> dict:
+    """The attributes the model's hidden-state files carry and their readers expect
+    (:func:`emoprobe.provenance.hidden_states`)."""
+    return provenance.hidden_states(model_identity(config, model), template(config), sample(config),
+                                    extraction_settings(config, model)["storage_dtype"])
+
+
+def hidden_files(config: dict, model: str) -> list[str]:
+    """The model's hidden-state files, one per extraction job (:func:`emoprobe.jobs.extraction_chunks`)."""
+    return [path(HIDDEN, model=model, first=first, last=last) for first, last in jobs.extraction_chunks(config, model)]
+
+
+def first_stored_layer(config: dict, first: int) -> int:
+    """The first layer the extraction job of the chunk starting at ``first`` stores: 0 (the token embeddings) in the
+    first chunk where they are stored."""
+    return 0 if stores_embeddings(config) and int(first) == 1 else int(first)
+
+
+def chunk_index_of_layers(config: dict, model: str) -> dict[int, int]:
+    """For each layer (0, the embeddings, included), the index of its file in :func:`hidden_files`."""
+    chunks = jobs.extraction_chunks(config, model)
+    return {layer: next(i for i, (first, last) in enumerate(chunks) if first <= max(layer, 1) <= last)
+            for layer in range(0, config["models"][model]["n_layers"] + 1)}
+
+
+def hidden_file_of_layer(config: dict, model: str, layer: int) -> str:
+    """The hidden-state file holding ``layer`` (layer 0, the embeddings, is in the first)."""
+    return hidden_files(config, model)[chunk_index_of_layers(config, model)[int(layer)]]
+
+
+# --- probes and baselines
+
+
+def labels(config: dict) -> list[str]:
+    """The emotion labels; a label's id is its index here (the config keeps them sorted)."""
+    return sorted(config["dataset"]["labels"])
+
+
+def uses_answers(config: dict) -> bool:
+    """Whether the probes read the model's answers: for the ``model_correct`` subset or the answer probe."""
+    return "model_correct" in config["probe"]["subsets"] or config["probe"]["answer_probe"]
+
+
+def probe_settings(config: dict) -> dict:
+    """The probe settings that decide a linear probe's fit and scores: not the grid (a job's cells are its own
+    param), the non-linear probes, the job layout or the localisation's bootstrap."""
+    decided_elsewhere = ("grid", "nonlinear", "bootstrap")
+    return {k: v for k, v in without_scheduling("probe", config["probe"]).items() if k not in decided_elsewhere}
+
+
+def baseline_settings(config: dict) -> dict:
+    """The probe settings that decide the text and appraisal-ratings baselines: a probe's less ``device``, since they
+    are fitted on the CPU."""
+    return {k: v for k, v in probe_settings(config).items() if k != "device"}
+
+
+def split_settings(config: dict) -> dict:
+    """The settings that decide the probes' folds, which the appraisal probes share."""
+    return {key: config["probe"][key] for key in ("folds", "test_size", "seed", "stratify")}
+
+
+def problem_settings(config: dict) -> dict:
+    """The settings that decide which probing problems there are and how many folds score them."""
+    return {key: config["probe"][key] for key in ("subsets", "answer_probe", "folds")}
+
+
+def nonlinear_problem_settings(config: dict) -> dict:
+    """The settings of the linear probes that decide a non-linear probe: the problems, folds and device, not the
+    linear probes' optimiser."""
+    keys = ("subsets", "answer_probe", "folds", "test_size", "seed", "stratify", "device")
+    return {key: config["probe"][key] for key in keys}
+
+
+def nonlinear_settings(config: dict) -> dict:
+    """The non-linear probes' own settings that decide them (not where they are fitted: a job's cells are its own
+    param)."""
+    return {key: config["probe"]["nonlinear"][key] for key in ("hidden", "alpha", "max_iter", "tol")}
+
+
+def plain_cells(location_cells: dict) -> dict:
+    """Cells (:class:`emoprobe.grid.Cell`) as plain data for a param: ``{problem: {position: {"control": bool,
+    "directions": bool}}}``."""
+    return {problem: {position: cell._asdict() for position, cell in by_position.items()}
+            for problem, by_position in location_cells.items()}
+
+
+def grid_cells(config: dict, location: str) -> dict:
+    """The linear probes' cells at ``location`` (:func:`emoprobe.grid.cells`), as plain data."""
+    return plain_cells(grid.cells(config)[location])
+
+
+def nonlinear_cells(config: dict, location: str) -> dict:
+    """The non-linear probes' cells at ``location`` (:func:`emoprobe.grid.nonlinear_cells`), as plain data."""
+    return plain_cells(grid.nonlinear_cells(grid.cells(config)[location]))
+
+
+def nonlinear_locations(config: dict) -> list[str]:
+    """The locations with non-linear probes (``probe.nonlinear``)."""
+    return grid.nonlinear_locations(config, grid.cells(config))
+
+
+def text_control(config: dict) -> bool:
+    """Whether the text baselines fit a shuffled-label control: when any probe of the grid has one."""
+    cells = grid.cells(config)
+    return any(cell.control for by_problem in cells.values() for by_position in by_problem.values()
+               for cell in by_position.values())
+
+
+def probe_files(config: dict, model: str, location: str | None = None, suffix: str = "tsv") -> list[str]:
+    """The probe tables (``tsv``), predictions (``predictions.h5``) or directions (``directions.h5``) of every probe
+    job of a model, or of one location (none where the grid fits nothing)."""
+    return [f"{path(PROBES, model=model, location=loc, first=first, last=last)}.{suffix}"
+            for loc in ([location] if location else config["locations"])
+            for first, last in jobs.probe_groups(config, model, loc)]
+
+
+def probe_layers(config: dict, model: str, location: str) -> list[int]:
+    """The layers the linear probes of ``location`` are fitted at (the embeddings, 0, on the residual stream)."""
+    return [layer for first, last in jobs.probe_groups(config, model, location) for layer in range(first, last + 1)]
+
+
+def lens_layers(config: dict, model: str) -> list[int]:
+    """The layers the logit lens reads: every stored layer of the residual stream."""
+    return list(range(0 if stores_embeddings(config) else 1, config["models"][model]["n_layers"] + 1))
+
+
+def baselines(config: dict) -> list[str]:
+    """The baselines every model's probes are compared with."""
+    return ["text", "logit_lens"] + (["appraisal_ratings"] if config["dataset"]["appraisal_columns"] else [])
+
+
+def predictions_provenance(config: dict, model: str, location: str) -> dict:
+    """The attributes of the predictions (and directions) files of ``location``'s probes, or of a baseline
+    (:func:`emoprobe.provenance.predictions`)."""
+    return provenance.predictions(model, location, labels(config))
+
+
+def localised(config: dict, model: str) -> dict[str, list[str]]:
+    """The predictions files the localisation compares, by location: every location's probes (where the grid fits
+    any), then the logit lens."""
+    files = {location: probe_files(config, model, location, "predictions.h5") for location in config["locations"]}
+    files = {location: paths for location, paths in files.items() if paths}
+    return {**files, "logit_lens": [f"{path(BASELINE, model=model, baseline='logit_lens')}.predictions.h5"]}
+
+
+def score_files(config: dict) -> list[str]:
+    """Every table of probe and baseline scores of the run."""
+    models = list(config["models"])
+    return ([table for model in models for table in probe_files(config, model)]
+            + [path(NONLINEAR, model=model, location=location) for model in models
+               for location in nonlinear_locations(config)]
+            + [f"{path(BASELINE, model=model, baseline=kind)}.tsv" for model in models for kind in baselines(config)])
+
+
+def score_locations(config: dict) -> list[str]:
+    """The locations of results/accuracy.tsv in order: each configured one, then its non-linear probes."""
+    nonlinear = nonlinear_locations(config)
+    return [name for location in config["locations"]
+            for name in [location] + ([f"{location}-nonlinear"] if location in nonlinear else [])]
+
+
+# --- experiments on the forward pass
+
+
+def editing_experiments(config: dict) -> list[str]:
+    """The configured experiments that edit the model (an ``intervene`` job and table each)."""
+    return experiments.editing(config["interventions"]["experiments"])
+
+
+def heatmap_experiments(config: dict) -> list[str]:
+    """The configured experiments drawn beside the probes in the heatmap (each location edited in turn)."""
+    return experiments.per_location(config["interventions"]["experiments"])
+
+
+def sample_settings(config: dict) -> dict:
+    """The settings that decide the experiments' sample of texts."""
+    return {key: config["interventions"][key] for key in ("subset", "texts", "seed")}
+
+
+def batching(config: dict) -> dict:
+    """The experiments' batching: it decides the last bits of the logits, as the extraction's does the states."""
+    return {key: config["interventions"][key] for key in ("batch_tokens", "max_batch_size", "max_padding")}
+
+
+def intervention_settings(config: dict, experiment: str) -> dict:
+    """The settings that decide an experiment's table: the sample, windows, and the experiment's own section (those
+    that edit each location: the locations too); not the batching or threads."""
+    settings = config["interventions"]
+    decided = {**sample_settings(config), "clip_windows": settings["clip_windows"]}
+    if experiments.EXPERIMENTS[experiment].per_location:
+        decided["locations"] = settings["locations"]
+    return {**decided, **settings[experiment]}
+
+
+def attention_settings(config: dict) -> dict:
+    """The settings that decide the attention table: the sample and the attention section."""
+    return {**sample_settings(config), "attention": config["interventions"]["attention"]}
+
+
+def attention_patching(config: dict) -> list[str]:
+    """The experiment drawn beside the attention weights, where configured: patching the attention output."""
+    return [name for name in ("patching",) if name in editing_experiments(config)]
+
+
+def directions_files(config: dict, model: str, experiment: str) -> list[str]:
+    """The directions an experiment pushes along (none for those that push along none)."""
+    directions = experiments.EXPERIMENTS[experiment].directions
+    if directions == "emotion":
+        return probe_files(config, model, "residual", "directions.h5")
+    if directions == "appraisal":
+        return [f"{path(APPRAISAL, model=model)}.directions.h5"]
+    return []
+
+
+def directions_provenance(config: dict, model: str, experiment: str) -> dict:
+    """The attributes of the directions file(s) an experiment reads (none where it reads none)."""
+    directions = experiments.EXPERIMENTS[experiment].directions
+    if directions == "emotion":
+        return predictions_provenance(config, model, "residual")
+    if directions == "appraisal":
+        return provenance.appraisal_directions(model, config["dataset"]["appraisal_columns"])
+    return {}
+
+
+def heatmap_probe_subset(config: dict) -> str:
+    """The probes drawn beside the interventions: those of the texts intervened on, where the probes fit them."""
+    subset = config["interventions"]["subset"]
+    return subset if subset in config["probe"]["subsets"] else config["probe"]["subsets"][0]
+
+
+def intervention_files(config: dict, model: str | None = None, names: list[str] | None = None) -> list[str]:
+    """The experiment tables of one model (or all), of the experiments ``names`` (default: every configured one
+    that edits the model)."""
+    return [path(INTERVENTION, model=m, experiment=experiment)
+            for m in ([model] if model else config["models"])
+            for experiment in (editing_experiments(config) if names is None else names)]
+
+
+# --- what the run records and produces
+
+
+def recorded_config(config: dict) -> dict:
+    """The config behind the results, defaults filled in, for results/config.yaml: every seed and setting that
+    decides a number, with the sha256 of the corpus read; without the :data:`SCHEDULING` keys."""
+    recorded = {section: without_scheduling(section, values) if isinstance(values, dict) else values
+                for section, values in config.items()}
+    recorded["dataset"] = {**dataset_settings(config), "path": config["dataset"]["path"],
+                           "sha256": corpus_sha256(config)}
+    recorded["models"] = {name: without_scheduling("models", entry) for name, entry in config["models"].items()}
+    return recorded
+
+
+def all_targets(config: dict) -> list[str]:
+    """Every table and figure of the configured run."""
+    models = list(config["models"])
+    figures = ["accuracy_by_layer", "accuracy_by_depth"]
+    figures += [f"{kind}/{model}" for kind in ("layer_position", "confusion") for model in models]
+    tables = ["results/accuracy.tsv", "results/localisation.tsv", "results/subsets.tsv", "results/answers.tsv",
+              "results/config.yaml"]
+    tables += [path(TEXT_TABLE, model=model) for model in models]
+    if config["dataset"]["appraisal_columns"]:
+        figures += [f"appraisal_r2/{model}" for model in models]
+        tables.append("results/appraisal_r2.tsv")
+    configured = config["interventions"]["experiments"]
+    if "attention" in configured:
+        tables += [f"{path(ATTENTION, model=model)}.tsv" for model in models]
+        figures += [f"attention/{model}" for model in models]
+    if editing_experiments(config):
+        tables.append("results/interventions.tsv")
+        kinds = (["interventions"] if heatmap_experiments(config) else []) + experiments.steering(configured)
+        figures += [f"{kind}/{model}" for kind in kinds for model in models]
+        figures += ["interventions_by_depth"] if heatmap_experiments(config) else []
+    return tables + [path(FIGURE, figure=figure, suffix=suffix) for figure in figures for suffix in ("png", "pdf")]
