@@ -77,7 +77,7 @@ def main() -> None:
 
     from emoprobe import interventions
     from emoprobe.answers import answer_token_ids, label_readout
-    from emoprobe.extract import length_batches, tokenize
+    from emoprobe.forward import length_batches, tokenize
     from emoprobe.models import decoder_layers, load_decoder
 
     torch.set_num_threads(args.threads)

@@ -29,11 +29,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emoprobe.config import chunk_size, layer_chunks, prompt_template  # noqa: E402
+from emoprobe.config import prompt_template  # noqa: E402
+from emoprobe.jobs import chunk_size, layer_chunks  # noqa: E402
 from emoprobe import grid, jobs as job_layout  # noqa: E402
 from emoprobe.architecture import describe_models  # noqa: E402
 from emoprobe.corpus import build_prompts, checked_corpus  # noqa: E402
-from emoprobe.extract import length_batches, padded_tokens, shared_prefix_length, tokenize  # noqa: E402
+from emoprobe.forward import length_batches, padded_tokens, shared_prefix_length, tokenize  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989  # NVIDIA H100 SXM datasheet, dense bf16 tensor-core peak
 H100_FP32_TFLOPS = 67  # the same datasheet, float32 without tensor cores (the probes' products: TF32 stays off)

@@ -1,7 +1,19 @@
 """emoprobe: where inside a language model is emotion recognised?
 
-Logic of the Snakemake workflow that tests can import: corpus reading, model
-loading, hidden-state extraction, HDF5 I/O, linear probes and reporting.
+The logic of the Snakemake workflow, which its scripts call and tests import:
+
+- the plan (run at parse time, standard library only): :mod:`~emoprobe.config` (checks), :mod:`~emoprobe.plan`
+  (paths, what decides each output), :mod:`~emoprobe.provenance`, :mod:`~emoprobe.experiments`,
+  :mod:`~emoprobe.grid` (which probes are fitted where), :mod:`~emoprobe.jobs` (jobs and their requests),
+  :mod:`~emoprobe.architecture` (what each model is, from its files);
+- the data: :mod:`~emoprobe.corpus`, :mod:`~emoprobe.h5io`, :mod:`~emoprobe.io` (atomic writes);
+- the model: :mod:`~emoprobe.models` (loading), :mod:`~emoprobe.forward` (tokens, batches, the shared prefix),
+  :mod:`~emoprobe.nethook` (hooks), :mod:`~emoprobe.extract` (hidden states), :mod:`~emoprobe.answers`,
+  :mod:`~emoprobe.interventions` (edits at the last token), :mod:`~emoprobe.causal` (the experiments' tables),
+  :mod:`~emoprobe.attention`;
+- the probes: :mod:`~emoprobe.probes` (protocol), :mod:`~emoprobe.logistic` and :mod:`~emoprobe.mlp` (trainers,
+  on :mod:`~emoprobe.lbfgs`), :mod:`~emoprobe.appraisal`, :mod:`~emoprobe.baselines`;
+- the numbers and pictures: :mod:`~emoprobe.scores`, :mod:`~emoprobe.report`.
 """
 
 __version__ = "0.1.0"

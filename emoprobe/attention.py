@@ -21,7 +21,7 @@ SEGMENTS = ("start", "opening", "text", "closing")
 
 def token_segments(tokenizer, prompts: Sequence[str], template: str) -> list[np.ndarray]:
     """The segment (an index into :data:`SEGMENTS`) of each token of each prompt, tokenised as the workflow tokenises
-    it (:func:`emoprobe.extract.tokenize`). A token belongs to the text when its characters overlap the text's; the
+    it (:func:`emoprobe.forward.tokenize`). A token belongs to the text when its characters overlap the text's; the
     prompt is ``template.format(text=...)``, as :mod:`emoprobe.corpus` makes the prompts, so the template's own words
     are what ``format`` makes of them (``{{`` a single brace)."""
     opening, closing = template.format(text="\0").split("\0")

@@ -163,18 +163,6 @@ def _types(schema: dict) -> list[str]:
     return [types] if isinstance(types, str) else list(types)
 
 
-def chunk_size(config: dict, name: str) -> int:
-    """Layers per extraction job for a model: its own setting, else the global one, else all."""
-    model = config["models"][name]
-    size = model.get("layer_chunk_size", config["extraction"].get("layer_chunk_size", model["n_layers"]))
-    return size
-
-
-def layer_chunks(n_layers: int, size: int) -> list[tuple[int, int]]:
-    """Consecutive 1-based ``(first, last)`` layer ranges of ``size`` layers covering ``1..n_layers``."""
-    return [(first, min(first + size - 1, n_layers)) for first in range(1, n_layers + 1, size)]
-
-
 def count_records(path: str | Path) -> int | None:
     """Number of records of a CSV file with a header row, or None when there is no such file.
 

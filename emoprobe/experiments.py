@@ -1,9 +1,9 @@
 """The experiments on the model's forward pass that ``interventions.experiments`` may name, and what each needs.
 
-The one list the rules (:mod:`emoprobe.plan`), the config check (:mod:`emoprobe.config`), the job estimates
-(:mod:`emoprobe.jobs`) and the figures read: adding an experiment is an entry here, its section in the schema,
-and the function that runs it (:func:`emoprobe.causal.run_experiment`). Only the standard library is imported
-here: this runs every time Snakemake parses the workflow.
+The one list that the rules' plan (:mod:`emoprobe.plan`: inputs, params, targets) and the config check
+(:mod:`emoprobe.config`) read: adding an experiment is an entry here, its section in the schema, and its branch of
+:func:`emoprobe.causal.run_experiment`. Only the standard library is imported here: this runs every time Snakemake
+parses the workflow.
 """
 
 from __future__ import annotations

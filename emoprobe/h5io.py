@@ -1,6 +1,6 @@
-"""The HDF5 file of one extraction job: hidden states of a chunk of layers.
+"""The workflow's HDF5 files: hidden states, probe predictions and directions, attention weights.
 
-Layout::
+A hidden-state file holds one extraction job's chunk of layers. Layout::
 
     /row_id     int64   [n_texts]            corpus ids, corpus order
     /label_id   int64   [n_texts]            index into attrs["labels"]
@@ -19,6 +19,10 @@ write; :func:`read_layer` returns them in corpus order.
 File attributes record the model source and revision, the prompt template, the
 compute and storage dtypes, library versions and ``complete = True``, which is
 set last. The file is written under a temporary name and renamed when whole.
+
+Predictions and directions files (:func:`write_predictions`, :func:`write_directions`) hold one group per probing
+problem, with the attributes of :mod:`emoprobe.provenance`; every reader checks a file's attributes against what
+its job expects (:func:`check_provenance`).
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from emoprobe.errors import UserError
 from emoprobe.io import atomic_path
 
 
-class HiddenFileError(UserError):
-    """An HDF5 hidden-state file is missing, truncated, incomplete or of the wrong shape."""
+class ResultFileError(UserError):
+    """An HDF5 file of the workflow (hidden states, predictions, directions) is missing, truncated, incomplete, of
+    the wrong shape, or not this run's (:func:`check_provenance`)."""
 
 
 def dataset_key(location: str, layer: int) -> str:
@@ -81,7 +86,7 @@ class HiddenStateWriter:
         """Store ``states[(location, layer)]`` (``[len(indices), n_positions, hidden]``), the states of the
         texts at corpus-order ``indices``, after the rows written so far.
 
-        Raises :class:`HiddenFileError` when a state is not finite (a float16 forward pass overflows
+        Raises :class:`ResultFileError` when a state is not finite (a float16 forward pass overflows
         where a residual stream exceeds 65504, as Gemma's does) or does not fit the storage dtype,
         rather than storing infinities or NaNs that every probe would silently be fitted on.
         """
@@ -89,12 +94,12 @@ class HiddenStateWriter:
             dataset = self.file[dataset_key(location, layer)]
             values = states[(location, layer)]
             if not np.isfinite(values).all():
-                raise HiddenFileError(
+                raise ResultFileError(
                     f"{self.path}: {location} states of layer {layer} are not finite (inf or NaN); the forward "
                     f"pass overflowed its compute dtype: set extraction.dtype to float32 or bfloat16"
                 )
             if dataset.dtype == np.float16 and np.abs(values).max() > np.finfo(np.float16).max:
-                raise HiddenFileError(
+                raise ResultFileError(
                     f"{self.path}: {location} states of layer {layer} reach {np.abs(values).max():.4g}, beyond "
                     f"float16's range; set storage_dtype: float32 (for this model or in extraction)"
                 )
@@ -112,7 +117,7 @@ class HiddenStateWriter:
             if exc_type is None:
                 row_index = self.file["row_index"][:]
                 if not np.array_equal(np.sort(row_index), np.arange(len(row_index))):
-                    raise HiddenFileError(f"{self.path}: {self.written} state rows written for {len(row_index)} "
+                    raise ResultFileError(f"{self.path}: {self.written} state rows written for {len(row_index)} "
                                           f"texts, not each text once")
                 self.file.attrs["complete"] = True
         except BaseException as err:
@@ -136,16 +141,16 @@ def attribute_value(value):
 
 
 def check_provenance(path, attrs: dict, expected: dict | None) -> None:
-    """Raise :class:`HiddenFileError` naming ``path`` and the attribute when a file attribute differs from
+    """Raise :class:`ResultFileError` naming ``path`` and the attribute when a file attribute differs from
     what the reading job expects (``expected``: attribute name -> value, as the writing job's params
     recorded it), so a stale or foreign file is never read as this run's."""
     for key, value in (expected or {}).items():
         if key not in attrs:
-            raise HiddenFileError(f"{path}: no attribute {key!r}; it was written by an older emoprobe or another "
+            raise ResultFileError(f"{path}: no attribute {key!r}; it was written by an older emoprobe or another "
                                   f"workflow, delete it and rerun")
         stored, wanted = attribute_value(attrs[key]), attribute_value(value)
         if stored != wanted:
-            raise HiddenFileError(f"{path}: attribute {key!r} is {stored!r}, this job expects {wanted!r}; the file "
+            raise ResultFileError(f"{path}: attribute {key!r} is {stored!r}, this job expects {wanted!r}; the file "
                                   f"is not this run's, delete it and rerun")
 
 
@@ -167,36 +172,36 @@ def read_layer(path, layer: int, location: str = "residual", positions: list[int
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)
             if not attrs.get("complete", False):
-                raise HiddenFileError(f"{path}: not marked complete; it was not finished, delete it and rerun")
+                raise ResultFileError(f"{path}: not marked complete; it was not finished, delete it and rerun")
             check_provenance(path, attrs, provenance)
             key = dataset_key(location, layer)
             if key not in f:
                 held = sorted(k for k in f if f[k].ndim == 3)
-                raise HiddenFileError(f"{path}: no dataset {key!r}; it holds {held}")
+                raise ResultFileError(f"{path}: no dataset {key!r}; it holds {held}")
             row_id, label_id, stored = f["row_id"][:], f["label_id"][:], f["positions"][:].tolist()
             if "row_index" not in f:
-                raise HiddenFileError(f"{path}: no dataset 'row_index'; it was written by an older emoprobe, "
+                raise ResultFileError(f"{path}: no dataset 'row_index'; it was written by an older emoprobe, "
                                       f"delete it and rerun")
             row_index, stored_states = f["row_index"][:], f[key][:]
     except OSError as err:
-        raise HiddenFileError(f"{path}: unreadable HDF5 file ({err}); it is truncated or corrupt, delete it and rerun") from None
+        raise ResultFileError(f"{path}: unreadable HDF5 file ({err}); it is truncated or corrupt, delete it and rerun") from None
     expected = (len(row_id), len(stored))
     if stored_states.ndim != 3 or stored_states.shape[:2] != expected or len(label_id) != len(row_id) \
             or len(row_index) != len(row_id):
-        raise HiddenFileError(
+        raise ResultFileError(
             f"{path}: dataset {key!r} has shape {stored_states.shape}, expected "
             f"({expected[0]}, {expected[1]}, hidden_size) to match row_id, row_index and positions"
         )
     if positions is not None:
         missing = sorted(set(positions) - set(stored))
         if missing:
-            raise HiddenFileError(f"{path}: positions {missing} were not extracted; it holds {stored}")
+            raise ResultFileError(f"{path}: positions {missing} were not extracted; it holds {stored}")
         stored_states = stored_states[:, [stored.index(p) for p in positions]]
         stored = list(positions)
     states = np.empty_like(stored_states)
     states[row_index] = stored_states  # into corpus order
     if not np.isfinite(states).all():
-        raise HiddenFileError(f"{path}: dataset {key!r} holds non-finite values")
+        raise ResultFileError(f"{path}: dataset {key!r} holds non-finite values")
     meta = {"row_id": row_id, "label_id": label_id, "positions": stored, "attrs": attrs}
     return states.astype(np.float32, copy=False), meta
 
@@ -235,7 +240,7 @@ def _problem_groups(f: h5py.File) -> list[str]:
 def read_predictions(paths: Sequence, *, provenance: dict | None = None) -> dict[str, dict]:
     """The predictions of several jobs of one model and location (:func:`write_predictions`), joined along the
     layers in layer order: ``{problem: {"row_id", "label_id", "control_label_id", "predicted",
-    "control_predicted", "layers", "positions"}}``. Raises :class:`HiddenFileError` when the jobs disagree on
+    "control_predicted", "layers", "positions"}}``. Raises :class:`ResultFileError` when the jobs disagree on
     a problem's texts or positions, or a file's attributes differ from ``provenance`` (:func:`check_provenance`)."""
     joined: dict[str, dict] = {}
     for path in paths:
@@ -252,7 +257,7 @@ def read_predictions(paths: Sequence, *, provenance: dict | None = None) -> dict
                     continue
                 seen = joined[name]
                 if not np.array_equal(seen["row_id"], part["row_id"]) or seen["positions"] != positions:
-                    raise HiddenFileError(f"{path}: problem {name!r} holds other texts or positions than the "
+                    raise ResultFileError(f"{path}: problem {name!r} holds other texts or positions than the "
                                           f"other prediction files of its model and location")
                 seen["layers"].append(layers)
                 seen["predicted"].append(part["predicted"])
@@ -290,7 +295,7 @@ def write_directions(path, problems: dict[str, dict], *, layers: Sequence[int], 
 def read_directions(path, name: str, layer: int, position: int = -1, *, provenance: dict | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(classes, weights [k, hidden], intercepts [k])`` of problem ``name``'s probe at ``layer`` and
-    ``position`` (:func:`write_directions`); raises :class:`HiddenFileError` naming the file when it has no
+    ``position`` (:func:`write_directions`); raises :class:`ResultFileError` naming the file when it has no
     such problem, layer or position, or its attributes differ from ``provenance``."""
     with h5py.File(path, "r") as f:
         check_provenance(path, dict(f.attrs), provenance)
@@ -298,7 +303,7 @@ def read_directions(path, name: str, layer: int, position: int = -1, *, provenan
         positions = f[name]["positions"][:].tolist() if name in f else []
         if layer not in layers or position not in positions:
             held = {problem: f[problem]["positions"][:].tolist() for problem in directions_problems(path)}
-            raise HiddenFileError(f"{path}: no probe {name!r} at layer {layer}, position {position} (it holds layers "
+            raise ResultFileError(f"{path}: no probe {name!r} at layer {layer}, position {position} (it holds layers "
                                   f"{layers}, and these problems at these positions: {held})")
         group, l, p = f[name], layers.index(layer), positions.index(position)
         return group["classes"][:], group["weights"][l, p], group["intercepts"][l, p]
@@ -318,14 +323,14 @@ def read_directions_of_layers(paths: Sequence, name: str, layers: Sequence[int],
                               provenance: dict | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """``{layer: (classes, weights [k, hidden])}`` of problem ``name`` at ``position`` for each of ``layers``,
     from whichever of the directions files ``paths`` (the jobs of one location) holds it
-    (:func:`read_directions`); raises :class:`HiddenFileError` naming the files when a layer is in none."""
+    (:func:`read_directions`); raises :class:`ResultFileError` naming the files when a layer is in none."""
     held = {}
     for path in paths:
         with h5py.File(path, "r") as f:
             held.update({layer: path for layer in f["layers"][:].tolist()})
     missing = sorted(set(layers) - set(held))
     if missing:
-        raise HiddenFileError(f"no directions file of {[str(p) for p in paths]} holds layers {missing}")
+        raise ResultFileError(f"no directions file of {[str(p) for p in paths]} holds layers {missing}")
     found = {}
     for layer in layers:
         classes, weights, _ = read_directions(held[layer], name, layer, position, provenance=provenance)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from emoprobe.extract import (LOCATION_MODULES, PrefixCache, SharedPrefix, encode_prefix, left_pad, length_batches,
+from emoprobe.forward import (LOCATION_MODULES, PrefixCache, SharedPrefix, encode_prefix, left_pad, length_batches,
                               location_module, max_padded_width, shared_prefix_length, state_module)
 from emoprobe.nethook import EditLastToken, RetainOutputs
 
@@ -75,7 +75,7 @@ class LastTokenBatch:
         least one each (the last token is never part of the prefix).
     pad_id : the tokenizer's pad token.
     prefix : the tokens every prompt starts with and their keys and values (:func:`encode_prefix`).
-    locations : where the clean outputs are kept, keys of :data:`emoprobe.extract.LOCATION_MODULES`
+    locations : where the clean outputs are kept, keys of :data:`emoprobe.forward.LOCATION_MODULES`
         (``residual`` is always kept: it is where edited runs start).
 
     Attributes
@@ -192,7 +192,7 @@ def iter_last_token_batches(model: torch.nn.Module, blocks: torch.nn.ModuleList,
                             share_prefix: bool = True, locations: Sequence[str] = ("residual",)
                             ) -> Iterator[tuple[np.ndarray, LastTokenBatch]]:
     """Yield ``(indices, batch)`` over the prompts ``token_ids`` (whole, with special tokens), batched by
-    length as the extraction batches them (:func:`emoprobe.extract.length_batches`), longest first.
+    length as the extraction batches them (:func:`emoprobe.forward.length_batches`), longest first.
 
     ``indices`` (int64) index ``token_ids`` in the order of the batch's rows. With ``share_prefix`` the
     tokens common to all prompts are run once. One batch's keys and values are held at a time.

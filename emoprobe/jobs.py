@@ -8,7 +8,6 @@ workflow writes; it decides how the work is split and scheduled.
 
 from __future__ import annotations
 
-from emoprobe.config import chunk_size, layer_chunks
 from emoprobe.grid import cells as grid_cells, fits_per_layer, nonlinear_cells
 
 # Tokens per prompt for the runtime requests: the two-shot prompts average 58 with SmolLM2's tokenizer
@@ -24,6 +23,18 @@ PROBE_SECONDS = 0.08
 # Seconds of one CPU thread per iteration of one non-linear probe per million values of its features times hidden
 # units (n_texts x d x hidden), measured on the bundled SmolLM2 (docs/performance.md).
 NONLINEAR_SECONDS = 1.3e-4
+
+
+def chunk_size(config: dict, name: str) -> int:
+    """Layers per extraction job for a model: its own setting, else the global one, else all."""
+    model = config["models"][name]
+    size = model.get("layer_chunk_size", config["extraction"].get("layer_chunk_size", model["n_layers"]))
+    return size
+
+
+def layer_chunks(n_layers: int, size: int) -> list[tuple[int, int]]:
+    """Consecutive 1-based ``(first, last)`` layer ranges of ``size`` layers covering ``1..n_layers``."""
+    return [(first, min(first + size - 1, n_layers)) for first in range(1, n_layers + 1, size)]
 
 
 def extraction_chunks(config: dict, model: str) -> list[tuple[int, int]]:

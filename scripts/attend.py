@@ -11,7 +11,7 @@ from emoprobe.causal import sample_of
 from emoprobe.corpus import read_prompts
 from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
-from emoprobe.extract import tokenize
+from emoprobe.forward import tokenize
 from emoprobe.h5io import write_attention
 from emoprobe.interventions import iter_last_token_batches
 from emoprobe.io import write_tsv

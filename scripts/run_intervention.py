@@ -8,7 +8,7 @@ from emoprobe.causal import run_experiment, sample_of
 from emoprobe.corpus import read_prompts
 from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
-from emoprobe.extract import tokenize
+from emoprobe.forward import tokenize
 from emoprobe.h5io import directions_problems, read_directions_of_layers
 from emoprobe.interventions import iter_last_token_batches
 from emoprobe.io import write_tsv

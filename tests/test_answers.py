@@ -53,7 +53,7 @@ def test_the_free_answer_is_the_whole_vocabularys_argmax(smollm2_lm):
     LM's argmax over its whole vocabulary, with its softmax probability."""
     from emoprobe.answers import free_answers
     from emoprobe.corpus import build_prompts, checked_corpus
-    from emoprobe.extract import tokenize
+    from emoprobe.forward import tokenize
 
     model, tokenizer = smollm2_lm
     config = default_config()

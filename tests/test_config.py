@@ -5,7 +5,7 @@ import yaml
 
 from conftest import ROOT, default_config, run_snakemake, small_config, with_changes
 from emoprobe.architecture import ModelFileError, describe_models, gguf_description, gguf_header, package_file
-from emoprobe.config import check_config, code_sha256, duplicate_keys, layer_chunks, schema_errors
+from emoprobe.config import check_config, code_sha256, duplicate_keys, schema_errors
 from emoprobe.errors import ConfigError
 
 SCHEMA = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
@@ -137,12 +137,6 @@ def test_templates_by_name_or_given_whole():
         "What are the inferred emotions in the following contexts? Context: My first child was born. Answer: joy "
         "Context: My dog died last week. Answer: sadness Context: {text} Answer:")
     assert prompt_template(dict(prompt, template="Text: {text} Emotion:")) == "Text: {text} Emotion:"
-
-
-def test_layer_chunks_cover_every_layer():
-    assert layer_chunks(30, 15) == [(1, 15), (16, 30)]
-    assert layer_chunks(18, 4) == [(1, 4), (5, 8), (9, 12), (13, 16), (17, 18)]
-    assert layer_chunks(5, 5) == [(1, 5)]
 
 
 @pytest.mark.parametrize(

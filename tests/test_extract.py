@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from emoprobe import extract
+from emoprobe import extract, forward
 from emoprobe.errors import ConfigError
-from emoprobe.h5io import HiddenFileError, HiddenStateWriter, read_layer
+from emoprobe.h5io import ResultFileError, HiddenStateWriter, read_layer
 from emoprobe.models import decoder_layers, exact_attention_for_broadcast_heads, shares_one_kv_head
 from emoprobe.nethook import RetainOutputs
 
@@ -30,7 +30,7 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_length_batches_cover_every_prompt_once_within_the_budget():
     lengths = [5, 40, 12, 12, 33, 7, 90, 1, 20, 11, 10, 6]
-    batches = extract.length_batches(lengths, batch_tokens=64, max_batch_size=3, max_padding=0.2)
+    batches = forward.length_batches(lengths, batch_tokens=64, max_batch_size=3, max_padding=0.2)
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(len(lengths)))
     assert any(len(b) > 1 for b in batches)
@@ -39,12 +39,12 @@ def test_length_batches_cover_every_prompt_once_within_the_budget():
         assert len(batch) <= 3 and (len(batch) * width <= 64 or len(batch) == 1)
         assert sum(lengths[i] for i in batch) >= 0.8 * len(batch) * width
     assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
-    assert extract.padded_tokens(lengths, batches) < len(lengths) * max(lengths)
+    assert forward.padded_tokens(lengths, batches) < len(lengths) * max(lengths)
 
 
 def test_batches_wider_than_the_padding_limit_are_not_padded():
     lengths = [30, 30, 29, 28, 12, 11, 10, 10]
-    batches = extract.length_batches(lengths, batch_tokens=1000, max_batch_size=8, max_padding=0.9,
+    batches = forward.length_batches(lengths, batch_tokens=1000, max_batch_size=8, max_padding=0.9,
                                      max_padded_width=20)
     assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
     for batch in batches:
@@ -89,7 +89,7 @@ def test_shared_prefix_and_padding_keep_sliding_windows_exact():
     window only the longest prompts reach.
     """
     model = small_gemma3(window=8)
-    assert extract.sliding_window(model.config) == 8
+    assert forward.sliding_window(model.config) == 8
     alone = states_by_prompt(model, SMALL_PROMPTS, max_batch_size=1, max_padding=0.0, share_prefix=False)
     shared = states_by_prompt(model, SMALL_PROMPTS, max_batch_size=8, max_padding=0.9, share_prefix=True)
     assert relative_error(shared, alone) <= 1e-5
@@ -125,7 +125,7 @@ def test_extraction_on_cuda_matches_the_cpu():
 
 
 def test_left_pad_puts_the_last_real_token_last():
-    ids, mask, pos = extract.left_pad([[7, 8, 9], [5]], pad_id=0)
+    ids, mask, pos = forward.left_pad([[7, 8, 9], [5]], pad_id=0)
     assert ids.tolist() == [[7, 8, 9], [0, 0, 5]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert pos.tolist() == [[0, 1, 2], [0, 0, 0]]
@@ -139,7 +139,7 @@ def test_positions_deeper_than_the_shortest_prompt_are_refused():
 def test_padded_batch_equals_each_prompt_alone(smollm2):
     model, tokenizer = smollm2
     blocks = decoder_layers(model)
-    token_ids = extract.tokenize(tokenizer, PROMPTS)
+    token_ids = forward.tokenize(tokenizer, PROMPTS)
     assert len({len(t) for t in token_ids}) == 3, "prompts of different lengths, so padding is exercised"
     keys = [(location, layer) for layer in (1, 15, 30) for location in ("residual", "attention", "mlp")]
     with torch.inference_mode():
@@ -153,7 +153,7 @@ def test_padded_batch_equals_each_prompt_alone(smollm2):
 def test_states_are_the_block_outputs_at_the_last_tokens(smollm2):
     """Position -1 of layer L is hidden_states[L] of a plain forward pass at the prompt's last token."""
     model, tokenizer = smollm2
-    ids = extract.tokenize(tokenizer, PROMPTS[:1])
+    ids = forward.tokenize(tokenizer, PROMPTS[:1])
     with torch.inference_mode():
         ours = extract.hidden_states_batch(model, decoder_layers(model), [("residual", 3), ("residual", 30)],
                                            POSITIONS, ids, tokenizer.pad_token_id)
@@ -173,7 +173,7 @@ def test_forward_pass_stops_after_the_last_wanted_layer(smollm2):
     try:
         with torch.inference_mode():
             extract.hidden_states_batch(model, blocks, [("mlp", 2), ("residual", 4)], POSITIONS,
-                                        extract.tokenize(tokenizer, PROMPTS), tokenizer.pad_token_id)
+                                        forward.tokenize(tokenizer, PROMPTS), tokenizer.pad_token_id)
     finally:
         for handle in handles:
             handle.remove()
@@ -232,7 +232,7 @@ def test_writer_is_atomic(tmp_path):
     assert states.shape == (4, 2, 3) and (states == 2).all() and meta["positions"] == [-1, -2]
     states, meta = read_layer(path, 2, positions=[-2])
     assert states.shape == (4, 1, 3) and meta["positions"] == [-2]
-    with pytest.raises(HiddenFileError, match=r"positions \[-3\] were not extracted"):
+    with pytest.raises(ResultFileError, match=r"positions \[-3\] were not extracted"):
         read_layer(path, 2, positions=[-3])
 
 
@@ -252,7 +252,7 @@ def test_rows_written_in_batch_order_are_read_in_corpus_order(tmp_path):
 
 def test_a_writer_missing_rows_leaves_no_file(tmp_path):
     path = tmp_path / "chunk.h5"
-    with pytest.raises(HiddenFileError, match="1 state rows written for 2 texts"):
+    with pytest.raises(ResultFileError, match="1 state rows written for 2 texts"):
         with HiddenStateWriter(path, row_id=[1, 2], label_id=[0, 0], n_tokens=[3, 3], positions=[-1],
                                keys=[("residual", 1)], hidden_size=2, storage_dtype="float32", attrs={}) as writer:
             writer.write(np.array([1]), {("residual", 1): np.ones((1, 1, 2), np.float32)})
@@ -262,7 +262,7 @@ def test_a_writer_missing_rows_leaves_no_file(tmp_path):
 def test_float16_storage_refuses_states_beyond_its_range(tmp_path):
     """Gemma's residual stream exceeds 65504 in some layers: an error, never a file of infinities."""
     path = tmp_path / "chunk.h5"
-    with pytest.raises(HiddenFileError, match=r"residual states of layer 3 reach 1e\+05, beyond float16's range"):
+    with pytest.raises(ResultFileError, match=r"residual states of layer 3 reach 1e\+05, beyond float16's range"):
         with HiddenStateWriter(path, row_id=[1], label_id=[0], n_tokens=[3], positions=[-1], keys=[("residual", 3)],
                                hidden_size=2, storage_dtype="float16", attrs={}) as writer:
             writer.write(np.array([0]), {("residual", 3): np.array([[[1.0, 1e5]]], np.float32)})
@@ -272,7 +272,7 @@ def test_float16_storage_refuses_states_beyond_its_range(tmp_path):
 def test_states_that_overflowed_the_compute_dtype_are_refused(tmp_path):
     """A float16 forward pass overflows where the residual stream exceeds 65504 (Gemma's does)."""
     path = tmp_path / "chunk.h5"
-    with pytest.raises(HiddenFileError, match=r"mlp states of layer 2 are not finite"):
+    with pytest.raises(ResultFileError, match=r"mlp states of layer 2 are not finite"):
         with HiddenStateWriter(path, row_id=[1, 2], label_id=[0, 1], n_tokens=[3, 3], positions=[-1],
                                keys=[("mlp", 2)], hidden_size=2, storage_dtype="float32", attrs={}) as writer:
             writer.write(np.array([0, 1]), {("mlp", 2): np.array([[[1.0, 2.0]], [[np.inf, np.nan]]], np.float32)})
@@ -283,7 +283,7 @@ def test_truncated_file_is_refused(tmp_path):
     path = tmp_path / "chunk.h5"
     write_chunk(path)
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(HiddenFileError, match="truncated or corrupt"):
+    with pytest.raises(ResultFileError, match="truncated or corrupt"):
         read_layer(path, 1)
 
 
@@ -295,13 +295,13 @@ def test_incomplete_or_misshapen_file_is_refused(tmp_path):
     with h5py.File(path, "a") as f:
         del f["residual_02"]
         f.create_dataset("residual_02", data=np.zeros((3, 2, 3), np.float32))
-    with pytest.raises(HiddenFileError, match=r"shape \(3, 2, 3\), expected \(4, 2, hidden_size\)"):
+    with pytest.raises(ResultFileError, match=r"shape \(3, 2, 3\), expected \(4, 2, hidden_size\)"):
         read_layer(path, 2)
-    with pytest.raises(HiddenFileError, match="no dataset 'residual_07'"):
+    with pytest.raises(ResultFileError, match="no dataset 'residual_07'"):
         read_layer(path, 7)
     with h5py.File(path, "a") as f:
         f.attrs["complete"] = False
-    with pytest.raises(HiddenFileError, match="not marked complete"):
+    with pytest.raises(ResultFileError, match="not marked complete"):
         read_layer(path, 1)
 
 
@@ -316,9 +316,9 @@ def test_a_file_of_another_model_template_or_sample_is_refused_by_name(tmp_path)
     assert states.shape == (1, 1, 2)
     for key, other in (("model", "n"), ("prompt_template", "U: {text}"), ("dataset_limit", 0),
                        ("source", {"gguf": {"files": ["p/other.gguf"], "sha256": None}})):
-        with pytest.raises(HiddenFileError, match=rf"{path}: attribute '{key}' is .* this job expects {re.escape(repr(other))}"):
+        with pytest.raises(ResultFileError, match=rf"{path}: attribute '{key}' is .* this job expects {re.escape(repr(other))}"):
             read_layer(path, 1, provenance={**attrs, key: other})
-    with pytest.raises(HiddenFileError, match="no attribute 'revision'"):
+    with pytest.raises(ResultFileError, match="no attribute 'revision'"):
         read_layer(path, 1, provenance={"revision": "main"})
 
 
@@ -326,8 +326,8 @@ def test_layer_chunks_and_the_shared_prefix_do_not_change_the_states(smollm2, tm
     """Layers 1-6 in one job equal layers 1-3 and 4-6 in two; computing the shared prefix once changes nothing."""
     model, tokenizer = smollm2
     prompts = pd.DataFrame({"row_id": [1, 2, 3], "label_id": [0, 1, 2], "prompt": PROMPTS})
-    token_ids = extract.tokenize(tokenizer, PROMPTS)
-    assert extract.shared_prefix_length(token_ids, POSITIONS) == 11
+    token_ids = forward.tokenize(tokenizer, PROMPTS)
+    assert forward.shared_prefix_length(token_ids, POSITIONS) == 11
 
     def run(name, layers, share_prefix):
         path = tmp_path / f"{name}.h5"
@@ -349,9 +349,9 @@ def test_layer_chunks_and_the_shared_prefix_do_not_change_the_states(smollm2, tm
 
 def test_shared_prefix_leaves_the_read_positions_in_every_prompt():
     ids = [[1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 9], [1, 2, 3, 8, 8, 8, 8, 8]]
-    assert extract.shared_prefix_length(ids, [-1]) == 3
-    assert extract.shared_prefix_length(ids, [-1, -2, -3, -4]) == 2  # the 6-token prompt keeps its last 4
-    assert extract.shared_prefix_length([[5, 6], [7, 8]], [-1]) == 0
+    assert forward.shared_prefix_length(ids, [-1]) == 3
+    assert forward.shared_prefix_length(ids, [-1, -2, -3, -4]) == 2  # the 6-token prompt keeps its last 4
+    assert forward.shared_prefix_length([[5, 6], [7, 8]], [-1]) == 0
 
 
 def test_attention_and_mlp_outputs_add_up_to_the_residual_stream(smollm2, tmp_path):
@@ -373,7 +373,7 @@ def test_attention_and_mlp_outputs_add_up_to_the_residual_stream(smollm2, tmp_pa
 
 def test_an_unknown_block_layout_is_named():
     with pytest.raises(ConfigError, match="Linear has no 'mlp' module to read 'mlp' from"):
-        extract.location_module(torch.nn.Linear(2, 2), "mlp")
+        forward.location_module(torch.nn.Linear(2, 2), "mlp")
 
 
 def test_huge_pages_are_asked_for_before_torch_and_only_then():

@@ -7,7 +7,7 @@ import torch
 
 from emoprobe import causal, interventions
 from emoprobe.answers import answer_token_ids, label_readout
-from emoprobe.extract import tokenize
+from emoprobe.forward import tokenize
 from emoprobe.models import decoder_layers
 from emoprobe.scores import wilson
 

@@ -52,6 +52,12 @@ def test_probe_groups_hold_about_fits_per_job_fits_and_never_span_two_chunk_file
     assert jobs.probe_groups(with_probe(fits_per_job=1), "m", "mlp")[:2] == [(1, 1), (2, 2)]  # at least a layer
 
 
+def test_layer_chunks_cover_every_layer():
+    assert jobs.layer_chunks(30, 15) == [(1, 15), (16, 30)]
+    assert jobs.layer_chunks(18, 4) == [(1, 4), (5, 8), (9, 12), (13, 16), (17, 18)]
+    assert jobs.layer_chunks(5, 5) == [(1, 5)]
+
+
 def test_extraction_chunks_follow_the_chunk_size():
     assert jobs.extraction_chunks(CONFIG, "m") == [(1, 15), (16, 30)]
     config = copy.deepcopy(CONFIG)
