@@ -29,6 +29,8 @@ interval over texts.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -427,6 +429,111 @@ def recipe_directions(weights: Mapping[int, Mapping[str, np.ndarray]], recipes: 
             for name, recipe in recipes.items()}
 
 
+class ExperimentInputs(NamedTuple):
+    """What every experiment runs on (the arguments of :func:`run_experiment`)."""
+
+    settings: Mapping
+    batches: Batches
+    readout: Callable[[torch.Tensor], torch.Tensor]
+    token_ids: Sequence[Sequence[int]]
+    row_ids: np.ndarray
+    n_layers: int
+    labels: Sequence[str]
+    directions: Mapping[int, Mapping] | None
+    max_rows: int
+
+    @property
+    def centres(self) -> list[int]:
+        return centre_layers(self.n_layers, self.settings["every"])
+
+    def edited_layers(self) -> list[int]:
+        """Every layer some window edits (the union of the windows around the centres, clipped to the model)."""
+        span = self.settings["span"]
+        return sorted(set().union(*(interventions.layer_window(c, span, self.n_layers) for c in self.centres)))
+
+
+def run_ablation(kind: str, run: ExperimentInputs) -> pd.DataFrame:
+    """Zero or random ablation (``kind``) of each location in each window: :func:`ablation_plan`."""
+    settings, n_texts = run.settings, len(run.token_ids)
+    plan, described = ablation_plan(kind, settings["locations"], run.centres, settings["span"], run.n_layers,
+                                    settings["seed"], run.row_ids, settings["clip_windows"])
+    logits, clean = condition_logits(run.batches(run.token_ids), plan, run.readout, n_texts, run.max_rows)
+    return unchanged_rows(logits, clean, described)
+
+
+def run_patching(run: ExperimentInputs) -> pd.DataFrame:
+    """Activation patching of each location in each window from one text into another: :func:`patching_plan`."""
+    settings, n_texts, token_ids = run.settings, len(run.token_ids), run.token_ids
+    keys = [(location, layer) for location in settings["locations"] for layer in run.edited_layers()]
+    states, clean = clean_outputs(run.batches(token_ids), keys, run.readout, n_texts)
+    answers = clean.argmax(-1)
+    targets, sources = patching_pairs(answers, settings["n_pairs"], settings["seed"])
+    if len(targets) == 0:  # a row that says why, as the probe tables give for a subset they cannot score
+        return pd.DataFrame([{"note": f"every one of the {n_texts} texts gets the same clean answer, "
+                                      f"{run.labels[answers[0]]!r}: no pair of texts to patch"}])
+    source_states = {key: torch.from_numpy(values[sources]) for key, values in states.items()}
+    plan, described = patching_plan(settings["locations"], run.centres, settings["span"], run.n_layers,
+                                    source_states, settings["clip_windows"])
+    logits, target_clean = condition_logits(run.batches([token_ids[t] for t in targets]), plan, run.readout,
+                                            len(targets), run.max_rows)
+    return patching_rows(logits, target_clean, answers[sources], sources, described)
+
+
+def residual_norms(run: ExperimentInputs) -> tuple[dict[int, float], int]:
+    """The mean norm of the clean residual stream over the texts at each edited layer (steering's unit of β), and
+    the stream's width."""
+    edited = run.edited_layers()
+    states, _ = clean_outputs(run.batches(run.token_ids), [("residual", layer) for layer in edited], run.readout,
+                              len(run.token_ids))
+    return ({layer: float(np.linalg.norm(states[("residual", layer)], axis=1).mean()) for layer in edited},
+            states[("residual", edited[0])].shape[1])
+
+
+def run_promotion(run: ExperimentInputs) -> pd.DataFrame:
+    """Emotion promotion: steering along each emotion's probe direction by each β: :func:`promotion_plan`."""
+    settings, labels, edited = run.settings, run.labels, run.edited_layers()
+    mean_norms, _ = residual_norms(run)
+    # a probe of a subset has rows only for the labels it saw (model_correct: the few the model gets right)
+    seen = set.intersection(*(set(run.directions[layer][0].tolist()) for layer in edited))
+    emotions = [labels.index(name) for name in settings["emotions"] or labels if labels.index(name) in seen]
+    if not emotions:
+        return pd.DataFrame([{"note": f"the probe has no row of any of the emotions "
+                                      f"{settings['emotions'] or list(labels)}: nothing to push along"}])
+    units = {}
+    for layer in edited:
+        classes, weights = run.directions[layer]
+        units[layer] = {int(c): raw_direction(w) for c, w in zip(classes, weights) if int(c) in emotions}
+    plan, described = promotion_plan(emotions, settings["betas"], run.centres, settings["span"], run.n_layers, units,
+                                     mean_norms, settings["clip_windows"])
+    logits, clean = condition_logits(run.batches(run.token_ids), plan, run.readout, len(run.token_ids), run.max_rows)
+    table = promotion_rows(logits, clean, described, replicates=settings["bootstrap"], seed=settings["seed"])
+    return table.assign(emotion=[labels[e] for e in table["emotion"]])
+
+
+def run_surgery(run: ExperimentInputs) -> pd.DataFrame:
+    """Appraisal surgery: steering along each recipe's appraisal direction (and random controls) by each β:
+    :func:`surgery_plan`."""
+    settings, edited = run.settings, run.edited_layers()
+    mean_norms, hidden = residual_norms(run)
+    recipes = recipe_directions({layer: run.directions[layer] for layer in edited}, settings["recipes"],
+                                settings["orthogonalise"])
+    recipes.update(random_directions(settings["random_controls"], edited, hidden, settings["seed"]))
+    plan, described = surgery_plan(recipes, settings["betas"], run.centres, settings["span"], run.n_layers,
+                                   mean_norms, settings["clip_windows"])
+    logits, clean = condition_logits(run.batches(run.token_ids), plan, run.readout, len(run.token_ids), run.max_rows)
+    return answer_distribution_rows(logits, clean, described, run.labels)
+
+
+# How each experiment that edits the model (emoprobe.experiments) is run.
+RUNNERS: dict[str, Callable[[ExperimentInputs], pd.DataFrame]] = {
+    "zero": partial(run_ablation, "zero"),
+    "random": partial(run_ablation, "random"),
+    "patching": run_patching,
+    "promotion": run_promotion,
+    "surgery": run_surgery,
+}
+
+
 def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: Callable[[torch.Tensor], torch.Tensor],
                    token_ids: Sequence[Sequence[int]], row_ids: np.ndarray, n_layers: int, labels: Sequence[str],
                    directions: Mapping[int, Mapping] | None = None, max_rows: int = 2048) -> pd.DataFrame:
@@ -445,52 +552,7 @@ def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: C
     probe has a row of. Patching texts that all get one clean answer, or a probe with no row of the emotions
     asked for, give a single row whose ``note`` says so.
     """
-    centres, span, seed = centre_layers(n_layers, settings["every"]), settings["span"], settings["seed"]
-    clip = settings["clip_windows"]
-    n_texts = len(token_ids)
-    if kind in ("zero", "random"):
-        plan, described = ablation_plan(kind, settings["locations"], centres, span, n_layers, seed, row_ids, clip)
-        logits, clean = condition_logits(batches(token_ids), plan, readout, n_texts, max_rows)
-        return unchanged_rows(logits, clean, described)
-    edited = sorted(set().union(*(interventions.layer_window(c, span, n_layers) for c in centres)))
-    if kind == "patching":
-        keys = [(location, layer) for location in settings["locations"] for layer in edited]
-        states, clean = clean_outputs(batches(token_ids), keys, readout, n_texts)
-        answers = clean.argmax(-1)
-        targets, sources = patching_pairs(answers, settings["n_pairs"], seed)
-        if len(targets) == 0:  # a row that says why, as the probe tables give for a subset they cannot score
-            return pd.DataFrame([{"note": f"every one of the {n_texts} texts gets the same clean answer, "
-                                          f"{labels[answers[0]]!r}: no pair of texts to patch"}])
-        source_states = {key: torch.from_numpy(values[sources]) for key, values in states.items()}
-        plan, described = patching_plan(settings["locations"], centres, span, n_layers, source_states, clip)
-        logits, target_clean = condition_logits(batches([token_ids[t] for t in targets]), plan, readout,
-                                                len(targets), max_rows)
-        return patching_rows(logits, target_clean, answers[sources], sources, described)
-    if kind not in ("promotion", "surgery"):
+    if kind not in RUNNERS:
         raise ValueError(f"experiment {kind!r} is not one of {editing()}")
-    states, _ = clean_outputs(batches(token_ids), [("residual", layer) for layer in edited], readout, n_texts)
-    mean_norms = {layer: float(np.linalg.norm(states[("residual", layer)], axis=1).mean()) for layer in edited}
-    hidden = states[("residual", edited[0])].shape[1]
-    del states
-    if kind == "promotion":
-        # a probe of a subset has rows only for the labels it saw (model_correct: the few the model gets right)
-        seen = set.intersection(*(set(directions[layer][0].tolist()) for layer in edited))
-        emotions = [labels.index(name) for name in settings["emotions"] or labels if labels.index(name) in seen]
-        if not emotions:
-            return pd.DataFrame([{"note": f"the probe has no row of any of the emotions "
-                                          f"{settings['emotions'] or list(labels)}: nothing to push along"}])
-        units = {}
-        for layer in edited:
-            classes, weights = directions[layer]
-            units[layer] = {int(c): raw_direction(w) for c, w in zip(classes, weights) if int(c) in emotions}
-        plan, described = promotion_plan(emotions, settings["betas"], centres, span, n_layers, units, mean_norms,
-                                         clip)
-        logits, clean = condition_logits(batches(token_ids), plan, readout, n_texts, max_rows)
-        table = promotion_rows(logits, clean, described, replicates=settings["bootstrap"], seed=seed)
-        return table.assign(emotion=[labels[e] for e in table["emotion"]])
-    recipes = recipe_directions({layer: directions[layer] for layer in edited}, settings["recipes"],
-                                settings["orthogonalise"])
-    recipes.update(random_directions(settings["random_controls"], edited, hidden, seed))
-    plan, described = surgery_plan(recipes, settings["betas"], centres, span, n_layers, mean_norms, clip)
-    logits, clean = condition_logits(batches(token_ids), plan, readout, n_texts, max_rows)
-    return answer_distribution_rows(logits, clean, described, labels)
+    return RUNNERS[kind](ExperimentInputs(settings, batches, readout, token_ids, row_ids, n_layers, labels, directions,
+                                          max_rows))
