@@ -2,7 +2,7 @@
 
 Plain method (what the paper's code does): for every condition, the whole prompts re-run with a forward
 hook that edits the chosen location at their last token, then the label logits read at that token.
-Cached method (emoprobe.interventions): each batch's tokens before the last are run once (the shared
+Cached method (emoprobe.last_token): each batch's tokens before the last are run once (the shared
 prefix once for all batches) and their keys and values kept; each condition then runs the last token
 only, from the first edited block on, starting from the clean residual stream entering it; the conditions
 of one window run in one pass, the batch's rows once per condition.
@@ -42,20 +42,20 @@ def conditions(indices, clean: dict, sources, n_layers: int, span: int, every: i
     """``(name, edits)`` of every condition for the rows ``indices`` of one batch, grouped by window (a group
     starts at one layer): zero and random ablation, and patching from each row's source (``clean``: every
     prompt's clean outputs, ``[n_prompts, hidden]``)."""
-    from emoprobe import interventions
+    from emoprobe import last_token
 
     hidden = clean[("residual", 0)].shape[1]
     groups = []
     for centre in range(1, n_layers + 1, every):
-        window = interventions.layer_window(centre, span, n_layers)
+        window = last_token.layer_window(centre, span, n_layers)
         group = []
         for location in LOCATIONS:
-            group.append((f"zero {location} {centre}", {(location, layer): interventions.zero for layer in window}))
+            group.append((f"zero {location} {centre}", {(location, layer): last_token.zero for layer in window}))
             group.append((f"random {location} {centre}", {
-                (location, layer): interventions.scaled_noise(
-                    interventions.gaussian_noise(seed, indices, (location, layer), hidden)) for layer in window}))
+                (location, layer): last_token.scaled_noise(
+                    last_token.gaussian_noise(seed, indices, (location, layer), hidden)) for layer in window}))
             group.append((f"patch {location} {centre}", {
-                (location, layer): interventions.replace_with(clean[(location, layer)][sources[indices]])
+                (location, layer): last_token.replace_with(clean[(location, layer)][sources[indices]])
                 for layer in window}))
         groups.append(group)
     return groups
@@ -75,7 +75,7 @@ def main() -> None:
 
     import torch
 
-    from emoprobe import interventions
+    from emoprobe import last_token
     from emoprobe.answers import answer_token_ids, label_readout
     from emoprobe.forward import length_batches, tokenize
     from emoprobe.models import decoder_layers, load_decoder
@@ -101,7 +101,7 @@ def main() -> None:
     # Every prompt's clean outputs, the patching sources (prompt i's is prompt i + 1's), untimed: either method
     # needs them, from one clean run.
     clean = {}
-    for indices, batch in interventions.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
+    for indices, batch in last_token.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
                                                                 locations=LOCATIONS, **cached_batching):
         for key, value in batch.clean.items():
             clean.setdefault(key, torch.empty(len(token_ids), hidden))[torch.as_tensor(indices)] = value
@@ -112,7 +112,7 @@ def main() -> None:
     start = last = time.perf_counter()
     cached = torch.empty(len(names), len(token_ids), len(labels))
     n_cached, prepare_seconds = 0, 0.0
-    for indices, batch in interventions.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
+    for indices, batch in last_token.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
                                                                 locations=LOCATIONS, **cached_batching):
         prepare_seconds += time.perf_counter() - last  # the run up to the last token (and the clean one)
         groups = conditions(indices, clean, sources, n_layers, args.span, args.every, args.seed)
@@ -129,7 +129,7 @@ def main() -> None:
         prompts = [token_ids[i] for i in indices]
         groups = conditions(indices, clean, sources, n_layers, args.span, args.every, args.seed)
         plain[:, torch.as_tensor(indices)] = torch.stack([
-            readout(interventions.full_prompt_outputs(base, blocks, prompts, pad_id, edits))
+            readout(last_token.full_prompt_outputs(base, blocks, prompts, pad_id, edits))
             for group in groups for _, edits in group])
     plain_seconds = time.perf_counter() - start
 

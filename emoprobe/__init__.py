@@ -9,7 +9,7 @@ The logic of the Snakemake workflow, which its scripts call and tests import:
 - the data: :mod:`~emoprobe.corpus`, :mod:`~emoprobe.h5io`, :mod:`~emoprobe.io` (atomic writes);
 - the model: :mod:`~emoprobe.models` (loading), :mod:`~emoprobe.forward` (tokens, batches, the shared prefix),
   :mod:`~emoprobe.nethook` (hooks), :mod:`~emoprobe.extract` (hidden states), :mod:`~emoprobe.answers`,
-  :mod:`~emoprobe.interventions` (edits at the last token), :mod:`~emoprobe.causal` (the experiments' tables),
+  :mod:`~emoprobe.last_token` (edits at the last token), :mod:`~emoprobe.interventions` (the experiments' tables),
   :mod:`~emoprobe.attention`;
 - the probes: :mod:`~emoprobe.probes` (protocol), :mod:`~emoprobe.logistic` and :mod:`~emoprobe.mlp` (trainers,
   on :mod:`~emoprobe.lbfgs`), :mod:`~emoprobe.appraisal`, :mod:`~emoprobe.baselines`;

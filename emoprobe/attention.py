@@ -1,7 +1,7 @@
 """What the last prompt token attends to: its attention weights per layer and head, summarised over the parts of
 the prompt (the paper's ``attention_weights``).
 
-The weights come from the cached last-token path (:meth:`emoprobe.interventions.LastTokenBatch.attention`): one
+The weights come from the cached last-token path (:meth:`emoprobe.last_token.LastTokenBatch.attention`): one
 query per layer, exact against the model's eager attention over the whole prompt (tested, Gemma's sliding-window
 layers included). Each prompt is cut into :data:`SEGMENTS` by the characters its tokens cover, so that the shares
 say whether a layer's heads read the event the text describes or the template around it.

@@ -1,9 +1,9 @@
 """The experiments on the model's forward pass that ``interventions.experiments`` may name, and what each needs.
 
 The one list that the rules' plan (:mod:`emoprobe.plan`: inputs, params, targets) and the config check
-(:mod:`emoprobe.config`) read: adding an experiment is an entry here, its section in the schema, and its branch of
-:func:`emoprobe.causal.run_experiment`. Only the standard library is imported here: this runs every time Snakemake
-parses the workflow.
+(:mod:`emoprobe.config`) read: adding an experiment is an entry here, its section in the schema, and its runner
+(:data:`emoprobe.interventions.RUNNERS`). Only the standard library is imported here: this runs every time
+Snakemake parses the workflow.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The forward pass every step shares: tokens, batches, the shared prefix's cache, and where each location is read.
 
-Extraction (:mod:`emoprobe.extract`), the experiments (:mod:`emoprobe.interventions`) and the attention weights all
-run the model through these. Prompts are tokenised whole (never truncated), sorted by length and cut into batches
+Extraction (:mod:`emoprobe.extract`) and the experiments' cached last-token path (:mod:`emoprobe.last_token`) run the
+model through these. Prompts are tokenised whole (never truncated), sorted by length and cut into batches
 of at most ``batch_tokens`` padded tokens (:func:`length_batches`), padded on the left so that position -1 is every
 prompt's last real token (:func:`left_pad`).
 
@@ -117,7 +117,7 @@ class PrefixCache(DynamicCache):
     values followed by the pass's own, and stores nothing. A pass may hold several copies of the
     stored rows, one after another (its batch a multiple of theirs: the shared prefix's one row
     for every prompt of a batch, or a batch's rows once per condition, see
-    :mod:`emoprobe.interventions`); they get the stored keys and values broadcast, exactly what a
+    :mod:`emoprobe.last_token`); they get the stored keys and values broadcast, exactly what a
     copy of the cache repeated that often would return. So they are never copied per pass, and
     each layer's keys and values are freed once its attention has used them instead of piling up
     across all layers until the pass ends (about 190 MB for a batch of 4,096 tokens through

@@ -1,251 +1,558 @@
-"""Interventions at the last prompt token, run at the cost of that token alone.
+"""The causal experiments of Tak et al. (2025) on the cached last-token path, as tidy tables.
 
-Every experiment of Tak et al. (2025) edits one location (``residual``, ``attention``, ``mlp``;
-see :mod:`emoprobe.extract`) in a window of layers at the prompt's last token and reads the
-model's answer. Attention is causal, so no earlier token ever sees the edit: the keys and values
-of every token but the last are the clean run's, whatever the edit. :class:`LastTokenBatch` runs
-them once per batch (after the shared prefix, which is run once for all batches, as the extraction
-does) and keeps them; each edited run then computes the last token only, and starts it at the
-window's first block from the clean residual stream entering it, since nothing before that block
-changes either. The plain method, :func:`full_prompt_outputs`, re-runs whole prompts with the same
-hook; both give the same states (``benchmarks/interventions.py`` measures the time of both and
-their largest difference; the tests hold them to 1e-4).
+Each experiment edits one location in a window of layers around a centre layer at the prompt's last token
+(:mod:`emoprobe.last_token`) and compares the model's answer, the argmax over the label logits, with
+its *clean* answer (the unedited run's): the bundled models answer few texts correctly, and almost always
+with one label, so every metric is defined on the clean answer, as the paper's code effectively does.
 
-An edit is a function of the clean output at the last token, ``[batch, hidden] -> [batch, hidden]``
-(:data:`Edit`), keyed by ``(location, layer)``; layers are 1-based, as in the stored hidden states.
+Which layers a row is about (:func:`windows`): attention and MLP outputs are added to the residual stream, so
+editing them in each layer of a window edits the window; the residual stream is *replaced* at the last token
+after each edited block, so an edit at the top of a window overwrites whatever the window's lower layers did,
+and a window of the residual stream acts exactly as its top layer edited alone. Ablation and patching therefore
+edit the residual stream one layer at a time, and each row names the layers it edited (``first_layer``,
+``last_layer``, ``span``). Steering *adds* to the residual stream at each layer of its window, and the skip
+connection carries every step on: its rows also give ``displacement``, the norm of the steps' sum relative to the
+mean norm at the window's top layer. Windows that would leave the model are dropped (the paper's centres), or,
+with ``clip_windows``, clipped and labelled by the layers they did edit.
+
+``zero`` and ``random`` ablation: the fraction of texts whose answer is unchanged. ``patching``: over a
+fixed seeded set of (target, source) pairs whose clean answers differ, the fraction whose patched answer
+is the source's clean answer (``transfer``), the target's (``kept``), or neither. ``promotion``: the
+residual stream pushed along an emotion probe's direction; the paper's normalised change of that
+emotion's probability and the fraction of texts whose answer becomes it. ``surgery``: the residual stream
+pushed along a signed combination of appraisal probes' directions; the answers' distribution before and
+after. Fractions come with Wilson 95 % intervals over texts (patching's allowing for pairs that share a source,
+:func:`clustered_share`); mean changes with a bootstrap
+interval over texts.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 import torch
 
-from emoprobe.forward import (LOCATION_MODULES, PrefixCache, SharedPrefix, encode_prefix, left_pad, length_batches,
-                              location_module, max_padded_width, shared_prefix_length, state_module)
-from emoprobe.nethook import EditLastToken, RetainOutputs
+from emoprobe import last_token
+from emoprobe.experiments import editing
+from emoprobe.last_token import Edit, LastTokenBatch
+from emoprobe.scores import wilson
 
-Edit = Callable[[torch.Tensor], torch.Tensor]
-
-
-def layer_window(centre: int, span: int, n_layers: int) -> list[int]:
-    """The 1-based layers ``centre - span // 2 .. centre + span // 2``, clipped to ``1 .. n_layers``."""
-    if not 1 <= centre <= n_layers:
-        raise ValueError(f"layer {centre} is not between 1 and {n_layers}")
-    return list(range(max(1, centre - span // 2), min(n_layers, centre + span // 2) + 1))
+Condition = Mapping[tuple[str, int], Edit]
+# one batch's conditions, in groups whose edits start at one layer (each group runs in passes of one start)
+Plan = Callable[[np.ndarray, LastTokenBatch], list[list[Condition]]]
 
 
-class _Skipped(torch.nn.Module):
-    """Stands in for a decoder block that a run does not need: returns the hidden states it is given."""
-
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return hidden_states
-
-
-@contextmanager
-def blocks_from(blocks: torch.nn.ModuleList, first: int) -> Iterator[None]:
-    """Within the context, a forward pass runs only blocks ``first ..`` (1-based): the ones before pass
-    their input through unchanged, so the pass's input embeddings are what enters block ``first``.
-
-    The blocks keep their places, so everything a model looks up by block index (Gemma's layer
-    types, each attention's cache slot) stays right.
-    """
-    skipped = list(blocks[:first - 1])
-    try:
-        for index in range(first - 1):
-            blocks[index] = _Skipped()
-        yield
-    finally:
-        for index, block in enumerate(skipped):
-            blocks[index] = block
-
-
-class LastTokenBatch:
-    """A batch of prompts run once up to their last token, whose last token can then be re-run under
-    any edits from any block.
+def condition_logits(batches: Iterable[tuple[np.ndarray, LastTokenBatch]], plan: Plan,
+                     readout: Callable[[torch.Tensor], torch.Tensor], n_texts: int, max_rows: int = 2048
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Label logits of every condition of ``plan`` on every text, and the clean logits.
 
     Parameters
     ----------
-    model : the base decoder (no LM head), in eval mode.
-    blocks : its decoder blocks (:func:`emoprobe.models.decoder_layers`).
-    token_ids : each prompt's tokens, without the first ``prefix.length`` when a prefix is given; at
-        least one each (the last token is never part of the prefix).
-    pad_id : the tokenizer's pad token.
-    prefix : the tokens every prompt starts with and their keys and values (:func:`encode_prefix`).
-    locations : where the clean outputs are kept, keys of :data:`emoprobe.forward.LOCATION_MODULES`
-        (``residual`` is always kept: it is where edited runs start).
+    batches : ``(indices, batch)`` pairs covering the texts ``0 .. n_texts - 1`` once
+        (:func:`emoprobe.last_token.iter_last_token_batches`).
+    plan : gives a batch's conditions, grouped; every batch must give the same number in the same order.
+    readout : the last block's output ``[..., hidden]`` -> label logits ``[..., n_labels]``
+        (:func:`emoprobe.answers.label_readout`).
+    max_rows : at most this many rows (conditions x texts) in one pass.
 
-    Attributes
-    ----------
-    clean : dict of (location, layer) -> torch.Tensor, shape [batch, hidden]
-        The clean outputs at the last token: of every block's ``locations``, layers ``1 ..``, and
-        ``("residual", 0)``, the token embedding entering the first block; on the model's device and
-        dtype. ``clean[("residual", n_layers)]`` is what the answer is read from.
+    Returns
+    -------
+    logits : numpy.ndarray of float32, shape [n_conditions, n_texts, n_labels]
+    clean : numpy.ndarray of float32, shape [n_texts, n_labels]
     """
-
-    def __init__(self, model: torch.nn.Module, blocks: torch.nn.ModuleList, token_ids: Sequence[Sequence[int]],
-                 pad_id: int, prefix: SharedPrefix | None = None, locations: Sequence[str] = ("residual",)):
-        if any(len(ids) == 0 for ids in token_ids):
-            raise ValueError("every prompt needs its last token outside the shared prefix")
-        self.model, self.blocks = model, blocks
-        device = next(model.parameters()).device
-        offset = prefix.length if prefix is not None else 0
-        if prefix is None and any(len(ids) < 2 for ids in token_ids):
-            raise ValueError("a prompt of one token has no context to cache")
-        context_ids, context_mask, context_positions = left_pad([ids[:-1] for ids in token_ids], pad_id, offset)
-        if prefix is None:
-            self.cache = PrefixCache(config=model.config)
-        else:  # the prefix's keys and values, one copy per prompt, that the context's then extend
-            self.cache = copy.deepcopy(prefix.cache)
-            self.cache.frozen = False
-            self.cache.batch_repeat_interleave(len(token_ids))
-        with torch.inference_mode():
-            if context_ids.shape[1]:
-                model(input_ids=context_ids.to(device), attention_mask=context_mask.to(device),
-                      position_ids=context_positions.to(device), past_key_values=self.cache, use_cache=True)
-        self.cache.freeze()
-        self.attention_mask = torch.cat([context_mask, torch.ones(len(token_ids), 1, dtype=torch.long)], 1).to(device)
-        self.position_ids = torch.as_tensor([[offset + len(ids) - 1] for ids in token_ids], device=device)
-        # where each prompt's tokens sit among the cached keys: the prefix, the left-padded context, the last token
-        self.key_index = [list(range(offset)) + list(range(offset + context_ids.shape[1] - len(ids) + 1,
-                                                           offset + context_ids.shape[1] + 1)) for ids in token_ids]
-        self.last_ids = last_ids = torch.as_tensor([[ids[-1]] for ids in token_ids], device=device)
-        keys = [("residual", 0)] + [(location, layer) for layer in range(1, len(blocks) + 1)
-                                    for location in dict.fromkeys(["residual", *locations])]
-        with RetainOutputs({key: state_module(model, blocks, *key) for key in keys}, select=lambda h: h[:, -1]) as trace:
-            self._forward(input_ids=last_ids)
-        self.clean = trace.retained
-
-    def __len__(self) -> int:
-        return len(self.position_ids)
-
-    def attention(self) -> list[torch.Tensor]:
-        """The last token's attention weights in every block over each prompt's own tokens, prefix included, in
-        prompt order: per prompt a float32 tensor ``[n_layers, n_heads, n_tokens]``, each row summing to 1.
-
-        The last token is run once more against the cache with the model's eager attention, which returns its
-        weights (the fused kernels do not); padding is masked as in any run, and tokens a sliding-window layer no
-        longer sees get 0 there."""
-        captured: dict[int, torch.Tensor] = {}
-        hooks = [location_module(block, "attention").register_forward_hook(
-            lambda module, args, output, layer=layer: captured.__setitem__(layer, output[1][:, :, -1].float()))
-            for layer, block in enumerate(self.blocks, 1)]
-        implementation = self.model.config._attn_implementation
-        self.model.set_attn_implementation("eager")
-        try:
-            self._forward(input_ids=self.last_ids)
-        finally:
-            self.model.set_attn_implementation(implementation)
-            for hook in hooks:
-                hook.remove()
-        # a sliding-window layer caches only the last keys of the window: the earlier ones get no weight there
-        n_keys = max(w.shape[-1] for w in captured.values())
-        weights = torch.zeros(len(self), len(self.blocks), captured[1].shape[1], n_keys)
-        for layer, w in captured.items():
-            weights[:, layer - 1, :, n_keys - w.shape[-1]:] = w.cpu()
-        return [weights[i][:, :, index] for i, index in enumerate(self.key_index)]
-
-    def _forward(self, copies: int = 1, **inputs) -> None:
-        """Run the last token(s) of ``inputs`` (``copies`` times the batch's rows) against the cache."""
-        with torch.inference_mode():
-            self.model(**inputs, attention_mask=self.attention_mask.repeat(copies, 1),
-                       position_ids=self.position_ids.repeat(copies, 1), past_key_values=self.cache, use_cache=True)
-
-    def run(self, edits: Mapping[tuple[str, int], Edit], start: int | None = None) -> torch.Tensor:
-        """The last block's output at the last token, ``[batch, hidden]``, with ``edits`` applied
-        (:meth:`run_many` of one condition)."""
-        return self.run_many([edits], start)[0]
-
-    def run_many(self, conditions: Sequence[Mapping[tuple[str, int], Edit]], start: int | None = None
-                 ) -> torch.Tensor:
-        """The last block's output at the last token under each condition's edits, ``[n_conditions, batch,
-        hidden]``, computed in one pass whose batch holds the batch's rows once per condition.
-
-        The last token runs from block ``start`` (default: the first layer any condition edits, or 1
-        with no edits) on the clean residual stream entering it; the other tokens are the clean run's.
-        Conditions that edit later layers than ``start`` lose nothing but the time of the blocks between.
-        """
-        first = min((layer for edits in conditions for _, layer in edits), default=None)
-        start = (first or 1) if start is None else start
-        if not 1 <= start <= (first or len(self.blocks)):
-            raise ValueError(f"start {start} is not between 1 and the first edited layer, {first or len(self.blocks)}")
-        copies, rows = len(conditions), len(self)
-        keys = dict.fromkeys(key for edits in conditions for key in edits)
-        modules = {key: state_module(self.model, self.blocks, *key) for key in keys}
-
-        def edit(key, h: torch.Tensor) -> torch.Tensor:
-            parts = h.view(copies, rows, -1)
-            return torch.cat([edits[key](parts[c]) if key in edits else parts[c] for c, edits in enumerate(conditions)])
-
-        entering = self.clean[("residual", start - 1)].repeat(copies, 1)[:, None]
-        with (blocks_from(self.blocks, start), EditLastToken(modules, edit),
-              RetainOutputs({"last": self.blocks[-1]}, select=lambda h: h[:, -1], stop=True) as trace):
-            self._forward(copies, inputs_embeds=entering)
-        return trace.retained["last"].view(copies, rows, -1)
+    logits = clean = None
+    for indices, batch in batches:
+        groups = plan(indices, batch)
+        out = []
+        for group in groups:
+            per_pass = max(1, max_rows // len(batch))
+            for start in range(0, len(group), per_pass):
+                out.append(readout(batch.run_many(group[start:start + per_pass])))
+        batch_logits = torch.cat(out).cpu().numpy()
+        if logits is None:
+            logits = np.full((len(batch_logits), n_texts, batch_logits.shape[-1]), np.nan, dtype=np.float32)
+            clean = np.full((n_texts, batch_logits.shape[-1]), np.nan, dtype=np.float32)
+        logits[:, indices] = batch_logits
+        clean[indices] = readout(batch.clean[("residual", len(batch.blocks))]).cpu().numpy()
+    if logits is None or np.isnan(clean).any():
+        raise ValueError(f"the batches do not cover all {n_texts} texts")
+    return logits, clean
 
 
-def iter_last_token_batches(model: torch.nn.Module, blocks: torch.nn.ModuleList, token_ids: Sequence[Sequence[int]],
-                            *, pad_id: int, batch_tokens: int, max_batch_size: int, max_padding: float,
-                            share_prefix: bool = True, locations: Sequence[str] = ("residual",)
-                            ) -> Iterator[tuple[np.ndarray, LastTokenBatch]]:
-    """Yield ``(indices, batch)`` over the prompts ``token_ids`` (whole, with special tokens), batched by
-    length as the extraction batches them (:func:`emoprobe.forward.length_batches`), longest first.
+def windows(location: str, centres: Sequence[int], span: int, n_layers: int, *, replaces: bool, clip: bool
+            ) -> dict[int, list[int]]:
+    """``{centre: the layers edited}`` for each centre that keeps a window: ``centre - span // 2 .. centre + span //
+    2``; a window that leaves ``1 .. n_layers`` is dropped, or clipped with ``clip``. Where the edit ``replaces``
+    the residual stream, a window acts as its top layer alone: the centre is then the one layer edited."""
+    if replaces and location == "residual":
+        return {centre: [centre] for centre in centres}
+    found = {}
+    for centre in centres:
+        layers = last_token.layer_window(centre, span, n_layers)
+        if clip or len(layers) == 2 * (span // 2) + 1:
+            found[centre] = layers
+    return found
 
-    ``indices`` (int64) index ``token_ids`` in the order of the batch's rows. With ``share_prefix`` the
-    tokens common to all prompts are run once. One batch's keys and values are held at a time.
+
+def describe(location: str, centre: int, layers: Sequence[int]) -> dict:
+    """A condition's row keys: ``location``, ``layer`` (the centre the tables and figures draw it at),
+    ``first_layer``, ``last_layer`` and ``span`` (the layers it edited)."""
+    return {"location": location, "layer": centre, "first_layer": min(layers), "last_layer": max(layers),
+            "span": len(layers)}
+
+
+def ablation_plan(kind: str, locations: Sequence[str], centres: Sequence[int], span: int, n_layers: int,
+                  seed: int, row_ids: np.ndarray, clip: bool = False) -> tuple[Plan, list[dict]]:
+    """Zero (``kind="zero"``) or random ablation of each location in the window of ``span`` layers around each
+    centre (:func:`windows`): the plan and one description per condition (:func:`describe`), centres first.
+
+    Random ablation replaces the output by Gaussian noise rescaled to the output's norm, drawn per text
+    from ``(seed, row_id, location, layer)`` (:func:`emoprobe.last_token.gaussian_noise`), so a text gets
+    the same noise whatever batch it is in; ``row_ids[i]`` is text ``i``'s.
     """
-    prefix_length = shared_prefix_length(token_ids, [-1]) if share_prefix else 0
-    prefix = encode_prefix(model, token_ids[0][:prefix_length]) if prefix_length else None
-    rest = [ids[prefix_length:] for ids in token_ids]
-    for indices in length_batches([len(ids) for ids in rest], batch_tokens, max_batch_size, max_padding,
-                                  max_padded_width(model.config, prefix_length)):
-        yield indices, LastTokenBatch(model, blocks, [rest[i] for i in indices], pad_id, prefix, locations)
+    if kind not in ("zero", "random"):
+        raise ValueError(f"ablation kind {kind!r} is neither 'zero' nor 'random'")
+    edited = {location: windows(location, centres, span, n_layers, replaces=True, clip=clip) for location in locations}
+    conditions = [(location, centre) for centre in centres for location in locations if centre in edited[location]]
+    described = [describe(location, centre, edited[location][centre]) for location, centre in conditions]
+
+    def plan(indices: np.ndarray, batch: LastTokenBatch) -> list[list[Condition]]:
+        hidden = batch.clean[("residual", 0)].shape[1]
+
+        def edit(key):
+            if kind == "zero":
+                return last_token.zero
+            return last_token.scaled_noise(last_token.gaussian_noise(seed, row_ids[indices], key, hidden).to(
+                batch.clean[key].device))
+
+        return [[{(location, layer): edit((location, layer)) for layer in edited[location][centre]}
+                 for location, c in conditions if c == centre] for centre in centres]
+
+    return plan, described
 
 
-def full_prompt_outputs(model: torch.nn.Module, blocks: torch.nn.ModuleList, token_ids: Sequence[Sequence[int]],
-                        pad_id: int, edits: Mapping[tuple[str, int], Edit]) -> torch.Tensor:
-    """The plain method: whole prompts, left-padded into one batch, run with ``edits`` hooked at their last
-    token; the last block's output there, ``[batch, hidden]``."""
-    device = next(model.parameters()).device
-    input_ids, attention_mask, position_ids = (t.to(device) for t in left_pad(token_ids, pad_id))
-    modules = {key: state_module(model, blocks, *key) for key in edits}
-    with (torch.inference_mode(), EditLastToken(modules, lambda key, h: edits[key](h)),
-          RetainOutputs({"last": blocks[-1]}, select=lambda h: h[:, -1], stop=True) as trace):
-        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    return trace.retained["last"]
+def patching_pairs(clean_answer: np.ndarray, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed seeded set of up to ``n_pairs`` (target, source) text pairs whose clean answers differ, each text
+    a target at most once: ``(targets, sources)``, int64 indices into ``clean_answer``, targets sorted.
+
+    Targets are drawn at random among the texts that have a text of another answer; each target's source at random
+    among the texts of other answers that are no pair's source yet, and only when none is left among all of them:
+    outcomes of pairs that share a source are not independent (:func:`clustered_share` allows for those that remain).
+    Fewer pairs when fewer texts qualify.
+    """
+    rng = np.random.default_rng(seed)
+    answers, counts = np.unique(clean_answer, return_counts=True)
+    eligible = np.flatnonzero(counts[np.searchsorted(answers, clean_answer)] < len(clean_answer))
+    targets = np.sort(rng.permutation(eligible)[:n_pairs])
+    used = np.zeros(len(clean_answer), dtype=bool)
+    sources = np.empty(len(targets), dtype=np.int64)
+    for i in rng.permutation(len(targets)):
+        candidates = np.flatnonzero(clean_answer != clean_answer[targets[i]])
+        fresh = candidates[~used[candidates]]
+        sources[i] = rng.choice(fresh if len(fresh) else candidates)
+        used[sources[i]] = True
+    return targets.astype(np.int64), sources
 
 
-def zero(h: torch.Tensor) -> torch.Tensor:
-    """Zero ablation."""
-    return torch.zeros_like(h)
+def clustered_share(hits: np.ndarray, clusters: np.ndarray) -> tuple[float, float, float]:
+    """The share of ``hits`` (bool ``[n]``) and its 95 % interval when outcomes of the same cluster (``clusters``
+    ``[n]``: each pair's source) may be alike: Wilson's interval at the effective sample size ``n / deff``, with the
+    design effect ``deff`` (at least 1) the ratio of the cluster-robust variance of the share, ``C / (C - 1) *
+    sum_c (sum_{i in c} (hit_i - share))^2 / n^2`` over ``C`` clusters, to the binomial ``share (1 - share) / n``.
+    With every cluster of one pair this is Wilson's interval. ``tests/test_interventions.py`` checks its coverage
+    by simulation with source effects."""
+    n = len(hits)
+    share = float(np.mean(hits))
+    ids, members = np.unique(clusters, return_inverse=True)
+    deff = 1.0
+    if 0 < share < 1 and len(ids) > 1:
+        residual = np.bincount(members, weights=hits - share)
+        robust = len(ids) / (len(ids) - 1) * np.sum(residual ** 2) / n ** 2
+        deff = max(robust / (share * (1 - share) / n), 1.0)
+    low, high = wilson(share * n / deff, n / deff)
+    return share, low, high
 
 
-def scaled_noise(noise: torch.Tensor) -> Edit:
-    """Random ablation: ``noise`` ``[batch, hidden]`` (Gaussian) rescaled to the norm of each row it replaces."""
+def patching_plan(locations: Sequence[str], centres: Sequence[int], span: int, n_layers: int,
+                  source_states: Mapping[tuple[str, int], torch.Tensor], clip: bool = False
+                  ) -> tuple[Plan, list[dict]]:
+    """Patching of each location in the window around each centre (:func:`windows`): each target's output replaced
+    by its source's clean output there. ``source_states[key]`` is ``[n_targets, hidden]``, row ``i`` the source of
+    target ``i`` (the texts the batches run are the targets, in that order)."""
+    edited = {location: windows(location, centres, span, n_layers, replaces=True, clip=clip) for location in locations}
+    conditions = [(location, centre) for centre in centres for location in locations if centre in edited[location]]
+    described = [describe(location, centre, edited[location][centre]) for location, centre in conditions]
 
-    def edit(h: torch.Tensor) -> torch.Tensor:
-        return noise * (h.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True))
+    def plan(indices: np.ndarray, batch: LastTokenBatch) -> list[list[Condition]]:
+        rows = torch.as_tensor(indices)
+        return [[{(location, layer): last_token.replace_with(source_states[(location, layer)][rows].to(
+                    batch.clean[(location, layer)].device)) for layer in edited[location][centre]}
+                 for location, c in conditions if c == centre] for centre in centres]
 
-    return edit
-
-
-def replace_with(values: torch.Tensor) -> Edit:
-    """Patching: the output replaced by ``values`` ``[batch, hidden]`` (another text's clean output)."""
-    return lambda h: values.to(h.dtype)
+    return plan, described
 
 
-def add(vector: torch.Tensor) -> Edit:
-    """Steering: ``h + vector``, ``vector`` ``[hidden]`` or ``[batch, hidden]``."""
-    return lambda h: h + vector.to(h.dtype)
+def unchanged_rows(logits: np.ndarray, clean: np.ndarray, described: Sequence[dict]) -> pd.DataFrame:
+    """One row per ablation condition: ``n_texts``, ``unchanged`` (the fraction of texts whose answer is their
+    clean answer) and its Wilson 95 % interval ``unchanged_low``, ``unchanged_high``."""
+    same = logits.argmax(-1) == clean.argmax(-1)[None]
+    rows = []
+    for description, kept in zip(described, same):
+        low, high = wilson(int(kept.sum()), len(kept))
+        rows.append({**description, "n_texts": len(kept), "unchanged": kept.mean(), "unchanged_low": low,
+                     "unchanged_high": high})
+    return pd.DataFrame(rows)
 
 
-def gaussian_noise(seed: int, row_ids: Sequence[int], key: tuple[str, int], hidden_size: int) -> torch.Tensor:
-    """Standard normal ``[len(row_ids), hidden_size]`` float32, each row drawn from its own stream of
-    ``(seed, row_id, location, layer)``: the same noise for a text whatever batch it falls in."""
-    location, layer = key
-    code = list(LOCATION_MODULES).index(location)
-    return torch.from_numpy(np.stack([np.random.default_rng([seed, int(row), code, layer]).standard_normal(hidden_size)
-                                      for row in row_ids]).astype(np.float32))
+def patching_rows(logits: np.ndarray, target_clean: np.ndarray, source_answer: np.ndarray, sources: np.ndarray,
+                  described: Sequence[dict]) -> pd.DataFrame:
+    """One row per patching condition: ``n_pairs``, ``n_sources`` (distinct source texts; ``sources`` ``[n_pairs]``
+    are their indices), and the fractions of pairs whose patched answer is the source's clean answer
+    (``transfer``), the target's (``kept``) or neither, with 95 % intervals that allow for pairs sharing a source
+    (:func:`clustered_share`)."""
+    answer, target_answer = logits.argmax(-1), target_clean.argmax(-1)
+    rows = []
+    for description, patched in zip(described, answer):
+        outcome = {"transfer": patched == source_answer, "kept": patched == target_answer}
+        outcome["neither"] = ~(outcome["transfer"] | outcome["kept"])
+        row = {**description, "n_pairs": len(patched), "n_sources": len(np.unique(sources))}
+        for name, hit in outcome.items():
+            share, low, high = clustered_share(hit, sources)
+            row.update({name: share, f"{name}_low": low, f"{name}_high": high})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def raw_direction(weights: np.ndarray) -> np.ndarray:
+    """The unit vector of a probe's weight row in the raw state space, float32 ``[hidden]``.
+
+    ``weights`` are the raw-space weights (the standardisation folded in: ``w / sigma``), as the probe
+    jobs save them; a zero row (a class the probe never saw) raises.
+    """
+    norm = float(np.linalg.norm(weights))
+    if norm == 0:
+        raise ValueError("a probe weight row of zeros has no direction")
+    return (weights / norm).astype(np.float32)
+
+
+def normalised_change(p_clean: np.ndarray, p_after: np.ndarray) -> np.ndarray:
+    """The paper's promotion metric per text: ``delta = p_after - p_clean``, divided by ``1 - p_clean`` when
+    positive (the room left to gain) and by ``p_clean`` when negative (the room left to lose); in [-1, 1]."""
+    delta = p_after - p_clean
+    room = np.where(delta > 0, 1 - p_clean, p_clean)
+    return np.divide(delta, room, out=np.zeros_like(delta), where=room > 0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (the label logits), in float64."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def promotion_plan(emotions: Sequence[int], betas: Sequence[float], centres: Sequence[int], span: int,
+                   n_layers: int, directions: Mapping[int, np.ndarray], mean_norms: Mapping[int, float],
+                   clip: bool = False) -> tuple[Plan, list[dict]]:
+    """Emotion promotion: the residual stream of each layer ``l`` of the window around each centre pushed
+    along the unit direction of emotion ``e``'s probe row at ``l``, ``h + beta * mean_norms[l] * u_e``.
+
+    ``directions[l]`` is ``[n_labels, hidden]`` of unit rows (:func:`raw_direction` of the probe's raw-space
+    weights at layer ``l``), ``mean_norms[l]`` the mean norm of the clean residual stream there at the last
+    token, over the texts: ``beta`` is relative to it, since models' norms differ by orders of magnitude.
+    Each description (:func:`describe`) holds ``emotion`` (label id), ``beta``, ``beta_absolute`` (one step's norm
+    at the centre layer) and ``displacement`` (the steps' sum at the window's top layer, over its mean norm).
+    """
+    return _steering_plan({emotion: {layer: rows[emotion] for layer, rows in directions.items()}
+                           for emotion in emotions}, "emotion", betas, centres, span, n_layers, mean_norms, clip)
+
+
+def _steering_plan(named: Mapping[object, Mapping[int, np.ndarray]], name_key: str, betas: Sequence[float],
+                   centres: Sequence[int], span: int, n_layers: int, mean_norms: Mapping[int, float],
+                   clip: bool = False) -> tuple[Plan, list[dict]]:
+    """The residual stream of each layer ``l`` of the window around each centre (:func:`windows`) pushed along
+    ``named[n][l]`` (a unit vector ``[hidden]``), ``h + beta * mean_norms[l] * v``, for every name ``n`` and
+    ``beta``; each description holds the name under ``name_key``, ``beta``, ``beta_absolute`` (one step's norm at
+    the centre layer) and ``displacement`` (the norm of the steps' sum over the mean norm at the top layer)."""
+    edited = windows("residual", centres, span, n_layers, replaces=False, clip=clip)
+    described = []
+    for centre, layers in edited.items():
+        for name in named:
+            total = sum(mean_norms[layer] * np.asarray(named[name][layer], dtype=np.float64) for layer in layers)
+            for beta in betas:
+                described.append({**describe("residual", centre, layers), name_key: name, "beta": beta,
+                                  "beta_absolute": beta * mean_norms[centre],
+                                  "displacement": abs(beta) * float(np.linalg.norm(total)) / mean_norms[max(layers)]})
+
+    def plan(indices: np.ndarray, batch: LastTokenBatch) -> list[list[Condition]]:
+        device = batch.clean[("residual", 0)].device
+        steps = {(name, layer): torch.from_numpy(np.asarray(named[name][layer], dtype=np.float32)).to(device)
+                 for name in named for layer in set().union(*edited.values())}
+        return [[{("residual", layer): last_token.add(beta * mean_norms[layer] * steps[(name, layer)])
+                  for layer in layers} for name in named for beta in betas] for layers in edited.values()]
+
+    return plan, described
+
+
+def mean_interval(values: np.ndarray, replicates: int, seed: int) -> tuple[float, float]:
+    """Percentile 95 % bootstrap interval of the mean of ``values`` over texts (``[n]``)."""
+    from emoprobe.scores import bootstrap_counts
+
+    means = bootstrap_counts(len(values), replicates, seed) @ values.astype(np.float64) / len(values)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def promotion_rows(logits: np.ndarray, clean: np.ndarray, described: Sequence[dict], *, replicates: int = 1000,
+                   seed: int = 0) -> pd.DataFrame:
+    """One row per promotion condition: ``n_texts``; ``change``, the mean over texts of the paper's normalised
+    change of the emotion's probability (:func:`normalised_change`, softmax over the label logits) with a
+    bootstrap 95 % interval; ``promoted``, the fraction of texts whose answer is the emotion, with its Wilson
+    interval, next to ``clean_promoted``, that fraction without the edit."""
+    p_clean, clean_answer = softmax(clean), clean.argmax(-1)
+    rows = []
+    for description, after in zip(described, logits):
+        emotion = description["emotion"]
+        change = normalised_change(p_clean[:, emotion], softmax(after)[:, emotion])
+        promoted = after.argmax(-1) == emotion
+        change_low, change_high = mean_interval(change, replicates, seed)
+        low, high = wilson(int(promoted.sum()), len(promoted))
+        rows.append({**description, "n_texts": len(change), "change": change.mean(), "change_low": change_low,
+                     "change_high": change_high, "promoted": promoted.mean(), "promoted_low": low,
+                     "promoted_high": high, "clean_promoted": (clean_answer == emotion).mean()})
+    return pd.DataFrame(rows)
+
+
+def surgery_direction(weights: Mapping[str, np.ndarray], recipe: Mapping[str, int], held_fixed: Sequence[str] = ()
+                      ) -> np.ndarray:
+    """The unit direction of an appraisal recipe, float32 ``[hidden]``.
+
+    ``v = sum(sign * w_a / |w_a|)`` over the recipe's appraisals ``a`` (``sign`` +1 or -1; ``weights[a]``
+    the raw-space weight vector of the ridge probe of ``a``), then, as the paper describes, made orthogonal
+    to the weight vectors of the appraisals ``held_fixed`` (so that moving along it leaves their probes'
+    readings unchanged), and scaled to norm 1.
+    """
+    v = sum(sign * raw_direction(weights[name]).astype(np.float64) for name, sign in recipe.items())
+    if held_fixed:
+        basis, _ = np.linalg.qr(np.stack([np.asarray(weights[name], dtype=np.float64) for name in held_fixed], axis=1))
+        v = v - basis @ (basis.T @ v)
+    return raw_direction(v)
+
+
+def surgery_plan(recipes: Mapping[str, Mapping[int, np.ndarray]], betas: Sequence[float], centres: Sequence[int],
+                 span: int, n_layers: int, mean_norms: Mapping[int, float], clip: bool = False
+                 ) -> tuple[Plan, list[dict]]:
+    """Appraisal surgery: the residual stream of each layer ``l`` of the window pushed along a recipe's unit
+    direction, ``h + beta * mean_norms[l] * v``; ``recipes[name]`` is ``{layer: v}`` (one direction per
+    layer, from that layer's appraisal probes, or a seeded random one for a control)."""
+    return _steering_plan(recipes, "recipe", betas, centres, span, n_layers, mean_norms, clip)
+
+
+def answer_distribution_rows(logits: np.ndarray, clean: np.ndarray, described: Sequence[dict],
+                             labels: Sequence[str]) -> pd.DataFrame:
+    """One row per (condition, label): how many texts answer ``label`` without the edit (``clean_count``) and
+    with it (``count``), and the difference (``shift``)."""
+    clean_counts = np.bincount(clean.argmax(-1), minlength=len(labels))
+    rows = []
+    for description, after in zip(described, logits):
+        counts = np.bincount(after.argmax(-1), minlength=len(labels))
+        rows.extend({**description, "label": label, "clean_count": int(clean_counts[k]), "count": int(counts[k]),
+                     "shift": int(counts[k] - clean_counts[k])} for k, label in enumerate(labels))
+    return pd.DataFrame(rows)
+
+
+# one pass's batches of prompts, from their token ids (:func:`emoprobe.last_token.iter_last_token_batches`)
+Batches = Callable[[Sequence[Sequence[int]]], Iterable[tuple[np.ndarray, LastTokenBatch]]]
+
+
+def centre_layers(n_layers: int, every: int) -> list[int]:
+    """Every ``every``-th layer counted down from the last (so the last, where the answer is read, is always
+    one), ascending."""
+    return sorted(range(n_layers, 0, -every))
+
+
+def sample_indices(n_texts: int, size: int, seed: int) -> np.ndarray:
+    """Sorted int64 indices of a seeded sample of ``size`` of ``n_texts`` texts; all of them when ``size`` is
+    0 or at least ``n_texts``."""
+    if size == 0 or size >= n_texts:
+        return np.arange(n_texts, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n_texts, size, replace=False)).astype(np.int64)
+
+
+def sample_of(prompts: pd.DataFrame, answers: pd.DataFrame | None, *, subset: str, texts: int, seed: int
+              ) -> pd.DataFrame:
+    """The texts every experiment runs on: the prompts of ``subset`` (``model_correct``: those whose ``answers`` row
+    is correct), then a seeded sample of ``texts`` of them (:func:`sample_indices`)."""
+    if subset == "model_correct":
+        prompts = prompts[prompts["row_id"].isin(answers.loc[answers["correct"].astype(bool), "row_id"])]
+    return prompts.iloc[sample_indices(len(prompts), texts, seed)]
+
+
+def clean_outputs(batches: Iterable[tuple[np.ndarray, LastTokenBatch]], keys: Sequence[tuple[str, int]],
+                  readout: Callable[[torch.Tensor], torch.Tensor], n_texts: int
+                  ) -> tuple[dict[tuple[str, int], np.ndarray], np.ndarray]:
+    """The clean outputs at ``keys`` ``(location, layer)``, float32 ``[n_texts, hidden]`` each, and the clean
+    label logits ``[n_texts, n_labels]``, of the texts ``0 .. n_texts - 1`` that ``batches`` cover."""
+    states, logits = {}, None
+    for indices, batch in batches:
+        for key in keys:
+            value = batch.clean[key].float().cpu().numpy()
+            states.setdefault(key, np.zeros((n_texts, value.shape[1]), dtype=np.float32))[indices] = value
+        clean = readout(batch.clean[("residual", len(batch.blocks))]).cpu().numpy()
+        if logits is None:
+            logits = np.full((n_texts, clean.shape[1]), np.nan, dtype=np.float32)
+        logits[indices] = clean
+    if logits is None or np.isnan(logits).any():
+        raise ValueError(f"the batches do not cover all {n_texts} texts")
+    return states, logits
+
+
+def random_directions(count: int, layers: Iterable[int], hidden_size: int, seed: int
+                      ) -> dict[str, dict[int, np.ndarray]]:
+    """``count`` controls for surgery, ``random1`` ..: per layer a unit Gaussian direction ``[hidden]``
+    float32, drawn from ``(seed, k, layer)``."""
+    return {f"random{k}": {layer: raw_direction(np.random.default_rng([seed, k, layer]).standard_normal(hidden_size))
+                           for layer in layers} for k in range(1, count + 1)}
+
+
+def recipe_directions(weights: Mapping[int, Mapping[str, np.ndarray]], recipes: Mapping[str, Mapping],
+                      orthogonalise: bool) -> dict[str, dict[int, np.ndarray]]:
+    """Each recipe's unit direction at each layer of ``weights`` (``{layer: {appraisal: raw-space ridge weights
+    [hidden]}}``), :func:`surgery_direction` of its ``push`` (``{appraisal: +1 or -1}``). With ``orthogonalise``
+    (the paper's text), made orthogonal to the weights of the appraisals it ``hold``\ s; without (the paper's
+    code), the plain signed sum."""
+    return {name: {layer: surgery_direction(rows, recipe["push"], recipe["hold"] if orthogonalise else ())
+                   for layer, rows in weights.items()}
+            for name, recipe in recipes.items()}
+
+
+class ExperimentInputs(NamedTuple):
+    """What every experiment runs on (the arguments of :func:`run_experiment`)."""
+
+    settings: Mapping
+    batches: Batches
+    readout: Callable[[torch.Tensor], torch.Tensor]
+    token_ids: Sequence[Sequence[int]]
+    row_ids: np.ndarray
+    n_layers: int
+    labels: Sequence[str]
+    directions: Mapping[int, Mapping] | None
+    max_rows: int
+
+    @property
+    def centres(self) -> list[int]:
+        return centre_layers(self.n_layers, self.settings["every"])
+
+    def edited_layers(self) -> list[int]:
+        """Every layer some window edits (the union of the windows around the centres, clipped to the model)."""
+        span = self.settings["span"]
+        return sorted(set().union(*(last_token.layer_window(c, span, self.n_layers) for c in self.centres)))
+
+
+def run_ablation(kind: str, run: ExperimentInputs) -> pd.DataFrame:
+    """Zero or random ablation (``kind``) of each location in each window: :func:`ablation_plan`."""
+    settings, n_texts = run.settings, len(run.token_ids)
+    plan, described = ablation_plan(kind, settings["locations"], run.centres, settings["span"], run.n_layers,
+                                    settings["seed"], run.row_ids, settings["clip_windows"])
+    logits, clean = condition_logits(run.batches(run.token_ids), plan, run.readout, n_texts, run.max_rows)
+    return unchanged_rows(logits, clean, described)
+
+
+def run_patching(run: ExperimentInputs) -> pd.DataFrame:
+    """Activation patching of each location in each window from one text into another: :func:`patching_plan`."""
+    settings, n_texts, token_ids = run.settings, len(run.token_ids), run.token_ids
+    keys = [(location, layer) for location in settings["locations"] for layer in run.edited_layers()]
+    states, clean = clean_outputs(run.batches(token_ids), keys, run.readout, n_texts)
+    answers = clean.argmax(-1)
+    targets, sources = patching_pairs(answers, settings["n_pairs"], settings["seed"])
+    if len(targets) == 0:  # a row that says why, as the probe tables give for a subset they cannot score
+        return pd.DataFrame([{"note": f"every one of the {n_texts} texts gets the same clean answer, "
+                                      f"{run.labels[answers[0]]!r}: no pair of texts to patch"}])
+    source_states = {key: torch.from_numpy(values[sources]) for key, values in states.items()}
+    plan, described = patching_plan(settings["locations"], run.centres, settings["span"], run.n_layers,
+                                    source_states, settings["clip_windows"])
+    logits, target_clean = condition_logits(run.batches([token_ids[t] for t in targets]), plan, run.readout,
+                                            len(targets), run.max_rows)
+    return patching_rows(logits, target_clean, answers[sources], sources, described)
+
+
+def residual_norms(run: ExperimentInputs) -> tuple[dict[int, float], int]:
+    """The mean norm of the clean residual stream over the texts at each edited layer (steering's unit of β), and
+    the stream's width."""
+    edited = run.edited_layers()
+    states, _ = clean_outputs(run.batches(run.token_ids), [("residual", layer) for layer in edited], run.readout,
+                              len(run.token_ids))
+    return ({layer: float(np.linalg.norm(states[("residual", layer)], axis=1).mean()) for layer in edited},
+            states[("residual", edited[0])].shape[1])
+
+
+def run_promotion(run: ExperimentInputs) -> pd.DataFrame:
+    """Emotion promotion: steering along each emotion's probe direction by each β: :func:`promotion_plan`."""
+    settings, labels, edited = run.settings, run.labels, run.edited_layers()
+    mean_norms, _ = residual_norms(run)
+    # a probe of a subset has rows only for the labels it saw (model_correct: the few the model gets right)
+    seen = set.intersection(*(set(run.directions[layer][0].tolist()) for layer in edited))
+    emotions = [labels.index(name) for name in settings["emotions"] or labels if labels.index(name) in seen]
+    if not emotions:
+        return pd.DataFrame([{"note": f"the probe has no row of any of the emotions "
+                                      f"{settings['emotions'] or list(labels)}: nothing to push along"}])
+    units = {}
+    for layer in edited:
+        classes, weights = run.directions[layer]
+        units[layer] = {int(c): raw_direction(w) for c, w in zip(classes, weights) if int(c) in emotions}
+    plan, described = promotion_plan(emotions, settings["betas"], run.centres, settings["span"], run.n_layers, units,
+                                     mean_norms, settings["clip_windows"])
+    logits, clean = condition_logits(run.batches(run.token_ids), plan, run.readout, len(run.token_ids), run.max_rows)
+    table = promotion_rows(logits, clean, described, replicates=settings["bootstrap"], seed=settings["seed"])
+    return table.assign(emotion=[labels[e] for e in table["emotion"]])
+
+
+def run_surgery(run: ExperimentInputs) -> pd.DataFrame:
+    """Appraisal surgery: steering along each recipe's appraisal direction (and random controls) by each β:
+    :func:`surgery_plan`."""
+    settings, edited = run.settings, run.edited_layers()
+    mean_norms, hidden = residual_norms(run)
+    recipes = recipe_directions({layer: run.directions[layer] for layer in edited}, settings["recipes"],
+                                settings["orthogonalise"])
+    recipes.update(random_directions(settings["random_controls"], edited, hidden, settings["seed"]))
+    plan, described = surgery_plan(recipes, settings["betas"], run.centres, settings["span"], run.n_layers,
+                                   mean_norms, settings["clip_windows"])
+    logits, clean = condition_logits(run.batches(run.token_ids), plan, run.readout, len(run.token_ids), run.max_rows)
+    return answer_distribution_rows(logits, clean, described, run.labels)
+
+
+# How each experiment that edits the model (emoprobe.experiments) is run.
+RUNNERS: dict[str, Callable[[ExperimentInputs], pd.DataFrame]] = {
+    "zero": partial(run_ablation, "zero"),
+    "random": partial(run_ablation, "random"),
+    "patching": run_patching,
+    "promotion": run_promotion,
+    "surgery": run_surgery,
+}
+
+
+def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: Callable[[torch.Tensor], torch.Tensor],
+                   token_ids: Sequence[Sequence[int]], row_ids: np.ndarray, n_layers: int, labels: Sequence[str],
+                   directions: Mapping[int, Mapping] | None = None, max_rows: int = 2048) -> pd.DataFrame:
+    """One experiment that edits the model (:func:`emoprobe.experiments.editing`) on the texts ``token_ids`` (whole
+    prompts; ``row_ids[i]`` is text ``i``'s corpus row), its tidy table.
+
+    ``settings``: ``span``, ``every`` (centre layers, :func:`centre_layers`), ``clip_windows`` (:func:`windows`),
+    ``seed``, and per experiment:
+    ``locations`` (ablation, patching), ``n_pairs`` (patching), ``betas`` (relative to the mean norm of the
+    clean residual stream at each edited layer, over these texts), ``emotions`` (label names) and
+    ``bootstrap`` (promotion), ``recipes`` (``{name: {"push": {appraisal: sign}, "hold": [appraisals]}}``),
+    ``orthogonalise``, ``random_controls`` (surgery).
+    ``directions``: promotion's ``{layer: (classes, weights [k, hidden])}`` of the emotion probe, surgery's
+    ``{layer: {appraisal: weights [hidden]}}``, both in the raw state space. ``labels`` are the label names in
+    the order of ``readout``'s logits (and of the probes' class ids). Promotion pushes only the emotions the
+    probe has a row of. Patching texts that all get one clean answer, or a probe with no row of the emotions
+    asked for, give a single row whose ``note`` says so.
+    """
+    if kind not in RUNNERS:
+        raise ValueError(f"experiment {kind!r} is not one of {editing()}")
+    return RUNNERS[kind](ExperimentInputs(settings, batches, readout, token_ids, row_ids, n_layers, labels, directions,
+                                          max_rows))

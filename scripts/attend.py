@@ -7,14 +7,14 @@ import pandas as pd
 import torch
 
 from emoprobe.attention import segment_shares, share_table, token_segments
-from emoprobe.causal import sample_of
 from emoprobe.corpus import read_prompts
 from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.forward import tokenize
 from emoprobe.h5io import write_attention
-from emoprobe.interventions import iter_last_token_batches
+from emoprobe.interventions import sample_of
 from emoprobe.io import write_tsv
+from emoprobe.last_token import iter_last_token_batches
 from emoprobe.models import decoder_layers, load_configured_model
 
 log = log_to(snakemake.log[0])

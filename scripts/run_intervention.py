@@ -4,14 +4,14 @@ import pandas as pd
 import torch
 
 from emoprobe.answers import answer_token_ids, label_readout
-from emoprobe.causal import run_experiment, sample_of
 from emoprobe.corpus import read_prompts
 from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.forward import tokenize
 from emoprobe.h5io import directions_problems, read_directions_of_layers
-from emoprobe.interventions import iter_last_token_batches
+from emoprobe.interventions import run_experiment, sample_of
 from emoprobe.io import write_tsv
+from emoprobe.last_token import iter_last_token_batches
 from emoprobe.models import decoder_layers, load_configured_model
 
 log = log_to(snakemake.log[0])

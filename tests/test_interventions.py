@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from emoprobe import causal, interventions
+from emoprobe import interventions, last_token
 from emoprobe.answers import answer_token_ids, label_readout
 from emoprobe.forward import tokenize
 from emoprobe.models import decoder_layers
@@ -33,7 +33,7 @@ def smollm2_parts(smollm2_lm):
 
 def batches(base, blocks, token_ids, pad_id, share_prefix):
     """Every prompt in padded batches of at most four (two batches for six prompts)."""
-    return list(interventions.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id, batch_tokens=4096,
+    return list(last_token.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id, batch_tokens=4096,
                                                       max_batch_size=4, max_padding=0.9, share_prefix=share_prefix,
                                                       locations=LOCATIONS))
 
@@ -47,15 +47,15 @@ def relative(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | None = None
 def edits_of(kind: str, location: str, layers: list[int], batch, indices: np.ndarray) -> dict:
     hidden = batch.clean[("residual", 0)].shape[1]
     if kind == "zero":
-        return {(location, layer): interventions.zero for layer in layers}
+        return {(location, layer): last_token.zero for layer in layers}
     if kind == "random":
-        return {(location, layer): interventions.scaled_noise(interventions.gaussian_noise(7, indices, (location, layer),
+        return {(location, layer): last_token.scaled_noise(last_token.gaussian_noise(7, indices, (location, layer),
                                                                                            hidden)) for layer in layers}
     if kind == "patch":  # each row gets the next row's clean output
-        return {(location, layer): interventions.replace_with(batch.clean[(location, layer)].roll(1, 0))
+        return {(location, layer): last_token.replace_with(batch.clean[(location, layer)].roll(1, 0))
                 for layer in layers}
     direction = torch.randn(hidden, generator=torch.Generator().manual_seed(3))
-    return {(location, layer): interventions.add(8.0 * direction) for layer in layers}
+    return {(location, layer): last_token.add(8.0 * direction) for layer in layers}
 
 
 @pytest.mark.parametrize("share_prefix", [True, False])
@@ -66,15 +66,15 @@ def test_the_cached_last_token_path_is_the_full_prompt_run_with_the_same_hook(sm
     assert len({len(token_ids[i]) for i in found[0][0]}) > 1  # padded
     for indices, batch in found:
         prompts = [token_ids[i] for i in indices]
-        clean = readout(interventions.full_prompt_outputs(base, blocks, prompts, pad_id, {}))
+        clean = readout(last_token.full_prompt_outputs(base, blocks, prompts, pad_id, {}))
         assert relative(readout(batch.clean[("residual", 30)]), clean) <= 1e-4
         for location in LOCATIONS:
             for centre, span in ((1, 3), (15, 5), (30, 3)):
-                window = interventions.layer_window(centre, span, 30)
+                window = last_token.layer_window(centre, span, 30)
                 for kind in ("zero", "random", "patch", "steer"):
                     edits = edits_of(kind, location, window, batch, indices)
                     cached, plain = readout(batch.run(edits)), readout(
-                        interventions.full_prompt_outputs(base, blocks, prompts, pad_id, edits))
+                        last_token.full_prompt_outputs(base, blocks, prompts, pad_id, edits))
                     assert relative(cached, plain, clean) <= 1e-4, (location, centre, kind)
 
 
@@ -84,10 +84,10 @@ def test_edits_that_change_nothing_give_the_clean_logits(smollm2_parts):
         clean = readout(batch.clean[("residual", 30)])
         assert relative(readout(batch.run({})), clean) <= 1e-5  # zero ablation of nothing, from block 1
         for location in LOCATIONS:
-            window = interventions.layer_window(12, 3, 30)
-            write_back = {(location, layer): interventions.replace_with(batch.clean[(location, layer)]) for layer in window}
+            window = last_token.layer_window(12, 3, 30)
+            write_back = {(location, layer): last_token.replace_with(batch.clean[(location, layer)]) for layer in window}
             assert relative(readout(batch.run(write_back)), clean) <= 1e-5
-            no_step = {(location, layer): interventions.add(torch.zeros(576)) for layer in window}
+            no_step = {(location, layer): last_token.add(torch.zeros(576)) for layer in window}
             assert relative(readout(batch.run(no_step)), clean) <= 1e-5
 
 
@@ -96,18 +96,18 @@ def test_the_last_residual_stream_is_the_answer(smollm2_parts):
     base, blocks, readout, token_ids, pad_id = smollm2_parts
     for indices, batch in batches(base, blocks, token_ids, pad_id, True):
         source = batch.clean[("residual", 30)].flip(0)
-        patched = readout(batch.run({("residual", 30): interventions.replace_with(source)}))
+        patched = readout(batch.run({("residual", 30): last_token.replace_with(source)}))
         assert torch.equal(patched.argmax(1), readout(source).argmax(1))
-        zeroed = readout(batch.run({("residual", 30): interventions.zero})).argmax(1)
+        zeroed = readout(batch.run({("residual", 30): last_token.zero})).argmax(1)
         assert len(set(zeroed.tolist())) == 1
 
 
 def test_the_window_is_clipped_to_the_model():
-    assert interventions.layer_window(1, 3, 30) == [1, 2]
-    assert interventions.layer_window(15, 5, 30) == [13, 14, 15, 16, 17]
-    assert interventions.layer_window(30, 5, 30) == [28, 29, 30]
+    assert last_token.layer_window(1, 3, 30) == [1, 2]
+    assert last_token.layer_window(15, 5, 30) == [13, 14, 15, 16, 17]
+    assert last_token.layer_window(30, 5, 30) == [28, 29, 30]
     with pytest.raises(ValueError, match="layer 31 is not between 1 and 30"):
-        interventions.layer_window(31, 3, 30)
+        last_token.layer_window(31, 3, 30)
 
 
 @pytest.mark.parametrize("share_prefix", [True, False])
@@ -116,7 +116,7 @@ def test_sliding_window_layers_see_the_same_context_in_the_cached_path(share_pre
     model = small_gemma3(window=8)
     blocks = decoder_layers(model)
     readout = torch.nn.Linear(32, 13).requires_grad_(False)
-    found = list(interventions.iter_last_token_batches(model, blocks, SMALL_PROMPTS, pad_id=0, batch_tokens=1000,
+    found = list(last_token.iter_last_token_batches(model, blocks, SMALL_PROMPTS, pad_id=0, batch_tokens=1000,
                                                        max_batch_size=8, max_padding=0.9, share_prefix=share_prefix,
                                                        locations=LOCATIONS))
     for indices, batch in found:
@@ -126,7 +126,7 @@ def test_sliding_window_layers_see_the_same_context_in_the_cached_path(share_pre
             for layers in ([1], [2], [1, 2]):
                 for kind in ("zero", "random", "patch", "steer"):
                     edits = edits_of(kind, location, layers, batch, indices)
-                    plain = readout(interventions.full_prompt_outputs(model, blocks, prompts, 0, edits))
+                    plain = readout(last_token.full_prompt_outputs(model, blocks, prompts, 0, edits))
                     assert relative(readout(batch.run(edits)), plain, clean) <= 1e-4, (location, layers, kind)
 
 
@@ -143,7 +143,7 @@ def answered_prompts(smollm2_parts, smollm2_lm):
     prompts = build_prompts(corpus, config["prompt"]["templates"][config["prompt"]["template"]])
     token_ids = tokenize(smollm2_lm[1], prompts["prompt"].tolist())
     answers = np.empty(len(token_ids), dtype=np.int64)
-    for indices, batch in interventions.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
+    for indices, batch in last_token.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
                                                                batch_tokens=1 << 16, max_batch_size=64,
                                                                max_padding=0.5, locations=["residual"]):
         answers[indices] = readout(batch.clean[("residual", len(blocks))]).argmax(dim=1).numpy()
@@ -154,19 +154,19 @@ def answered_prompts(smollm2_parts, smollm2_lm):
 
 def run_plan(parts, token_ids, plan, max_batch_size):
     base, blocks, readout, _, pad_id = parts
-    found = interventions.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id, batch_tokens=1 << 16,
+    found = last_token.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id, batch_tokens=1 << 16,
                                                   max_batch_size=max_batch_size, max_padding=0.5, locations=LOCATIONS)
-    return causal.condition_logits(found, plan, readout, len(token_ids), max_rows=64)
+    return interventions.condition_logits(found, plan, readout, len(token_ids), max_rows=64)
 
 
 def test_ablation_tables_do_not_depend_on_the_batching(smollm2_parts, answered_prompts):
     token_ids, row_ids = answered_prompts
-    plan, described = causal.ablation_plan("random", LOCATIONS, [5, 30], 3, 30, seed=1, row_ids=row_ids)
+    plan, described = interventions.ablation_plan("random", LOCATIONS, [5, 30], 3, 30, seed=1, row_ids=row_ids)
     small, clean_small = run_plan(smollm2_parts, token_ids, plan, max_batch_size=7)
     large, clean_large = run_plan(smollm2_parts, token_ids, plan, max_batch_size=64)
     scale = np.abs(clean_large).max()
     assert np.abs(small - large).max() <= 1e-4 * scale and np.abs(clean_small - clean_large).max() <= 1e-4 * scale
-    table = causal.unchanged_rows(large, clean_large, described)
+    table = interventions.unchanged_rows(large, clean_large, described)
     # the residual stream one layer at a time; attention and MLP in a window of 3, none at 30 (it would leave the model)
     assert table[["location", "layer", "span"]].values.tolist() == [["residual", 5, 1], ["attention", 5, 3], ["mlp", 5, 3],
                                                                     ["residual", 30, 1]]
@@ -178,21 +178,21 @@ def test_patching_the_last_residual_stream_transfers_every_pair(smollm2_parts, a
     token_ids, row_ids = answered_prompts
     keys = [(location, layer) for location in LOCATIONS for layer in range(1, 31)]
     none, clean = run_plan(smollm2_parts, token_ids, lambda indices, batch: [[{}]], max_batch_size=64)
-    targets, sources = causal.patching_pairs(clean.argmax(1), n_pairs=12, seed=0)
+    targets, sources = interventions.patching_pairs(clean.argmax(1), n_pairs=12, seed=0)
     assert len(targets) == 12 and len(set(targets)) == 12
     assert (clean.argmax(1)[targets] != clean.argmax(1)[sources]).all()
-    assert np.array_equal(causal.patching_pairs(clean.argmax(1), n_pairs=12, seed=0)[1], sources)
+    assert np.array_equal(interventions.patching_pairs(clean.argmax(1), n_pairs=12, seed=0)[1], sources)
     states = {}  # every text's clean outputs, then the sources' in target order
     base, blocks, readout, _, pad_id = smollm2_parts
-    for indices, batch in interventions.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
+    for indices, batch in last_token.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
                                                                 batch_tokens=1 << 16, max_batch_size=64,
                                                                 max_padding=0.5, locations=LOCATIONS):
         for key in keys:
             states.setdefault(key, torch.empty(len(token_ids), 576))[torch.as_tensor(indices)] = batch.clean[key]
     source_states = {key: value[torch.as_tensor(sources)] for key, value in states.items()}
-    plan, described = causal.patching_plan(LOCATIONS, [16, 30], 5, 30, source_states)
+    plan, described = interventions.patching_plan(LOCATIONS, [16, 30], 5, 30, source_states)
     logits, target_clean = run_plan(smollm2_parts, [token_ids[t] for t in targets], plan, max_batch_size=64)
-    table = causal.patching_rows(logits, target_clean, clean.argmax(1)[sources], sources, described)
+    table = interventions.patching_rows(logits, target_clean, clean.argmax(1)[sources], sources, described)
     last = table[(table["location"] == "residual") & (table["layer"] == 30)].iloc[0]
     assert last["transfer"] == 1.0 and last["kept"] == 0.0 and last["n_pairs"] == 12
     assert (last["first_layer"], last["last_layer"], last["span"]) == (30, 30, 1)  # the residual stream: one layer
@@ -209,7 +209,7 @@ def test_a_residual_window_acts_as_its_top_layer_alone(smollm2_parts, answered_p
     layer. Why the workflow edits the residual stream one layer at a time."""
     token_ids, row_ids = answered_prompts
     base, blocks, readout, _, pad_id = smollm2_parts
-    for indices, batch in interventions.iter_last_token_batches(base, blocks, token_ids[:8], pad_id=pad_id,
+    for indices, batch in last_token.iter_last_token_batches(base, blocks, token_ids[:8], pad_id=pad_id,
                                                                 batch_tokens=1 << 16, max_batch_size=8,
                                                                 max_padding=0.5, locations=LOCATIONS):
         clean = readout(batch.clean[("residual", 30)])
@@ -224,13 +224,13 @@ def test_a_residual_window_acts_as_its_top_layer_alone(smollm2_parts, answered_p
 
 
 def test_windows_that_would_leave_the_model_are_dropped_or_clipped_and_named():
-    assert causal.windows("attention", [1, 2, 15, 30], 3, 30, replaces=True, clip=False) == {2: [1, 2, 3],
+    assert interventions.windows("attention", [1, 2, 15, 30], 3, 30, replaces=True, clip=False) == {2: [1, 2, 3],
                                                                                           15: [14, 15, 16]}
-    assert causal.windows("attention", [1, 30], 3, 30, replaces=True, clip=True) == {1: [1, 2], 30: [29, 30]}
-    assert causal.windows("residual", [1, 30], 5, 30, replaces=True, clip=False) == {1: [1], 30: [30]}
-    assert causal.windows("residual", [1, 30], 3, 30, replaces=False, clip=False) == {}  # steering adds: windows stay
-    assert causal.windows("mlp", [10], 4, 30, replaces=True, clip=False) == {10: [8, 9, 10, 11, 12]}
-    plan, described = causal.ablation_plan("zero", LOCATIONS, [1, 2, 30], 3, 30, seed=0, row_ids=np.arange(3),
+    assert interventions.windows("attention", [1, 30], 3, 30, replaces=True, clip=True) == {1: [1, 2], 30: [29, 30]}
+    assert interventions.windows("residual", [1, 30], 5, 30, replaces=True, clip=False) == {1: [1], 30: [30]}
+    assert interventions.windows("residual", [1, 30], 3, 30, replaces=False, clip=False) == {}  # steering adds: windows stay
+    assert interventions.windows("mlp", [10], 4, 30, replaces=True, clip=False) == {10: [8, 9, 10, 11, 12]}
+    plan, described = interventions.ablation_plan("zero", LOCATIONS, [1, 2, 30], 3, 30, seed=0, row_ids=np.arange(3),
                                            clip=True)
     rows = {(d["location"], d["layer"]): (d["first_layer"], d["last_layer"], d["span"]) for d in described}
     assert rows[("attention", 1)] == (1, 2, 2) and rows[("mlp", 30)] == (29, 30, 2) and rows[("mlp", 2)] == (1, 3, 3)
@@ -246,7 +246,7 @@ def test_steps_along_a_window_add_up_and_the_rows_say_how_far():
     orthogonal = {layer: np.eye(hidden, dtype=np.float32)[[layer % hidden, (layer + 1) % hidden]] for layer in range(1, 11)}
     norms = {layer: 10.0 for layer in range(1, 11)}
     for directions, factor in ((same, 3.0), (orthogonal, np.sqrt(3.0))):
-        _, described = causal.promotion_plan([0], [0.5], [5], 3, 10, directions, norms)
+        _, described = interventions.promotion_plan([0], [0.5], [5], 3, 10, directions, norms)
         [row] = described
         assert (row["first_layer"], row["last_layer"], row["span"]) == (4, 6, 3)
         assert row["beta_absolute"] == 5.0 and np.isclose(row["displacement"], 0.5 * factor)
@@ -256,11 +256,11 @@ def test_patching_sources_are_drawn_without_replacement_while_they_last():
     """70 texts of one answer, 30 of another: every target of the 70 needs a source among the 30, so sources repeat,
     but only once all 30 serve; with answers split evenly every source is a text of its own."""
     skewed = np.r_[np.zeros(70, dtype=np.int64), np.ones(30, dtype=np.int64)]
-    targets, sources = causal.patching_pairs(skewed, 100, seed=0)
+    targets, sources = interventions.patching_pairs(skewed, 100, seed=0)
     assert (skewed[targets] != skewed[sources]).all() and len(set(targets)) == len(targets) == 100
     assert len(set(sources[skewed[targets] == 0])) == 30  # every text of the other answer serves before any twice
     even = np.r_[np.zeros(50, dtype=np.int64), np.ones(50, dtype=np.int64)]
-    targets, sources = causal.patching_pairs(even, 100, seed=0)
+    targets, sources = interventions.patching_pairs(even, 100, seed=0)
     assert len(set(sources)) == 100
 
 
@@ -275,7 +275,7 @@ def test_patching_intervals_cover_when_pairs_share_a_source():
         propensity = rng.beta(truth * 2, (1 - truth) * 2, size=30)
         sources = np.r_[np.arange(30), rng.integers(0, 30, size=40)]
         hits = rng.random(70) < propensity[sources]
-        _, low, high = causal.clustered_share(hits, sources)
+        _, low, high = interventions.clustered_share(hits, sources)
         covered.append(low <= truth <= high)
         low, high = wilson(int(hits.sum()), 70)
         naive.append(low <= truth <= high)
@@ -286,11 +286,11 @@ def test_patching_intervals_cover_when_pairs_share_a_source():
 def test_random_ablation_keeps_the_norm_of_what_it_replaces():
     """Noise rescaled to each row's norm: a random ablation removes the direction, not the size, of a state."""
     h = torch.randn(5, 16) * torch.arange(1, 6)[:, None]
-    noise = interventions.gaussian_noise(3, [10, 11, 12, 13, 14], ("attention", 4), 16)
-    edited = interventions.scaled_noise(noise)(h)
+    noise = last_token.gaussian_noise(3, [10, 11, 12, 13, 14], ("attention", 4), 16)
+    edited = last_token.scaled_noise(noise)(h)
     assert torch.allclose(edited.norm(dim=1), h.norm(dim=1), rtol=1e-5)
     assert torch.allclose(edited / edited.norm(dim=1, keepdim=True), noise / noise.norm(dim=1, keepdim=True), atol=1e-6)
-    again = interventions.gaussian_noise(3, [12], ("attention", 4), 16)  # a text's noise, whatever its batch
+    again = last_token.gaussian_noise(3, [12], ("attention", 4), 16)  # a text's noise, whatever its batch
     assert torch.equal(again[0], noise[2])
 
 
@@ -303,8 +303,8 @@ def test_promotion_pushes_along_the_promoted_emotions_own_direction(smollm2_part
     rows = {layer: rng.standard_normal((13, 576)).astype(np.float32) for layer in range(1, 31)}
     units = {layer: r / np.linalg.norm(r, axis=1, keepdims=True) for layer, r in rows.items()}
     norms = {layer: float(layer) for layer in range(1, 31)}
-    plan, described = causal.promotion_plan([3, 7], [0.5], [10], 3, 30, units, norms)
-    indices, batch = next(iter(interventions.iter_last_token_batches(base, blocks, token_ids[:4], pad_id=pad_id,
+    plan, described = interventions.promotion_plan([3, 7], [0.5], [10], 3, 30, units, norms)
+    indices, batch = next(iter(last_token.iter_last_token_batches(base, blocks, token_ids[:4], pad_id=pad_id,
                                                                      batch_tokens=1 << 16, max_batch_size=4,
                                                                      max_padding=0.5)))
     [group] = plan(indices, batch)
@@ -319,21 +319,21 @@ def test_promotion_pushes_along_the_promoted_emotions_own_direction(smollm2_part
 
 def test_zero_ablation_of_the_last_residual_stream_gives_every_text_one_answer(smollm2_parts, answered_prompts):
     token_ids, row_ids = answered_prompts
-    plan, described = causal.ablation_plan("zero", ["residual"], [30], 1, 30, seed=0, row_ids=row_ids)
+    plan, described = interventions.ablation_plan("zero", ["residual"], [30], 1, 30, seed=0, row_ids=row_ids)
     logits, clean = run_plan(smollm2_parts, token_ids, plan, max_batch_size=64)
     assert len(set(logits[0].argmax(1).tolist())) == 1
-    table = causal.unchanged_rows(logits, clean, described)
+    table = interventions.unchanged_rows(logits, clean, described)
     assert table["unchanged"].iloc[0] == (clean.argmax(1) == logits[0, 0].argmax()).mean()
 
 
 def test_the_promotion_metric_is_the_papers():
     p_clean = np.array([0.2, 0.2, 0.5, 0.0, 1.0])
     p_after = np.array([0.6, 0.1, 0.5, 0.3, 0.4])
-    assert np.allclose(causal.normalised_change(p_clean, p_after), [0.4 / 0.8, -0.1 / 0.2, 0.0, 0.3, -0.6])
-    assert np.allclose(causal.softmax(np.array([[0.0, np.log(3.0)]])), [[0.25, 0.75]])
-    assert np.allclose(np.linalg.norm(causal.raw_direction(np.array([3.0, 4.0]))), 1.0)
+    assert np.allclose(interventions.normalised_change(p_clean, p_after), [0.4 / 0.8, -0.1 / 0.2, 0.0, 0.3, -0.6])
+    assert np.allclose(interventions.softmax(np.array([[0.0, np.log(3.0)]])), [[0.25, 0.75]])
+    assert np.allclose(np.linalg.norm(interventions.raw_direction(np.array([3.0, 4.0]))), 1.0)
     with pytest.raises(ValueError, match="no direction"):
-        causal.raw_direction(np.zeros(4))
+        interventions.raw_direction(np.zeros(4))
 
 
 @pytest.mark.parametrize("share_prefix", [True, False])
@@ -351,10 +351,10 @@ def test_the_cached_path_is_the_full_prompt_run_on_gemma3(gemma3_lm, share_prefi
         clean = readout(batch.clean[("residual", 18)])
         for location in LOCATIONS:
             for centre in (3, 6, 12, 18):
-                window = interventions.layer_window(centre, 3, 18)
+                window = last_token.layer_window(centre, 3, 18)
                 for kind in ("zero", "random", "patch", "steer"):
                     edits = edits_of(kind, location, window, batch, indices)
-                    plain = readout(interventions.full_prompt_outputs(base, blocks, prompts, tokenizer.pad_token_id,
+                    plain = readout(last_token.full_prompt_outputs(base, blocks, prompts, tokenizer.pad_token_id,
                                                                       edits))
                     assert relative(readout(batch.run(edits)), plain, clean) <= 1e-4, (location, centre, kind)
 
@@ -366,17 +366,17 @@ def test_promotion_along_the_readout_of_an_emotion_makes_it_the_answer(smollm2_p
     model, tokenizer = smollm2_lm
     rows = model.get_output_embeddings().weight[answer_token_ids(tokenizer, LABELS, {})]
     readout_directions = (rows * model.get_decoder().norm.weight).detach().numpy()
-    directions = {30: np.stack([causal.raw_direction(row) for row in readout_directions])}
+    directions = {30: np.stack([interventions.raw_direction(row) for row in readout_directions])}
     _, clean = run_plan(smollm2_parts, token_ids, lambda indices, batch: [[{}]], max_batch_size=64)
     base, blocks, _, _, pad_id = smollm2_parts
     norms = {30: float(np.mean([batch.clean[("residual", 30)].norm(dim=-1).mean().item() for _, batch in
-                                interventions.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
+                                last_token.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
                                                                       batch_tokens=1 << 16, max_batch_size=64,
                                                                       max_padding=0.5)]))}
     emotions = [LABELS.index("joy"), LABELS.index("fear")]
-    plan, described = causal.promotion_plan(emotions, [0.0, 4.0], [30], 1, 30, directions, norms)
+    plan, described = interventions.promotion_plan(emotions, [0.0, 4.0], [30], 1, 30, directions, norms)
     logits, clean_again = run_plan(smollm2_parts, token_ids, plan, max_batch_size=64)
-    table = causal.promotion_rows(logits, clean_again, described, replicates=200)
+    table = interventions.promotion_rows(logits, clean_again, described, replicates=200)
     assert table[["emotion", "beta"]].values.tolist() == [[emotions[0], 0.0], [emotions[0], 4.0],
                                                            [emotions[1], 0.0], [emotions[1], 4.0]]
     still = table[table["beta"] == 0.0]
@@ -387,36 +387,36 @@ def test_promotion_along_the_readout_of_an_emotion_makes_it_the_answer(smollm2_p
     assert np.allclose(pushed["beta_absolute"], 4.0 * norms[30])
     # the same step as a surgery recipe: the same answers, counted per label
     recipe = {"joy readout": {30: directions[30][emotions[0]]}}
-    plan, described = causal.surgery_plan(recipe, [4.0], [30], 1, 30, norms)
+    plan, described = interventions.surgery_plan(recipe, [4.0], [30], 1, 30, norms)
     surgery, _ = run_plan(smollm2_parts, token_ids, plan, max_batch_size=64)
     assert np.array_equal(surgery[0].argmax(1), logits[1].argmax(1))
-    counts = causal.answer_distribution_rows(surgery, clean_again, described, LABELS).set_index("label")
+    counts = interventions.answer_distribution_rows(surgery, clean_again, described, LABELS).set_index("label")
     assert counts["count"].sum() == 40 and counts.loc["joy", "count"] == round(pushed["promoted"].iloc[0] * 40)
 
 
 def test_a_surgery_direction_leaves_the_appraisals_held_fixed_alone():
     rng = np.random.default_rng(0)
     weights = {name: rng.standard_normal(16) for name in ("pleasantness", "self_control", "urgency", "effort")}
-    plain = causal.surgery_direction(weights, {"pleasantness": 1, "self_control": -1})
+    plain = interventions.surgery_direction(weights, {"pleasantness": 1, "self_control": -1})
     expected = weights["pleasantness"] / np.linalg.norm(weights["pleasantness"]) - weights["self_control"] / \
         np.linalg.norm(weights["self_control"])
     assert np.allclose(plain, expected / np.linalg.norm(expected), atol=1e-6)
-    held = causal.surgery_direction(weights, {"pleasantness": 1}, held_fixed=["urgency", "effort"])
+    held = interventions.surgery_direction(weights, {"pleasantness": 1}, held_fixed=["urgency", "effort"])
     assert np.isclose(np.linalg.norm(held), 1.0) and abs(held @ weights["urgency"]) < 1e-5 and \
         abs(held @ weights["effort"]) < 1e-5 and held @ weights["pleasantness"] > 0
     # a recipe holds its own list, as the paper's set does; without orthogonalise, the plain signed sum (its code)
     recipes = {"p+held": {"push": {"pleasantness": 1}, "hold": ["urgency", "effort"]},
                "p+s-": {"push": {"pleasantness": 1, "self_control": -1}, "hold": []}}
-    found = causal.recipe_directions({7: weights}, recipes, orthogonalise=True)
+    found = interventions.recipe_directions({7: weights}, recipes, orthogonalise=True)
     assert np.allclose(found["p+held"][7], held, atol=1e-6) and np.allclose(found["p+s-"][7], plain, atol=1e-6)
-    unheld = causal.recipe_directions({7: weights}, recipes, orthogonalise=False)["p+held"][7]
+    unheld = interventions.recipe_directions({7: weights}, recipes, orthogonalise=False)["p+held"][7]
     assert np.allclose(unheld, weights["pleasantness"] / np.linalg.norm(weights["pleasantness"]), atol=1e-6)
 
 
 def test_answer_distributions_count_every_text_once():
     clean = np.eye(3, dtype=np.float32)[[0, 0, 1, 2, 0]]
     after = np.eye(3, dtype=np.float32)[[[1, 1, 1, 2, 0]]]
-    table = causal.answer_distribution_rows(after, clean, [{"recipe": "pleasantness+", "beta": 1.0}], ["a", "b", "c"])
+    table = interventions.answer_distribution_rows(after, clean, [{"recipe": "pleasantness+", "beta": 1.0}], ["a", "b", "c"])
     assert table["clean_count"].tolist() == [3, 1, 1] and table["count"].tolist() == [1, 3, 1]
     assert table["shift"].tolist() == [-2, 2, 0]
 
@@ -432,11 +432,11 @@ def test_promotion_pushes_only_the_emotions_its_probe_has_a_row_of(smollm2_parts
                 "clip_windows": False}
     kwargs = dict(batches=lambda ids: batches(base, blocks, ids, pad_id, True), readout=readout, token_ids=token_ids,
                   row_ids=np.arange(len(token_ids)), n_layers=30, labels=LABELS, directions=directions)
-    table = causal.run_experiment("promotion", settings, **kwargs)
+    table = interventions.run_experiment("promotion", settings, **kwargs)
     # centres 15 and 30; the window at 30 would leave the model
     assert table["emotion"].tolist() == ["joy", "sadness"] and table["layer"].tolist() == [15, 15]
     assert (table["n_texts"] == len(TEXTS)).all() and (table["beta_absolute"] > 0).all()
-    none = causal.run_experiment("promotion", {**settings, "emotions": ["fear"]}, **kwargs)
+    none = interventions.run_experiment("promotion", {**settings, "emotions": ["fear"]}, **kwargs)
     assert list(none.columns) == ["note"] and "no row of any of the emotions ['fear']" in none["note"][0]
 
 
@@ -444,25 +444,25 @@ def test_what_the_experiments_cannot_do_they_refuse(smollm2_parts):
     """Each guard of the cached path and the plans, proved by its refusal: batches that miss a text, a run that
     would start after a layer it edits, prompts without a last token to run, a probe row of zeros, unknown kinds."""
     base, blocks, readout, token_ids, pad_id = smollm2_parts
-    found = list(interventions.iter_last_token_batches(base, blocks, token_ids[:3], pad_id=pad_id, batch_tokens=4096,
+    found = list(last_token.iter_last_token_batches(base, blocks, token_ids[:3], pad_id=pad_id, batch_tokens=4096,
                                                        max_batch_size=4, max_padding=0.9))
     with pytest.raises(ValueError, match="the batches do not cover all 4 texts"):
-        causal.condition_logits(found, lambda indices, batch: [[{}]], readout, n_texts=4)
+        interventions.condition_logits(found, lambda indices, batch: [[{}]], readout, n_texts=4)
     with pytest.raises(ValueError, match="the batches do not cover all 4 texts"):
-        causal.clean_outputs(found, [("residual", 3)], readout, n_texts=4)
+        interventions.clean_outputs(found, [("residual", 3)], readout, n_texts=4)
     _, batch = found[0]
     with pytest.raises(ValueError, match="start 5 is not between 1 and the first edited layer, 3"):
-        batch.run_many([{("residual", 3): interventions.zero}], start=5)
+        batch.run_many([{("residual", 3): last_token.zero}], start=5)
     with pytest.raises(ValueError, match="a prompt of one token has no context to cache"):
-        interventions.LastTokenBatch(base, blocks, [[1]], pad_id)
+        last_token.LastTokenBatch(base, blocks, [[1]], pad_id)
     with pytest.raises(ValueError, match="every prompt needs its last token outside the shared prefix"):
-        interventions.LastTokenBatch(base, blocks, [[]], pad_id)
+        last_token.LastTokenBatch(base, blocks, [[]], pad_id)
     with pytest.raises(ValueError, match="a probe weight row of zeros has no direction"):
-        causal.raw_direction(np.zeros(8))
+        interventions.raw_direction(np.zeros(8))
     with pytest.raises(ValueError, match="ablation kind 'mean' is neither 'zero' nor 'random'"):
-        causal.ablation_plan("mean", LOCATIONS, [5], 3, 30, seed=0, row_ids=np.arange(3))
+        interventions.ablation_plan("mean", LOCATIONS, [5], 3, 30, seed=0, row_ids=np.arange(3))
     with pytest.raises(ValueError, match="experiment 'steering' is not one of"):
-        causal.run_experiment("steering", {"every": 5, "span": 3, "seed": 0, "clip_windows": False}, batches=None,
+        interventions.run_experiment("steering", {"every": 5, "span": 3, "seed": 0, "clip_windows": False}, batches=None,
                               readout=readout, token_ids=token_ids, row_ids=np.arange(len(token_ids)), n_layers=30,
                               labels=LABELS)
 
@@ -480,7 +480,7 @@ def eager_last_token_attention(model, prompt: list[int]) -> torch.Tensor:
 
 
 def assert_attention_is_eager(model, blocks, token_ids, pad_id, share_prefix):
-    found = list(interventions.iter_last_token_batches(model, blocks, token_ids, pad_id=pad_id, batch_tokens=4096,
+    found = list(last_token.iter_last_token_batches(model, blocks, token_ids, pad_id=pad_id, batch_tokens=4096,
                                                        max_batch_size=4, max_padding=0.9, share_prefix=share_prefix))
     for indices, batch in found:
         for i, weights in zip(indices, batch.attention()):

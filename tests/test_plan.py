@@ -137,7 +137,7 @@ def test_the_experiment_registry_is_what_the_schema_allows():
     assert sorted(allowed) == sorted(experiments.EXPERIMENTS)
     assert "attention" not in experiments.editing() and set(experiments.steering()) == {"promotion", "surgery"}
     assert experiments.per_location() == ["zero", "random", "patching"]
-    from emoprobe.causal import RUNNERS
+    from emoprobe.interventions import RUNNERS
 
     assert sorted(RUNNERS) == sorted(experiments.editing())  # each experiment that edits the model has its runner
 
