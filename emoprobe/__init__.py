@@ -2,11 +2,13 @@
 
 The logic of the Snakemake workflow, which its scripts call and tests import:
 
-- the plan (run at parse time, standard library only): :mod:`~emoprobe.config` (checks), :mod:`~emoprobe.plan`
-  (paths, what decides each output), :mod:`~emoprobe.provenance`, :mod:`~emoprobe.experiments`,
+- the plan (run at parse time; no third-party import at module level): :mod:`~emoprobe.config` (checks),
+  :mod:`~emoprobe.plan` (paths, what decides each output), :mod:`~emoprobe.provenance`, :mod:`~emoprobe.experiments`,
   :mod:`~emoprobe.grid` (which probes are fitted where), :mod:`~emoprobe.jobs` (jobs and their requests),
   :mod:`~emoprobe.architecture` (what each model is, from its files);
 - the data: :mod:`~emoprobe.corpus`, :mod:`~emoprobe.h5io`, :mod:`~emoprobe.io` (atomic writes);
+- the jobs' plumbing: :mod:`~emoprobe.errors` (what a user is told), :mod:`~emoprobe.device` (device choice),
+  :mod:`~emoprobe.memory` (huge pages for extraction);
 - the model: :mod:`~emoprobe.models` (loading), :mod:`~emoprobe.forward` (tokens, batches, the shared prefix),
   :mod:`~emoprobe.nethook` (hooks), :mod:`~emoprobe.extract` (hidden states), :mod:`~emoprobe.answers`,
   :mod:`~emoprobe.last_token` (edits at the last token), :mod:`~emoprobe.interventions` (the experiments' tables),

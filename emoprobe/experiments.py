@@ -1,9 +1,11 @@
 """The experiments on the model's forward pass that ``interventions.experiments`` may name, and what each needs.
 
 The one list that the rules' plan (:mod:`emoprobe.plan`: inputs, params, targets) and the config check
-(:mod:`emoprobe.config`) read: adding an experiment is an entry here, its section in the schema, and its runner
-(:data:`emoprobe.interventions.RUNNERS`). Only the standard library is imported here: this runs every time
-Snakemake parses the workflow.
+(:mod:`emoprobe.config`) read. Adding an experiment is an entry here, its name and section in the schema, its
+runner (:data:`emoprobe.interventions.RUNNERS`), its conditions per window for the runtime requests
+(:func:`emoprobe.jobs.intervention_conditions`), and what ``scripts/run_intervention.py`` reads for its
+directions, where it has any. Only the standard library is imported here: this runs every time Snakemake parses
+the workflow.
 """
 
 from __future__ import annotations
@@ -41,10 +43,14 @@ def editing(names: list[str] | None = None) -> list[str]:
 
 
 def per_location(names: list[str] | None = None) -> list[str]:
-    """Of ``names`` (default: every experiment), those that edit each location in turn (the heatmap's)."""
-    return [name for name in (EXPERIMENTS if names is None else names) if EXPERIMENTS[name].per_location]
+    """Of ``names`` (default: every experiment), those that edit each location in turn (the heatmap's), in the
+    registry's order (the heatmap's panels)."""
+    return [name for name, experiment in EXPERIMENTS.items()
+            if experiment.per_location and name in (EXPERIMENTS if names is None else names)]
 
 
 def steering(names: list[str] | None = None) -> list[str]:
-    """Of ``names`` (default: every experiment), those that push along directions (a figure of their own)."""
-    return [name for name in (EXPERIMENTS if names is None else names) if EXPERIMENTS[name].directions]
+    """Of ``names`` (default: every experiment), those that push along directions (a figure of their own), in the
+    registry's order."""
+    return [name for name, experiment in EXPERIMENTS.items()
+            if experiment.directions and name in (EXPERIMENTS if names is None else names)]

@@ -183,11 +183,12 @@ def left_pad(token_ids: Sequence[Sequence[int]], pad_id: int, offset: int = 0
 
     Returns
     -------
-    input_ids, position_ids : torch.Tensor of int64, shape [batch, max_len]
-        ``position_ids`` count real tokens only (``offset`` at each sequence's first
-        token), so a padded prompt sees the same positions as when run alone.
+    input_ids : torch.Tensor of int64, shape [batch, max_len]
     attention_mask : torch.Tensor of int64, shape [batch, offset + max_len]
         Ones over the prefix and the real tokens, zeros over the padding.
+    position_ids : torch.Tensor of int64, shape [batch, max_len]
+        They count real tokens only (``offset`` at each sequence's first token), so a padded prompt sees the
+        same positions as when run alone.
     """
     width = max(len(ids) for ids in token_ids)
     input_ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)

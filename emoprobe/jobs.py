@@ -8,6 +8,7 @@ workflow writes; it decides how the work is split and scheduled.
 
 from __future__ import annotations
 
+from emoprobe.experiments import EXPERIMENTS
 from emoprobe.grid import cells as grid_cells, fits_per_layer, nonlinear_cells
 
 # Tokens per prompt for the runtime requests: the two-shot prompts average 58 with SmolLM2's tokenizer
@@ -142,8 +143,10 @@ def intervention_conditions(config: dict, model: str, experiment: str) -> int:
     elif experiment == "surgery":
         surgery = settings["surgery"]
         per_window = (len(surgery["recipes"]) + surgery["random_controls"]) * len(surgery["betas"])
-    else:
+    elif EXPERIMENTS[experiment].per_location:
         per_window = len(settings["locations"])
+    else:
+        raise ValueError(f"experiment {experiment!r}: no count of its conditions (emoprobe.experiments)")
     return windows * per_window
 
 

@@ -1,7 +1,7 @@
 """Interventions at the last prompt token, run at the cost of that token alone.
 
 Every experiment of Tak et al. (2025) edits one location (``residual``, ``attention``, ``mlp``;
-see :mod:`emoprobe.extract`) in a window of layers at the prompt's last token and reads the
+see :data:`emoprobe.forward.LOCATION_MODULES`) in a window of layers at the prompt's last token and reads the
 model's answer. Attention is causal, so no earlier token ever sees the edit: the keys and values
 of every token but the last are the clean run's, whatever the edit. :class:`LastTokenBatch` runs
 them once per batch (after the shared prefix, which is run once for all batches, as the extraction

@@ -7,7 +7,7 @@ come from one function (:mod:`emoprobe.provenance`).
 
 Params hold exactly what decides an output, so that editing anything else reruns nothing: the keys that only
 size or schedule work are listed once, in :data:`SCHEDULING`; the rest of each rule's choice is its function
-below. Only the standard library is imported here: this runs every time Snakemake parses the workflow.
+below. Nothing third-party is imported here at module level: this runs every time Snakemake parses the workflow.
 """
 
 from __future__ import annotations
@@ -31,6 +31,14 @@ INTERVENTION = "results/interventions/{model}/{experiment}.tsv"
 ATTENTION = "results/attention/{model}"  # + .tsv, .h5
 TEXT_TABLE = "results/tables/{model}_accuracy_by_layer.txt"
 FIGURE = "results/figures/{figure}.{suffix}"
+# the tables of every model
+ACCURACY = "results/accuracy.tsv"
+LOCALISATIONS = "results/localisation.tsv"
+INTERVENTIONS = "results/interventions.tsv"
+SUBSETS = "results/subsets.tsv"
+ANSWER_SUMMARY = "results/answers.tsv"
+APPRAISAL_R2 = "results/appraisal_r2.tsv"
+RECORDED_CONFIG = "results/config.yaml"
 
 # The keys that only size, schedule or cut work into jobs: no param holds them and the recorded config leaves
 # them out, so that editing one reruns nothing. ``models`` applies to every model's entry.
@@ -52,6 +60,11 @@ def path(template: str, **values) -> str:
         text = f"{int(value):02d}" if key in ("first", "last") else str(value)
         template = template.replace("{" + key + "}", text)
     return template
+
+
+def figure(name: str, suffix: str) -> str:
+    """The path of figure ``name`` (``accuracy_by_layer``, ``confusion/{model}``, …) as ``suffix`` (png, pdf)."""
+    return path(FIGURE, figure=name, suffix=suffix)
 
 
 def without_scheduling(section: str, settings: dict) -> dict:
@@ -251,6 +264,13 @@ def lens_layers(config: dict, model: str) -> list[int]:
     return list(range(0 if stores_embeddings(config) else 1, config["models"][model]["n_layers"] + 1))
 
 
+def appraisal_files(config: dict) -> list[str]:
+    """Every model's appraisal-probe table, where the corpus has appraisal ratings (``dataset.appraisal_columns``)."""
+    if not config["dataset"]["appraisal_columns"]:
+        return []
+    return [f"{path(APPRAISAL, model=model)}.tsv" for model in config["models"]]
+
+
 def baselines(config: dict) -> list[str]:
     """The baselines every model's probes are compared with."""
     return ["text", "logit_lens"] + (["appraisal_ratings"] if config["dataset"]["appraisal_columns"] else [])
@@ -382,19 +402,18 @@ def all_targets(config: dict) -> list[str]:
     models = list(config["models"])
     figures = ["accuracy_by_layer", "accuracy_by_depth"]
     figures += [f"{kind}/{model}" for kind in ("layer_position", "confusion") for model in models]
-    tables = ["results/accuracy.tsv", "results/localisation.tsv", "results/subsets.tsv", "results/answers.tsv",
-              "results/config.yaml"]
+    tables = [ACCURACY, LOCALISATIONS, SUBSETS, ANSWER_SUMMARY, RECORDED_CONFIG]
     tables += [path(TEXT_TABLE, model=model) for model in models]
     if config["dataset"]["appraisal_columns"]:
         figures += [f"appraisal_r2/{model}" for model in models]
-        tables.append("results/appraisal_r2.tsv")
+        tables.append(APPRAISAL_R2)
     configured = config["interventions"]["experiments"]
     if "attention" in configured:
         tables += [f"{path(ATTENTION, model=model)}.tsv" for model in models]
         figures += [f"attention/{model}" for model in models]
     if editing_experiments(config):
-        tables.append("results/interventions.tsv")
+        tables.append(INTERVENTIONS)
         kinds = (["interventions"] if heatmap_experiments(config) else []) + experiments.steering(configured)
         figures += [f"{kind}/{model}" for kind in kinds for model in models]
         figures += ["interventions_by_depth"] if heatmap_experiments(config) else []
-    return tables + [path(FIGURE, figure=figure, suffix=suffix) for figure in figures for suffix in ("png", "pdf")]
+    return tables + [figure(name, suffix) for name in figures for suffix in ("png", "pdf")]

@@ -2,8 +2,8 @@
 
 One function per kind of file, called by the job that writes the file (through its params) and by the plan
 (:mod:`emoprobe.plan`) for the jobs that read it, so that the two can never disagree on a name or a value
-(:func:`emoprobe.h5io.check_provenance` compares them). Only the standard library is imported here: the plan
-runs every time Snakemake parses the workflow.
+(:func:`emoprobe.h5io.check_provenance` compares them). Nothing third-party is imported here: the plan runs every
+time Snakemake parses the workflow.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def hidden_states(identity: dict, template: str, sample: dict, storage_dtype: st
 
 def predictions(model: str, location: str, labels: list[str]) -> dict:
     """The attributes of a predictions or directions file of probes (or of a baseline: ``location`` ``text``,
-    ``logit_lens``): the model, where the probes read it, and the labels their ids index (sorted)."""
+    ``logit_lens``): the model, where the probes read it, and the labels in the order their ids index them."""
     return {"model": model, "location": location, "labels": list(labels)}
 
 

@@ -3,8 +3,8 @@ rule aggregate_accuracy:
         scores=plan.score_files(config),
         localisation=expand(plan.LOCALISATION, model=MODELS),
     output:
-        table=report("results/accuracy.tsv", caption="../report/accuracy_table.rst", category="Tables"),
-        localisation=report("results/localisation.tsv", caption="../report/localisation_table.rst", category="Tables"),
+        table=report(plan.ACCURACY, caption="../report/accuracy_table.rst", category="Tables"),
+        localisation=report(plan.LOCALISATIONS, caption="../report/localisation_table.rst", category="Tables"),
         text=expand(plan.TEXT_TABLE, model=MODELS),
     log:
         "logs/aggregate_accuracy.log",
@@ -25,7 +25,7 @@ rule aggregate_accuracy:
 
 rule record_config:
     output:
-        "results/config.yaml",
+        plan.RECORDED_CONFIG,
     log:
         "logs/record_config.log",
     benchmark:
@@ -46,7 +46,7 @@ rule summarise_answers:
     input:
         expand(plan.ANSWERS, model=MODELS),
     output:
-        report("results/answers.tsv", caption="../report/answers_table.rst", category="Tables"),
+        report(plan.ANSWER_SUMMARY, caption="../report/answers_table.rst", category="Tables"),
     log:
         "logs/summarise_answers.log",
     benchmark:
@@ -65,9 +65,9 @@ rule summarise_answers:
 
 rule aggregate_appraisal:
     input:
-        expand(f"{plan.APPRAISAL}.tsv", model=MODELS) if config["dataset"]["appraisal_columns"] else [],
+        plan.appraisal_files(config),
     output:
-        report("results/appraisal_r2.tsv", caption="../report/appraisal_table.rst", category="Tables"),
+        report(plan.APPRAISAL_R2, caption="../report/appraisal_table.rst", category="Tables"),
     log:
         "logs/aggregate_appraisal.log",
     benchmark:

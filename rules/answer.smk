@@ -19,7 +19,7 @@ rule answer_emotions:
         model=lambda wc: plan.model_identity(config, wc.model),
         layer=lambda wc: plan.layers(config, wc.model)[-1],
         provenance=lambda wc: plan.hidden_provenance(config, wc.model),
-        labels=config["dataset"]["labels"],
+        labels=plan.labels(config),
         words=config["answer"]["words"],
         dtype=config["extraction"]["dtype"],
         device=config["extraction"]["device"],

@@ -1,22 +1,22 @@
 rule plot_accuracy:
     input:
-        table="results/accuracy.tsv",
-        localisation="results/localisation.tsv",
+        table=plan.ACCURACY,
+        localisation=plan.LOCALISATIONS,
     output:
         layer_png=report(
-            "results/figures/accuracy_by_layer.png",
+            plan.figure("accuracy_by_layer", "png"),
             caption="../report/accuracy_by_layer.rst",
             category="Figures",
             subcategory="All models",
         ),
-        layer_pdf="results/figures/accuracy_by_layer.pdf",
+        layer_pdf=plan.figure("accuracy_by_layer", "pdf"),
         depth_png=report(
-            "results/figures/accuracy_by_depth.png",
+            plan.figure("accuracy_by_depth", "png"),
             caption="../report/accuracy_by_depth.rst",
             category="Figures",
             subcategory="All models",
         ),
-        depth_pdf="results/figures/accuracy_by_depth.pdf",
+        depth_pdf=plan.figure("accuracy_by_depth", "pdf"),
     log:
         "logs/plot_accuracy.log",
     benchmark:
@@ -39,12 +39,12 @@ rule plot_layer_position:
         lambda wc: plan.probe_files(config, wc.model),
     output:
         png=report(
-            "results/figures/layer_position/{model}.png",
+            plan.figure("layer_position/{model}", "png"),
             caption="../report/layer_position.rst",
             category="Figures",
             subcategory="{model}",
         ),
-        pdf="results/figures/layer_position/{model}.pdf",
+        pdf=plan.figure("layer_position/{model}", "pdf"),
     log:
         "logs/plot_layer_position/{model}.log",
     benchmark:
@@ -68,12 +68,12 @@ rule plot_appraisal:
         f"{plan.APPRAISAL}.tsv",
     output:
         png=report(
-            "results/figures/appraisal_r2/{model}.png",
+            plan.figure("appraisal_r2/{model}", "png"),
             caption="../report/appraisal_r2.rst",
             category="Figures",
             subcategory="{model}",
         ),
-        pdf="results/figures/appraisal_r2/{model}.pdf",
+        pdf=plan.figure("appraisal_r2/{model}", "pdf"),
     log:
         "logs/plot_appraisal/{model}.log",
     benchmark:
@@ -95,12 +95,12 @@ rule plot_confusion:
         plan.ANSWERS,
     output:
         png=report(
-            "results/figures/confusion/{model}.png",
+            plan.figure("confusion/{model}", "png"),
             caption="../report/confusion.rst",
             category="Figures",
             subcategory="{model}",
         ),
-        pdf="results/figures/confusion/{model}.pdf",
+        pdf=plan.figure("confusion/{model}", "pdf"),
     log:
         "logs/plot_confusion/{model}.log",
     benchmark:
@@ -112,23 +112,23 @@ rule plot_confusion:
         runtime=5,
     params:
         code=script_code("plot_confusion"),
-        labels=config["dataset"]["labels"],
+        labels=plan.labels(config),
     script:
         "../scripts/plot_confusion.py"
 
 
 rule plot_interventions:
     input:
-        accuracy="results/accuracy.tsv",
+        accuracy=plan.ACCURACY,
         tables=lambda wc: plan.intervention_files(config, wc.model, plan.heatmap_experiments(config)),
     output:
         png=report(
-            "results/figures/interventions/{model}.png",
+            plan.figure("interventions/{model}", "png"),
             caption="../report/interventions.rst",
             category="Figures",
             subcategory="{model}",
         ),
-        pdf="results/figures/interventions/{model}.pdf",
+        pdf=plan.figure("interventions/{model}", "pdf"),
     log:
         "logs/plot_interventions/{model}.log",
     benchmark:
@@ -151,12 +151,12 @@ rule plot_steering:
         plan.INTERVENTION,
     output:
         png=report(
-            "results/figures/{experiment}/{model}.png",
+            plan.figure("{experiment}/{model}", "png"),
             caption="../report/steering.rst",
             category="Figures",
             subcategory="{model}",
         ),
-        pdf="results/figures/{experiment}/{model}.pdf",
+        pdf=plan.figure("{experiment}/{model}", "pdf"),
     log:
         "logs/plot_steering/{experiment}/{model}.log",
     benchmark:
@@ -176,16 +176,16 @@ rule plot_steering:
 
 rule plot_interventions_by_depth:
     input:
-        accuracy="results/accuracy.tsv",
-        interventions="results/interventions.tsv",
+        accuracy=plan.ACCURACY,
+        interventions=plan.INTERVENTIONS,
     output:
         png=report(
-            "results/figures/interventions_by_depth.png",
+            plan.figure("interventions_by_depth", "png"),
             caption="../report/interventions_by_depth.rst",
             category="Figures",
             subcategory="All models",
         ),
-        pdf="results/figures/interventions_by_depth.pdf",
+        pdf=plan.figure("interventions_by_depth", "pdf"),
     log:
         "logs/plot_interventions_by_depth.log",
     benchmark:
@@ -210,12 +210,12 @@ rule plot_attention:
         interventions=lambda wc: plan.intervention_files(config, wc.model, plan.attention_patching(config)),
     output:
         png=report(
-            "results/figures/attention/{model}.png",
+            plan.figure("attention/{model}", "png"),
             caption="../report/attention.rst",
             category="Figures",
             subcategory="{model}",
         ),
-        pdf="results/figures/attention/{model}.pdf",
+        pdf=plan.figure("attention/{model}", "pdf"),
     log:
         "logs/plot_attention/{model}.log",
     benchmark:

@@ -16,7 +16,7 @@ rule intervene:
     params:
         code=script_code("run_intervention"),
         model=lambda wc: plan.model_identity(config, wc.model),
-        labels=config["dataset"]["labels"],
+        labels=plan.labels(config),
         words=config["answer"]["words"],
         dtype=config["extraction"]["dtype"],
         device=config["extraction"]["device"],
@@ -59,7 +59,7 @@ rule aggregate_interventions:
     input:
         plan.intervention_files(config),
     output:
-        report("results/interventions.tsv", caption="../report/interventions_table.rst", category="Tables"),
+        report(plan.INTERVENTIONS, caption="../report/interventions_table.rst", category="Tables"),
     log:
         "logs/aggregate_interventions.log",
     benchmark:

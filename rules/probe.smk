@@ -209,7 +209,7 @@ rule count_subsets:
         prompts=plan.PROMPTS,
         answers=expand(plan.ANSWERS, model=MODELS),
     output:
-        report("results/subsets.tsv", caption="../report/subsets_table.rst", category="Tables"),
+        report(plan.SUBSETS, caption="../report/subsets_table.rst", category="Tables"),
     log:
         "logs/count_subsets.log",
     benchmark:

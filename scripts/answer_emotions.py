@@ -13,7 +13,7 @@ from emoprobe.models import load_configured_model
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg = snakemake.wildcards.model, snakemake.params.model
-labels = sorted(snakemake.params.labels)
+labels = snakemake.params.labels
 device = pick_device(snakemake.params.device)
 with reported_as_message():
     states, meta = read_layer(snakemake.input.states, snakemake.params.layer, "residual", positions=[-1],

@@ -17,7 +17,7 @@ from emoprobe.models import decoder_layers, load_configured_model
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg, kind = snakemake.wildcards.model, snakemake.params.model, snakemake.wildcards.experiment
-settings, labels = snakemake.params.settings, sorted(snakemake.params.labels)
+settings, labels = snakemake.params.settings, snakemake.params.labels
 device = pick_device(snakemake.params.device)
 if kind == "promotion" and not all(settings["probe"] in directions_problems(path) for path in snakemake.input.directions):
     # as the probe tables do for a subset too small to score: a row that says why, and the workflow carries on

@@ -289,11 +289,11 @@ def test_unchanged_config_plans_nothing(e2e_run):
 
 # Keys that decide no number: sizes and guesses for resource requests, where a corpus on disk would come
 # from, the job layout where it stays the same (fits_per_job 799 still gives 15 layers of the residual stream's 51
-# fits per job), and threads.
+# fits per job; a global layer_chunk_size that the model's own 15 overrides), and threads.
 NEUTRAL_EDITS = {"models__smollm2-135m__params_m": 140, "models__smollm2-135m__compute_params_m": 90.0,
                  "dataset__texts_guess": 5000, "dataset__url": "https://example.org/other.csv",
                  "dataset__sha256": "0" * 64, "probe__fits_per_job": 799, "extraction__threads": 3,
-                 "interventions__threads": 2}
+                 "interventions__threads": 2, "extraction__layer_chunk_size": 10}
 
 
 def test_keys_that_decide_no_output_rerun_nothing(e2e_run):
