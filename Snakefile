@@ -19,28 +19,11 @@ include: "rules/aggregate.smk"
 include: "rules/figures.smk"
 
 
-localrules:
-    all,
-    aggregate_accuracy,
-    count_subsets,
-    record_config,
-    summarise_answers,
-    aggregate_appraisal,
-    plot_accuracy,
-    plot_layer_position,
-    plot_appraisal,
-    plot_confusion,
-    aggregate_interventions,
-    plot_interventions,
-    plot_steering,
-    plot_interventions_by_depth,
-    plot_attention,
-
-
 rule all:
     default_target: True
     input:
         plan.all_targets(config),
+    localrule: True
 
 
 onsuccess:

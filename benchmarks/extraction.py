@@ -177,8 +177,8 @@ def workflow_method(model_dir: str, table, threads: int, device: str, dtype: str
     from emoprobe.models import load_decoder
 
     torch.set_num_threads(threads)
-    model, tokenizer = load_decoder(model_dir, revision=None, dtype=dtype, device=torch.device(device),
-                                    trust_remote_code=False, local_only=True)
+    model, tokenizer = load_decoder(model_dir, dtype=dtype, device=torch.device(device),
+                                    trust_remote_code=False)
     n_layers = model.config.num_hidden_layers
 
     def extract(path: str) -> dict:

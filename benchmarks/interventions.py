@@ -81,8 +81,8 @@ def main() -> None:
     from emoprobe.models import decoder_layers, load_decoder
 
     torch.set_num_threads(args.threads)
-    model, tokenizer = load_decoder(args.model, revision=None, dtype="float32", device=torch.device("cpu"),
-                                    trust_remote_code=False, local_only=True, head=True)
+    model, tokenizer = load_decoder(args.model, dtype="float32", device=torch.device("cpu"),
+                                    trust_remote_code=False, head=True)
     base = model.get_decoder()
     blocks = decoder_layers(base)
     labels = yaml.safe_load((ROOT / "config.yaml").read_text())["dataset"]["labels"]

@@ -111,6 +111,9 @@ def main() -> None:
     config = yaml.safe_load(Path(args.config).read_text())
     if args.corpus:
         config["dataset"]["path"] = args.corpus
+    # The dry-run runs in a temporary directory: the corpus as seen from here, where prompt_tokens reads it (so the
+    # jobs are those of a run whose corpus is on disk, as tests/test_workflow.py plans them, without download_corpus).
+    config["dataset"]["path"] = str(Path(config["dataset"]["path"]).resolve())
     jobs = dry_run_jobs(config)
     validate(config, str(ROOT / "schemas/config.schema.yaml"))  # fills in the defaults, as the workflow does
     describe_models(config, ROOT)  # n_layers, hidden_size, params_m, as the workflow reads them

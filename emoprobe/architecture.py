@@ -7,11 +7,11 @@ headers only, never tensor data:
 ``gguf``  the GGUF header (metadata and tensor infos) of the file inside its installed package, read
           across the parts of a split file as one stream (:func:`gguf_header`);
 ``local`` the directory's ``config.json`` and the JSON headers of its ``*.safetensors`` files;
-``hub``   ``config.json`` (and the safetensors headers, when every shard is there) from the local
-          Hugging Face cache, when the model has been downloaded; else the config must give the values.
+``hub``   ``config.json`` and the parameter count from the hub when the workflow's main process parses it,
+          else from what the hub said then (:func:`emoprobe.hub.resolve`).
 
-Only the standard library is imported here (``huggingface_hub`` lazily, for hub models): this runs
-every time Snakemake parses the workflow.
+Only the standard library is imported here (:mod:`emoprobe.hub` and ``huggingface_hub`` lazily, for hub
+models): this runs every time Snakemake parses the workflow.
 """
 
 from __future__ import annotations
@@ -369,42 +369,29 @@ def _describe_local(name: str, model: dict, workdir: Path) -> Description:
                        f"not in the config.json or *.safetensors headers of {model['local']!r}")
 
 
-def _hub_cached(repo_id: str, filename: str, revision: str | None) -> str | None:
-    """Path of ``filename`` of ``repo_id`` in the local Hugging Face cache, or None (not downloaded, or
-    huggingface_hub not installed). Never goes online."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache(repo_id, filename, revision=revision)
-    return found if isinstance(found, str) else None  # else None or a "known not to exist" marker
+def _describe_hub(name: str, model: dict, workdir: Path, ask_hub: bool) -> Description:
+    """What the hub (or, offline and in jobs, what it said before) says of the model (:func:`emoprobe.hub.resolve`);
+    the commit its revision resolves to is filled into ``model["hub"]["commit"]``, so that it decides every file made
+    from the model. Where nothing says and the config gives every value, the commit stays None (a dry run can plan;
+    the download then says what is wrong); where a value is missing, one message names the fix."""
+    from emoprobe import hub
 
-
-def _hub_params(repo_id: str, revision: str | None) -> int | None:
-    """Elements of a cached hub model's safetensors files, when every one of them is in the cache."""
-    index = _hub_cached(repo_id, "model.safetensors.index.json", revision)
-    shards = sorted(set(read_json(Path(index)).get("weight_map", {}).values())) if index else ["model.safetensors"]
-    paths = [_hub_cached(repo_id, shard, revision) for shard in shards]
-    if not paths or None in paths:
-        return None
-    return sum(safetensors_file_params(p) for p in paths)
-
-
-def _describe_hub(name: str, model: dict, workdir: Path) -> Description:
     repo_id, revision = model["hub"]["id"], model["hub"].get("revision")
-    at = repo_id if revision is None else f"{repo_id}@{revision}"
-    try:
-        config_path = _hub_cached(repo_id, "config.json", revision)
-        if config_path is None:
-            return Description({}, "", f"config.json of {at!r} is not in the Hugging Face cache")
-        found = shape_from_config(read_json(Path(config_path)))
-        params = _hub_params(repo_id, revision)
-    except (ModelFileError, OSError) as err:
-        raise ConfigError(f"models.{name}.hub: {err}") from None
+    resolved, why = hub.resolve(name, repo_id, revision, Path(workdir), ask_hub)
+    if resolved is None:
+        if missing := [key for key in KEYS if model.get(key) is None]:
+            raise hub.HubError(f"models.{name}: {', '.join(missing)} not given, and they cannot be read from the "
+                               f"model: {why} (or give {', '.join(KEYS)} in the config)")
+        model["hub"]["commit"] = None
+        return Description({}, "", "")
+    model["hub"]["commit"] = resolved.commit
+    found = shape_from_config(resolved.config)
+    params = resolved.params or (safetensors_params(resolved.folder) if resolved.folder else 0)
     if params:
         found["params_m"] = round(params / 1e6, 1)
-    return Description(found, f"the Hugging Face cache's files of {at!r}",
-                       f"not in the Hugging Face cache's config.json (or every safetensors file) of {at!r}")
+    at = f"{repo_id}@{resolved.commit[:12]}"
+    return Description(found, f"the config.json of {at}",
+                       f"not in the config.json of {at} (nor its parameter count on the hub)")
 
 
 def checked_values(name: str, model: dict, description: Description) -> dict:
@@ -429,16 +416,20 @@ def checked_values(name: str, model: dict, description: Description) -> dict:
     return values
 
 
-def describe_models(config: dict, workdir: Path) -> None:
+def describe_models(config: dict, workdir: Path, ask_hub: bool = True) -> None:
     """Fill ``n_layers``, ``hidden_size`` and ``params_m`` into each entry of ``config["models"]``, in
     place, from the model's files (see the module's docstring); values the config gives are checked.
 
-    ``workdir`` is where relative ``local`` paths start. Raises ConfigError naming the key.
+    ``workdir`` is where relative ``local`` paths start and what the hub said is kept; ``ask_hub`` (the workflow's
+    main process) whether hub models are looked up online. Raises ConfigError naming the key.
     """
     for name, model in config["models"].items():
         # named here, not in a module-level table: the code a job can reach by importing this module for
         # model_source (what tests/test_envs.py follows) then holds no describer, and so not the hub's lazy import
         # of huggingface_hub, which the jobs' envs do not hold
-        describe = {"gguf": _describe_gguf, "local": _describe_local, "hub": _describe_hub}[model_source(name, model)]
-        description = describe(name, model, Path(workdir))
+        source = model_source(name, model)
+        if source == "hub":
+            description = _describe_hub(name, model, Path(workdir), ask_hub)
+        else:
+            description = {"gguf": _describe_gguf, "local": _describe_local}[source](name, model, Path(workdir))
         model.update(checked_values(name, model, description))

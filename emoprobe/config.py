@@ -69,11 +69,13 @@ MOVED_KEYS = [("probe", "control", "say where the shuffled-label control is fitt
                                    "entries of probe.grid (schemas/config.schema.yaml)")]
 
 
-def prepare_config(config: dict, configfiles: list, schema_path: str | Path, workdir: Path) -> None:
+def prepare_config(config: dict, configfiles: list, schema_path: str | Path, workdir: Path,
+                   ask_hub: bool = True) -> None:
     """Check the workflow's config and complete it in place, in the order a user's mistakes are best
     reported: keys given twice in a config file, every schema violation at once, then (the schema's
     defaults filled in) each model described by itself (:func:`emoprobe.architecture.describe_models`)
-    and the checks across keys (:func:`check_config`). Raises :class:`ConfigError`."""
+    and the checks across keys (:func:`check_config`). ``ask_hub``: whether hub models may be looked up online
+    (the workflow's main process; never its jobs). Raises :class:`ConfigError`."""
     import yaml
     from snakemake.utils import validate
 
@@ -88,7 +90,7 @@ def prepare_config(config: dict, configfiles: list, schema_path: str | Path, wor
     if errors := schema_errors(config, schema):
         raise ConfigError("\n  " + "\n  ".join(errors))
     validate(config, schema=str(schema_path))  # fills in the defaults
-    describe_models(config, workdir)
+    describe_models(config, workdir, ask_hub)
     check_config(config, workdir)
     canonical = canonical_config(config, schema)
     config.clear()
@@ -119,7 +121,12 @@ def _typed(value, schema: dict):
     """``value`` with each scalar converted to the type its schema gives it: an integer-valued float where the
     schema says ``integer``, an int where it says ``number`` (JSON schema accepts either for either), and a string
     that reads as the number or boolean the schema asks for (``--config`` gives nested values as strings) as that.
-    Anything else is left for the schema to judge."""
+    A YAML null (``null``, ``Null``, ``NULL``, ``~``) given as a string where the schema allows null is None:
+    ``--config 'dataset={url: null}'`` reaches the workflow as the string ``"null"``, since Snakemake reads
+    ``--config`` values with YAML's base loader, which types nothing. Anything else is left for the schema to
+    judge."""
+    if isinstance(value, str) and value in YAML_NULLS and _allows_null(schema):
+        return None
     json_type = "array" if isinstance(value, list) else "object" if isinstance(value, dict) else None
     for alternative in schema.get("oneOf", []) + schema.get("anyOf", []):
         if json_type in _types(alternative) or (json_type is None and {"integer", "number"} & set(_types(alternative))):
@@ -157,6 +164,17 @@ def _typed(value, schema: dict):
     return value
 
 
+# The spellings of null in YAML 1.1 and 1.2 but the empty string (an empty value, which Snakemake's --config already
+# reads as None at the top level, and which a config file may mean as a string).
+YAML_NULLS = frozenset({"null", "Null", "NULL", "~"})
+
+
+def _allows_null(schema: dict) -> bool:
+    """Whether ``schema`` accepts null: by its type, or by one of its ``oneOf`` or ``anyOf`` alternatives."""
+    return ("null" in _types(schema) or None in schema.get("enum", ())
+            or any(_allows_null(alternative) for alternative in schema.get("oneOf", []) + schema.get("anyOf", [])))
+
+
 def _types(schema: dict) -> list[str]:
     """The JSON types a schema names (``type`` as a string or a list)."""
     types = schema.get("type", [])
@@ -186,9 +204,9 @@ def sha256_of(paths: list[str | Path]) -> str:
     return digest.hexdigest()
 
 
-# Modules that decide no number a job writes (messages, config checks, allocator settings): a change
-# to them reruns nothing.
-NEUTRAL_MODULES = frozenset({"errors", "config", "memory", "architecture"})
+# Modules that decide no number a job writes (messages, config checks, allocator settings, progress lines, the hub
+# lookup, whose commit and file patterns are params of the rules they decide): a change to them reruns nothing.
+NEUTRAL_MODULES = frozenset({"errors", "config", "memory", "architecture", "progress", "hub"})
 
 
 def code_sha256(script: str | Path, package: str | Path) -> str:

@@ -22,6 +22,7 @@ from emoprobe.errors import ConfigError
 from emoprobe.forward import (LOCATION_MODULES, SharedPrefix, encode_prefix, left_pad, length_batches,
                               max_padded_width, shared_prefix_length, state_module, tokenize)
 from emoprobe.nethook import RetainOutputs
+from emoprobe.progress import Progress
 
 
 def check_positions(lengths: Sequence[int], positions: Sequence[int], row_ids: Sequence[int]) -> None:
@@ -111,7 +112,8 @@ def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], l
                     positions: Sequence[int],
                     batch_tokens: int, max_batch_size: int, max_padding: float, storage_dtype: str,
                     attrs: dict, share_prefix: bool = True, log=None) -> dict:
-    """Run the prompts through ``model`` and stream the chosen layers' states into ``path``.
+    """Run the prompts through ``model`` and stream the chosen layers' states into ``path``; with ``log``, how far
+    it is (:class:`emoprobe.progress.Progress`, in texts).
 
     Parameters
     ----------
@@ -142,15 +144,12 @@ def extract_to_hdf5(model, tokenizer, prompts, path, *, layers: Sequence[int], l
     with HiddenStateWriter(
         path, row_id=prompts["row_id"], label_id=prompts["label_id"], n_tokens=lengths, positions=positions,
         keys=keys, hidden_size=model.config.hidden_size, storage_dtype=storage_dtype, attrs=attrs,
-    ) as writer:
-        done = 0
+    ) as writer, Progress(log, len(lengths), "texts", what="extraction") as progress:
         for indices, states in iter_hidden_states(model, blocks, token_ids, keys, positions, pad_id=tokenizer.pad_token_id,
                                                   batch_tokens=batch_tokens, max_batch_size=max_batch_size,
                                                   max_padding=max_padding, share_prefix=share_prefix):
             writer.write(indices, states)
             stats["computed_tokens"] += len(indices) * int(rest[indices].max())
-            done += len(indices)
-            if log is not None:
-                log.info("%d/%d prompts, %.1f prompts/s", done, len(lengths), done / (time.perf_counter() - start))
+            progress.update(len(indices))
     stats["seconds"] = time.perf_counter() - start
     return stats

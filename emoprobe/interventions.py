@@ -28,6 +28,7 @@ interval over texts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import NamedTuple
@@ -39,6 +40,7 @@ import torch
 from emoprobe import last_token
 from emoprobe.experiments import editing
 from emoprobe.last_token import Edit, LastTokenBatch
+from emoprobe.progress import Progress
 from emoprobe.scores import wilson
 
 Condition = Mapping[tuple[str, int], Edit]
@@ -47,8 +49,8 @@ Plan = Callable[[np.ndarray, LastTokenBatch], list[list[Condition]]]
 
 
 def condition_logits(batches: Iterable[tuple[np.ndarray, LastTokenBatch]], plan: Plan,
-                     readout: Callable[[torch.Tensor], torch.Tensor], n_texts: int, max_rows: int = 2048
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     readout: Callable[[torch.Tensor], torch.Tensor], n_texts: int, max_rows: int = 2048,
+                     progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Label logits of every condition of ``plan`` on every text, and the clean logits.
 
     Parameters
@@ -59,6 +61,7 @@ def condition_logits(batches: Iterable[tuple[np.ndarray, LastTokenBatch]], plan:
     readout : the last block's output ``[..., hidden]`` -> label logits ``[..., n_labels]``
         (:func:`emoprobe.answers.label_readout`).
     max_rows : at most this many rows (conditions x texts) in one pass.
+    progress : counts the runs (a condition on a text) of each pass when done.
 
     Returns
     -------
@@ -73,6 +76,8 @@ def condition_logits(batches: Iterable[tuple[np.ndarray, LastTokenBatch]], plan:
             per_pass = max(1, max_rows // len(batch))
             for start in range(0, len(group), per_pass):
                 out.append(readout(batch.run_many(group[start:start + per_pass])))
+                if progress is not None:
+                    progress.update(len(group[start:start + per_pass]) * len(indices))
         batch_logits = torch.cat(out).cpu().numpy()
         if logits is None:
             logits = np.full((len(batch_logits), n_texts, batch_logits.shape[-1]), np.nan, dtype=np.float32)
@@ -392,10 +397,11 @@ def sample_of(prompts: pd.DataFrame, answers: pd.DataFrame | None, *, subset: st
 
 
 def clean_outputs(batches: Iterable[tuple[np.ndarray, LastTokenBatch]], keys: Sequence[tuple[str, int]],
-                  readout: Callable[[torch.Tensor], torch.Tensor], n_texts: int
+                  readout: Callable[[torch.Tensor], torch.Tensor], n_texts: int, progress: Progress | None = None
                   ) -> tuple[dict[tuple[str, int], np.ndarray], np.ndarray]:
     """The clean outputs at ``keys`` ``(location, layer)``, float32 ``[n_texts, hidden]`` each, and the clean
-    label logits ``[n_texts, n_labels]``, of the texts ``0 .. n_texts - 1`` that ``batches`` cover."""
+    label logits ``[n_texts, n_labels]``, of the texts ``0 .. n_texts - 1`` that ``batches`` cover (``progress``
+    counts them)."""
     states, logits = {}, None
     for indices, batch in batches:
         for key in keys:
@@ -405,6 +411,8 @@ def clean_outputs(batches: Iterable[tuple[np.ndarray, LastTokenBatch]], keys: Se
         if logits is None:
             logits = np.full((n_texts, clean.shape[1]), np.nan, dtype=np.float32)
         logits[indices] = clean
+        if progress is not None:
+            progress.update(len(indices))
     if logits is None or np.isnan(logits).any():
         raise ValueError(f"the batches do not cover all {n_texts} texts")
     return states, logits
@@ -441,6 +449,18 @@ class ExperimentInputs(NamedTuple):
     labels: Sequence[str]
     directions: Mapping[int, Mapping] | None
     max_rows: int
+    log: logging.Logger | None = None  # where each pass logs how far it is
+
+    def clean_pass(self, what: str, n_texts: int) -> Progress:
+        """The progress of a pass of the clean prompts, in texts."""
+        return Progress(self.log, n_texts, "texts", what=f"{what}, clean pass")
+
+    def edited_runs(self, what: str, n_conditions: int, n_texts: int) -> Progress:
+        """The progress of the edited runs, a condition on a text each; first a line that says how many."""
+        if self.log is not None:
+            self.log.info("%s: %d conditions x %d texts = %d edited runs", what, n_conditions, n_texts,
+                          n_conditions * n_texts)
+        return Progress(self.log, n_conditions * n_texts, "runs", what=f"{what}, edited runs")
 
     @property
     def centres(self) -> list[int]:
@@ -457,7 +477,9 @@ def run_ablation(kind: str, run: ExperimentInputs) -> pd.DataFrame:
     settings, n_texts = run.settings, len(run.token_ids)
     plan, described = ablation_plan(kind, settings["locations"], run.centres, settings["span"], run.n_layers,
                                     settings["seed"], run.row_ids, settings["clip_windows"])
-    logits, clean = condition_logits(run.batches(run.token_ids), plan, run.readout, n_texts, run.max_rows)
+    with run.edited_runs(f"{kind} ablation", len(described), n_texts) as progress:
+        logits, clean = condition_logits(run.batches(run.token_ids), plan, run.readout, n_texts, run.max_rows,
+                                         progress)
     return unchanged_rows(logits, clean, described)
 
 
@@ -465,7 +487,8 @@ def run_patching(run: ExperimentInputs) -> pd.DataFrame:
     """Activation patching of each location in each window from one text into another: :func:`patching_plan`."""
     settings, n_texts, token_ids = run.settings, len(run.token_ids), run.token_ids
     keys = [(location, layer) for location in settings["locations"] for layer in run.edited_layers()]
-    states, clean = clean_outputs(run.batches(token_ids), keys, run.readout, n_texts)
+    with run.clean_pass("patching", n_texts) as progress:
+        states, clean = clean_outputs(run.batches(token_ids), keys, run.readout, n_texts, progress)
     answers = clean.argmax(-1)
     targets, sources = patching_pairs(answers, settings["n_pairs"], settings["seed"])
     if len(targets) == 0:  # a row that says why, as the probe tables give for a subset they cannot score
@@ -474,17 +497,19 @@ def run_patching(run: ExperimentInputs) -> pd.DataFrame:
     source_states = {key: torch.from_numpy(values[sources]) for key, values in states.items()}
     plan, described = patching_plan(settings["locations"], run.centres, settings["span"], run.n_layers,
                                     source_states, settings["clip_windows"])
-    logits, target_clean = condition_logits(run.batches([token_ids[t] for t in targets]), plan, run.readout,
-                                            len(targets), run.max_rows)
+    with run.edited_runs("patching", len(described), len(targets)) as progress:
+        logits, target_clean = condition_logits(run.batches([token_ids[t] for t in targets]), plan, run.readout,
+                                                len(targets), run.max_rows, progress)
     return patching_rows(logits, target_clean, answers[sources], sources, described)
 
 
-def residual_norms(run: ExperimentInputs) -> tuple[dict[int, float], int]:
+def residual_norms(run: ExperimentInputs, what: str) -> tuple[dict[int, float], int]:
     """The mean norm of the clean residual stream over the texts at each edited layer (steering's unit of β), and
-    the stream's width."""
+    the stream's width; ``what`` names the experiment in the log."""
     edited = run.edited_layers()
-    states, _ = clean_outputs(run.batches(run.token_ids), [("residual", layer) for layer in edited], run.readout,
-                              len(run.token_ids))
+    with run.clean_pass(what, len(run.token_ids)) as progress:
+        states, _ = clean_outputs(run.batches(run.token_ids), [("residual", layer) for layer in edited], run.readout,
+                                  len(run.token_ids), progress)
     return ({layer: float(np.linalg.norm(states[("residual", layer)], axis=1).mean()) for layer in edited},
             states[("residual", edited[0])].shape[1])
 
@@ -492,7 +517,7 @@ def residual_norms(run: ExperimentInputs) -> tuple[dict[int, float], int]:
 def run_promotion(run: ExperimentInputs) -> pd.DataFrame:
     """Emotion promotion: steering along each emotion's probe direction by each β: :func:`promotion_plan`."""
     settings, labels, edited = run.settings, run.labels, run.edited_layers()
-    mean_norms, _ = residual_norms(run)
+    mean_norms, _ = residual_norms(run, "promotion")
     # a probe of a subset has rows only for the labels it saw (model_correct: the few the model gets right)
     seen = set.intersection(*(set(run.directions[layer][0].tolist()) for layer in edited))
     emotions = [labels.index(name) for name in settings["emotions"] or labels if labels.index(name) in seen]
@@ -505,7 +530,9 @@ def run_promotion(run: ExperimentInputs) -> pd.DataFrame:
         units[layer] = {int(c): raw_direction(w) for c, w in zip(classes, weights) if int(c) in emotions}
     plan, described = promotion_plan(emotions, settings["betas"], run.centres, settings["span"], run.n_layers, units,
                                      mean_norms, settings["clip_windows"])
-    logits, clean = condition_logits(run.batches(run.token_ids), plan, run.readout, len(run.token_ids), run.max_rows)
+    with run.edited_runs("promotion", len(described), len(run.token_ids)) as progress:
+        logits, clean = condition_logits(run.batches(run.token_ids), plan, run.readout, len(run.token_ids),
+                                         run.max_rows, progress)
     table = promotion_rows(logits, clean, described, replicates=settings["bootstrap"], seed=settings["seed"])
     return table.assign(emotion=[labels[e] for e in table["emotion"]])
 
@@ -514,13 +541,15 @@ def run_surgery(run: ExperimentInputs) -> pd.DataFrame:
     """Appraisal surgery: steering along each recipe's appraisal direction (and random controls) by each β:
     :func:`surgery_plan`."""
     settings, edited = run.settings, run.edited_layers()
-    mean_norms, hidden = residual_norms(run)
+    mean_norms, hidden = residual_norms(run, "surgery")
     recipes = recipe_directions({layer: run.directions[layer] for layer in edited}, settings["recipes"],
                                 settings["orthogonalise"])
     recipes.update(random_directions(settings["random_controls"], edited, hidden, settings["seed"]))
     plan, described = surgery_plan(recipes, settings["betas"], run.centres, settings["span"], run.n_layers,
                                    mean_norms, settings["clip_windows"])
-    logits, clean = condition_logits(run.batches(run.token_ids), plan, run.readout, len(run.token_ids), run.max_rows)
+    with run.edited_runs("surgery", len(described), len(run.token_ids)) as progress:
+        logits, clean = condition_logits(run.batches(run.token_ids), plan, run.readout, len(run.token_ids),
+                                         run.max_rows, progress)
     return answer_distribution_rows(logits, clean, described, run.labels)
 
 
@@ -536,7 +565,8 @@ RUNNERS: dict[str, Callable[[ExperimentInputs], pd.DataFrame]] = {
 
 def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: Callable[[torch.Tensor], torch.Tensor],
                    token_ids: Sequence[Sequence[int]], row_ids: np.ndarray, n_layers: int, labels: Sequence[str],
-                   directions: Mapping[int, Mapping] | None = None, max_rows: int = 2048) -> pd.DataFrame:
+                   directions: Mapping[int, Mapping] | None = None, max_rows: int = 2048,
+                   log: logging.Logger | None = None) -> pd.DataFrame:
     """One experiment that edits the model (:func:`emoprobe.experiments.editing`) on the texts ``token_ids`` (whole
     prompts; ``row_ids[i]`` is text ``i``'s corpus row), its tidy table.
 
@@ -550,9 +580,10 @@ def run_experiment(kind: str, settings: Mapping, *, batches: Batches, readout: C
     ``{layer: {appraisal: weights [hidden]}}``, both in the raw state space. ``labels`` are the label names in
     the order of ``readout``'s logits (and of the probes' class ids). Promotion pushes only the emotions the
     probe has a row of. Patching texts that all get one clean answer, or a probe with no row of the emotions
-    asked for, give a single row whose ``note`` says so.
+    asked for, give a single row whose ``note`` says so. With ``log``, each pass over the texts logs how far it is
+    (:class:`emoprobe.progress.Progress`): the clean pass in texts, the edited runs in runs (a condition on a text).
     """
     if kind not in RUNNERS:
         raise ValueError(f"experiment {kind!r} is not one of {editing()}")
     return RUNNERS[kind](ExperimentInputs(settings, batches, readout, token_ids, row_ids, n_layers, labels, directions,
-                                          max_rows))
+                                          max_rows, log))

@@ -2,8 +2,9 @@
 
 A model comes from exactly one source:
 
-``hub``   a Hugging Face hub id, with an optional revision (a token, if needed,
-          is read by ``huggingface_hub`` from ``HF_TOKEN`` in the environment);
+``hub``   a Hugging Face hub id, with an optional revision, downloaded once into a
+          folder by :func:`emoprobe.hub.download_snapshot` (rule ``download_model``)
+          and loaded from there;
 ``local`` a directory holding a transformers model in safetensors;
 ``gguf``  a GGUF file shipped inside installed Python packages, possibly split in
           parts that are concatenated, then dequantised once into a local
@@ -15,6 +16,7 @@ code runs only when the config says ``trust_remote_code: true`` for the model.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -25,6 +27,7 @@ import torch
 from emoprobe.architecture import model_source
 from emoprobe.config import sha256_of
 from emoprobe.errors import UserError
+from emoprobe.hub import SNAPSHOT_RECORD
 from emoprobe.io import atomic_directory
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -81,25 +84,36 @@ def prepare_gguf(parts: list[str | Path], sha256: str | None, out_dir: Path, dty
         tokenizer.save_pretrained(staged)
 
 
-def model_location(name: str, model: dict, model_dir: str | None) -> tuple[str, str | None, bool]:
-    """Where to load a configured model from: ``(path_or_id, revision, local_only)``.
-
-    A hub model loads by id and revision (downloading if need be); a local or
-    prepared GGUF model loads from ``model_dir`` without touching the hub.
-    """
+def model_folder(name: str, model: dict, model_dir: str) -> str:
+    """The folder model ``name`` (``model``: its entry under ``models``, or :func:`emoprobe.plan.model_identity`)
+    loads from: ``model_dir``, the job's input (:func:`emoprobe.plan.model_dir`). A hub model's is first checked to
+    hold the commit the workflow resolved (:func:`check_snapshot`). No model is ever loaded from the hub itself."""
     if model_source(name, model) == "hub":
-        return model["hub"]["id"], model["hub"].get("revision"), False
-    return model_dir, None, True
+        check_snapshot(Path(model_dir), name, model["hub"]["commit"])
+    return model_dir
 
 
-def load_configured_model(name: str, model: dict, model_dir: str | None, *, dtype: str, device: torch.device,
+def check_snapshot(folder: Path, name: str, commit: str) -> None:
+    """Refuse a downloaded hub model's folder that does not hold ``commit`` (its revision moved since the download,
+    or the folder was not written by :func:`emoprobe.hub.download_snapshot`)."""
+    record = Path(folder) / SNAPSHOT_RECORD
+    try:
+        held = json.loads(record.read_text(encoding="utf-8"))["commit"]
+    except (OSError, ValueError, KeyError):
+        raise ModelError(f"{record}: missing or unreadable, so {folder} is not a folder download_model wrote: delete "
+                         f"it, and the rerun downloads model {name} again") from None
+    if held != commit:
+        raise ModelError(f"{folder} holds commit {held} of model {name}, the workflow resolved {commit}: delete the "
+                         f"folder, and the rerun downloads it again")
+
+
+def load_configured_model(name: str, model: dict, model_dir: str, *, dtype: str, device: torch.device,
                           head: bool = False):
-    """Load model ``name`` of the config (``model``: its entry under ``models``) with its tokenizer, from where
-    :func:`model_location` says (``model_dir``: the prepared directory of a local or GGUF model), as
-    :func:`load_decoder` loads it: the base decoder, or with ``head`` the causal LM. Returns ``(model, tokenizer)``."""
-    path_or_id, revision, local_only = model_location(name, model, model_dir)
-    return load_decoder(path_or_id, revision=revision, dtype=dtype, device=device,
-                        trust_remote_code=model["trust_remote_code"], local_only=local_only, head=head)
+    """Load model ``name`` of the config (``model``: its entry under ``models``) with its tokenizer from its folder
+    (:func:`model_folder`), as :func:`load_decoder` loads it: the base decoder, or with ``head`` the causal LM.
+    Returns ``(model, tokenizer)``."""
+    return load_decoder(model_folder(name, model, model_dir), dtype=dtype, device=device,
+                        trust_remote_code=model["trust_remote_code"], head=head)
 
 
 def shares_one_kv_head(config) -> bool:
@@ -133,10 +147,9 @@ def exact_attention_for_broadcast_heads(model, device: torch.device) -> bool:
     return True
 
 
-def load_decoder(path_or_id: str, *, revision: str | None, dtype: str, device: torch.device,
-                 trust_remote_code: bool, local_only: bool, head: bool = False):
-    """Load the base decoder (without the LM head unless ``head``) and its tokenizer, padded on the left,
-    with exact attention kernels on CUDA (:func:`exact_attention_for_broadcast_heads`).
+def load_decoder(folder: str, *, dtype: str, device: torch.device, trust_remote_code: bool, head: bool = False):
+    """Load the base decoder (without the LM head unless ``head``) and its tokenizer from ``folder``, never from the
+    hub, padded on the left, with exact attention kernels on CUDA (:func:`exact_attention_for_broadcast_heads`).
 
     Returns
     -------
@@ -148,12 +161,12 @@ def load_decoder(path_or_id: str, *, revision: str | None, dtype: str, device: t
     """
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    common = dict(revision=revision, trust_remote_code=trust_remote_code, local_files_only=local_only)
-    tokenizer = AutoTokenizer.from_pretrained(path_or_id, **common)
+    common = dict(trust_remote_code=trust_remote_code, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, **common)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = (AutoModelForCausalLM if head else AutoModel).from_pretrained(path_or_id, dtype=DTYPES[dtype], use_safetensors=True, **common)
+    model = (AutoModelForCausalLM if head else AutoModel).from_pretrained(folder, dtype=DTYPES[dtype], use_safetensors=True, **common)
     exact_attention_for_broadcast_heads(model, device)
     return model.to(device).eval(), tokenizer
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 
-from emoprobe import experiments, grid, jobs, provenance
+from emoprobe import experiments, grid, hub, jobs, provenance
 from emoprobe.architecture import model_source
 from emoprobe.config import count_records, prompt_template, sha256_of
 
 # Output paths, as Snakemake wildcard patterns (the rules' outputs); :func:`path` fills them in.
 PROMPTS = "results/corpus/prompts.tsv"
+MODEL_DIR = "resources/models/{model}"  # a hub model's download, a GGUF model's dequantised weights
 HIDDEN = "results/hidden/{model}/layers{first}-{last}.h5"
 ANSWERS = "results/answers/{model}.tsv"
 PROBES = "results/probes/{model}/{location}/layers{first}-{last}"  # + .tsv, .predictions.h5, .directions.h5
@@ -113,6 +114,25 @@ def model_identity(config: dict, model: str) -> dict:
     entry = config["models"][model]
     source = model_source(model, entry)
     return {"name": model, "source": source, source: entry[source], "trust_remote_code": entry["trust_remote_code"]}
+
+
+def models_from(config: dict, source: str) -> list[str]:
+    """The configured models that come from ``source`` (``hub``, ``local`` or ``gguf``)."""
+    return [name for name, entry in config["models"].items() if model_source(name, entry) == source]
+
+
+def model_dir(config: dict, model: str) -> str:
+    """The folder a job loads the model from: its download (hub) or dequantised weights (GGUF) under
+    :data:`MODEL_DIR`, or the configured folder of a local model."""
+    entry = config["models"][model]
+    return entry["local"] if model_source(model, entry) == "local" else path(MODEL_DIR, model=model)
+
+
+def download_settings(config: dict, model: str) -> dict:
+    """What decides a hub model's download: the repository, the revision and the commit it resolved to, and the
+    files fetched (the model's own code only where it may run)."""
+    entry = config["models"][model]
+    return {"hub": entry["hub"], "patterns": hub.patterns(entry["trust_remote_code"])}
 
 
 def model_shape(config: dict, model: str) -> dict:

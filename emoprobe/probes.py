@@ -22,6 +22,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 from emoprobe.grid import Cell
 from emoprobe.logistic import Probe, fit_logistic, predict, whitening
 from emoprobe.mlp import fit_mlp, predict_mlp
+from emoprobe.progress import Progress
 from emoprobe.scores import INTEGER_COLUMNS, INTERVAL, SCORE_COLUMNS, balanced_accuracy, score_predictions
 
 
@@ -182,7 +183,7 @@ class LayerProbes(NamedTuple):
 def probe_layer(states: np.ndarray, positions: Sequence[int], problems: Sequence[tuple[np.ndarray, np.ndarray]],
                 cells: Sequence[dict[int, Cell]], *, label_names: Sequence[str], C: float = 1.0, max_iter: int = 1000,
                 tol: float = 1e-4, folds: int, test_size: float, seed: int, stratify: bool, device: str | torch.device = "cpu",
-                mlp: dict | None = None) -> list[LayerProbes]:
+                mlp: dict | None = None, progress: Progress | None = None) -> list[LayerProbes]:
     """Fit and score each problem's probes at the positions of its grid cells, one layer.
 
     Parameters
@@ -198,6 +199,7 @@ def probe_layer(states: np.ndarray, positions: Sequence[int], problems: Sequence
     mlp : None for the linear probes (``C``, ``max_iter``, ``tol``); else the non-linear probes of
         :func:`emoprobe.mlp.fit_mlp` with these settings (``hidden``, ``alpha``, ``max_iter``, ``tol``), seeded with
         ``seed``, on the same folds (no directions: they are linear)
+    progress : counts each cell (a problem at a position: its folds, control and fit on all texts) when done
 
     Returns
     -------
@@ -213,6 +215,8 @@ def probe_layer(states: np.ndarray, positions: Sequence[int], problems: Sequence
         problem = probe_problem(label_id, label_names, folds)
         if not problem.scorable:
             out.append(LayerProbes(unscored_table(problem, wanted), None, None))
+            if progress is not None:
+                progress.update(len(wanted))
             continue
         y = np.searchsorted(problem.labels, problem.label_id)  # 0..k-1
         k, n = len(problem.labels), len(y)
@@ -249,6 +253,8 @@ def probe_layer(states: np.ndarray, positions: Sequence[int], problems: Sequence
             train_accuracy.append(np.mean(accuracy))
             n_iter.append(max(fit.n_iter for fit in fits))
             converged.append(all(fit.converged for fit in fits))
+            if progress is not None:
+                progress.update(1)
         tested = np.sort(np.concatenate([test for _, test in splits]))
         majority = np.full(n, -1, dtype=np.int64)
         for train, test in splits:

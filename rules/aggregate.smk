@@ -10,6 +10,7 @@ rule aggregate_accuracy:
         "logs/aggregate_accuracy.log",
     benchmark:
         "logs/benchmarks/aggregate_accuracy.tsv"
+    localrule: True
     conda:
         "../envs/scores.yaml"
     resources:
@@ -30,6 +31,7 @@ rule record_config:
         "logs/record_config.log",
     benchmark:
         "logs/benchmarks/record_config.tsv"
+    localrule: True
     conda:
         "../envs/record-config.yaml"
     resources:
@@ -51,6 +53,7 @@ rule summarise_answers:
         "logs/summarise_answers.log",
     benchmark:
         "logs/benchmarks/summarise_answers.tsv"
+    localrule: True
     conda:
         "../envs/scores.yaml"
     resources:
@@ -72,6 +75,7 @@ rule aggregate_appraisal:
         "logs/aggregate_appraisal.log",
     benchmark:
         "logs/benchmarks/aggregate_appraisal.tsv"
+    localrule: True
     conda:
         "../envs/tables.yaml"
     resources:

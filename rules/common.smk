@@ -4,23 +4,47 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.sourcecache import LocalSourceFile
 from snakemake.utils import min_version
 
 min_version("9.0")
 
-# emoprobe is installed like any package: in the launching venv by `make install` (pip install
-# --editable .), in each conda env of envs/ from this workflow's directory, which pip finds here
-# (the envs' "-e ${EMOPROBE_WORKFLOW}"; Snakemake runs conda, and conda pip, from .snakemake/conda).
-os.environ.update(EMOPROBE_WORKFLOW=workflow.basedir)  # set for conda, not read: no envvars entry
-
+import emoprobe
 from emoprobe import experiments, grid, jobs, plan
 from emoprobe.architecture import model_source, package_file
 from emoprobe.config import code_sha256, prepare_config
 from emoprobe.corpus import checked_corpus
 from emoprobe.errors import ConfigError, UserError
 
+# This workflow's own directory, the one holding its Snakefile, found from this file (rules/common.smk): not
+# workflow.basedir, which is the directory of the outermost Snakefile, another workflow's where this one is used as
+# a module (`module emoprobe: snakefile: ...`). None where the Snakefile is not a file of this machine (a module
+# included from a URL, a git host or a local git repository at a tag): then the scripts are read through
+# Snakemake's source cache, and the emoprobe code from the package installed in the launching environment, which
+# is the code the jobs run.
+_RULES_DIR = workflow.current_basedir
+WORKFLOW_DIR = (
+    os.path.dirname(_RULES_DIR.get_path_or_uri(secret_free=False)) if isinstance(_RULES_DIR, LocalSourceFile) else None
+)
+PACKAGE_DIR = os.path.join(WORKFLOW_DIR, "emoprobe") if WORKFLOW_DIR else os.path.dirname(emoprobe.__file__)
+
+# emoprobe is installed like any package: in the launching venv by `make install` (pip install
+# --editable .), in each conda env of envs/ from this workflow's directory, which pip finds here
+# (the envs' "-e ${EMOPROBE_WORKFLOW}"; Snakemake runs conda, and conda pip, from .snakemake/conda).
+# Set for conda, not read: no envvars entry. For a remote module, the directory the launching environment's
+# emoprobe was installed from (editable), if any.
+os.environ.update(EMOPROBE_WORKFLOW=WORKFLOW_DIR or os.path.dirname(PACKAGE_DIR))
+
 try:
-    prepare_config(config, workflow.configfiles, workflow.source_path("../schemas/config.schema.yaml"), Path.cwd())
+    # Hub models are looked up online by the main process only: a job (on a compute node, maybe offline) reads
+    # what it was told (emoprobe/hub.py).
+    prepare_config(
+        config,
+        workflow.configfiles,
+        workflow.source_path("../schemas/config.schema.yaml"),
+        Path.cwd(),
+        ask_hub=workflow.is_main_process,
+    )
 except ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 
@@ -37,15 +61,24 @@ if os.path.exists(config["dataset"]["path"]):
 # inherit it, and the plugin never writes them into a command line). Only those that are set: a
 # declared variable must be.
 envvars:
-    *[name for name in ("HF_HOME", "HF_TOKEN", "HF_HUB_OFFLINE", "HDF5_USE_FILE_LOCKING") if name in os.environ],
+    *[
+        name
+        for name in ("HF_HOME", "HF_TOKEN", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HDF5_USE_FILE_LOCKING")
+        if name in os.environ
+    ],
 
 
 MODELS = list(config["models"])
 N_TEXTS = plan.n_texts(config)
 
 
+def wildcard_choice(values):
+    """A wildcard's regular expression matching exactly ``values`` (nothing, where there are none)."""
+    return "|".join(re.escape(str(v)) for v in values) or "(?!)"
+
+
 wildcard_constraints:
-    model="|".join(re.escape(m) for m in MODELS),
+    model=wildcard_choice(MODELS),
     experiment="|".join(experiments.editing()),
     first=r"\d+",
     last=r"\d+",
@@ -55,9 +88,11 @@ wildcard_constraints:
 def script_code(name):
     """sha256 of the emoprobe code that scripts/{name}.py runs (see emoprobe.config.code_sha256): a param
     of its rule, so that a change of that code reruns the rule."""
-    return code_sha256(
-        os.path.join(workflow.basedir, "scripts", f"{name}.py"), os.path.join(workflow.basedir, "emoprobe")
-    )
+    if WORKFLOW_DIR:
+        script = os.path.join(WORKFLOW_DIR, "scripts", f"{name}.py")
+    else:
+        script = workflow.source_path(f"../scripts/{name}.py")  # a local copy, relative to this file
+    return code_sha256(script, PACKAGE_DIR)
 
 
 def corpus_csv():
@@ -76,14 +111,8 @@ def corpus_csv():
 
 
 def model_inputs(wildcards):
-    """Files a job loading the model depends on: its prepared or local directory."""
-    model = config["models"][wildcards.model]
-    source = model_source(wildcards.model, model)
-    if source == "gguf":
-        return {"model_dir": f"resources/models/{wildcards.model}"}
-    if source == "local":
-        return {"model_dir": model["local"]}
-    return {}
+    """Files a job loading the model depends on: the folder it loads the model from (plan.model_dir)."""
+    return {"model_dir": plan.model_dir(config, wildcards.model)}
 
 
 def gguf_parts(wildcards):

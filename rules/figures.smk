@@ -21,6 +21,7 @@ rule plot_accuracy:
         "logs/plot_accuracy.log",
     benchmark:
         "logs/benchmarks/plot_accuracy.tsv"
+    localrule: True
     conda:
         "../envs/plot.yaml"
     resources:
@@ -49,6 +50,7 @@ rule plot_layer_position:
         "logs/plot_layer_position/{model}.log",
     benchmark:
         "logs/benchmarks/plot_layer_position/{model}.tsv"
+    localrule: True
     conda:
         "../envs/plot-seaborn.yaml"
     resources:
@@ -78,6 +80,7 @@ rule plot_appraisal:
         "logs/plot_appraisal/{model}.log",
     benchmark:
         "logs/benchmarks/plot_appraisal/{model}.tsv"
+    localrule: True
     conda:
         "../envs/plot-seaborn.yaml"
     resources:
@@ -105,6 +108,7 @@ rule plot_confusion:
         "logs/plot_confusion/{model}.log",
     benchmark:
         "logs/benchmarks/plot_confusion/{model}.tsv"
+    localrule: True
     conda:
         "../envs/plot-seaborn.yaml"
     resources:
@@ -133,6 +137,7 @@ rule plot_interventions:
         "logs/plot_interventions/{model}.log",
     benchmark:
         "logs/benchmarks/plot_interventions/{model}.tsv"
+    localrule: True
     conda:
         "../envs/plot-seaborn.yaml"
     resources:
@@ -163,6 +168,7 @@ rule plot_steering:
         "logs/benchmarks/plot_steering/{experiment}/{model}.tsv"
     wildcard_constraints:
         experiment="|".join(experiments.steering()),
+    localrule: True
     conda:
         "../envs/plot-seaborn.yaml"
     resources:
@@ -190,6 +196,7 @@ rule plot_interventions_by_depth:
         "logs/plot_interventions_by_depth.log",
     benchmark:
         "logs/benchmarks/plot_interventions_by_depth.tsv"
+    localrule: True
     conda:
         "../envs/plot.yaml"
     resources:
@@ -220,6 +227,7 @@ rule plot_attention:
         "logs/plot_attention/{model}.log",
     benchmark:
         "logs/benchmarks/plot_attention/{model}.tsv"
+    localrule: True
     conda:
         "../envs/plot-seaborn.yaml"
     resources:

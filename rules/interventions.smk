@@ -64,6 +64,7 @@ rule aggregate_interventions:
         "logs/aggregate_interventions.log",
     benchmark:
         "logs/benchmarks/aggregate_interventions.tsv"
+    localrule: True
     conda:
         "../envs/tables.yaml"
     resources:

@@ -214,6 +214,7 @@ rule count_subsets:
         "logs/count_subsets.log",
     benchmark:
         "logs/benchmarks/count_subsets.tsv"
+    localrule: True
     conda:
         "../envs/probe-prompts.yaml"
     resources:

@@ -18,7 +18,7 @@ device = pick_device(snakemake.params.device)
 with reported_as_message():
     states, meta = read_layer(snakemake.input.states, snakemake.params.layer, "residual", positions=[-1],
                               provenance=snakemake.params.provenance)
-    model, tokenizer = load_configured_model(name, model_cfg, getattr(snakemake.input, "model_dir", None),
+    model, tokenizer = load_configured_model(name, model_cfg, snakemake.input.model_dir,
                                              dtype=snakemake.params.dtype, device=device, head=True)
     token_ids = answer_token_ids(tokenizer, labels, snakemake.params.words)
 log.info("model %s on %s; answer tokens %s", name, device,

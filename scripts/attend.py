@@ -16,26 +16,37 @@ from emoprobe.interventions import sample_of
 from emoprobe.io import write_tsv
 from emoprobe.last_token import iter_last_token_batches
 from emoprobe.models import decoder_layers, load_configured_model
+from emoprobe.progress import Progress
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg, settings = snakemake.wildcards.model, snakemake.params.model, snakemake.params.settings
+device = pick_device(snakemake.params.device)
 with reported_as_message():
     answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
     prompts = sample_of(read_prompts(snakemake.input.prompts), answers, subset=settings["subset"],
                         texts=settings["texts"], seed=settings["seed"])
-    model, tokenizer = load_configured_model(name, model_cfg, getattr(snakemake.input, "model_dir", None),
-                                             dtype=snakemake.params.dtype, device=pick_device(snakemake.params.device))
+# the first line of the log: what this job does (its progress follows, in texts, emoprobe.progress)
+n_layers = snakemake.config.get("models", {}).get(name, {}).get("n_layers")
+log.info("attend: the last token's attention weights of model %s (%s), every head of %s, on %d texts of subset %s "
+         "(every token's weights kept for %d of them); on %s, %d threads", name, model_cfg["source"],
+         f"its {n_layers} layers" if n_layers else "every layer", len(prompts), settings["subset"],
+         min(settings["attention"]["kept"], len(prompts)), device, torch.get_num_threads())
+with reported_as_message():
+    model, tokenizer = load_configured_model(name, model_cfg, snakemake.input.model_dir,
+                                             dtype=snakemake.params.dtype, device=device)
 token_ids = tokenize(tokenizer, prompts["prompt"])
 segments = token_segments(tokenizer, prompts["prompt"], snakemake.params.template)
 blocks = decoder_layers(model)
 shares, kept = [None] * len(token_ids), {}
-for indices, batch in iter_last_token_batches(model, blocks, token_ids, pad_id=tokenizer.pad_token_id,
-                                              **snakemake.params.batching):
-    for i, weights in zip(indices, batch.attention()):
-        shares[i] = segment_shares(weights.numpy(), segments[i])
-        if i < settings["attention"]["kept"]:
-            kept[int(i)] = weights.numpy()
+with Progress(log, len(token_ids), "texts", what="attention weights") as progress:
+    for indices, batch in iter_last_token_batches(model, blocks, token_ids, pad_id=tokenizer.pad_token_id,
+                                                  **snakemake.params.batching):
+        for i, weights in zip(indices, batch.attention()):
+            shares[i] = segment_shares(weights.numpy(), segments[i])
+            if i < settings["attention"]["kept"]:
+                kept[int(i)] = weights.numpy()
+        progress.update(len(indices))
 shares = np.stack(shares)
 table = share_table(shares)
 table.insert(0, "model", name)

@@ -16,7 +16,8 @@ from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.extract import extract_to_hdf5
 from emoprobe.device import pick_device
-from emoprobe.models import ModelError, load_decoder, model_location
+from emoprobe.models import ModelError, load_decoder, model_folder
+from emoprobe.progress import layer_range
 from emoprobe.provenance import hidden_states
 
 log = log_to(snakemake.log[0])
@@ -24,25 +25,28 @@ torch.set_num_threads(snakemake.threads)
 name, model_cfg = snakemake.wildcards.model, snakemake.params.model
 settings = snakemake.params.extraction
 layers = list(range(snakemake.params.first_layer, int(snakemake.wildcards.last) + 1))
-path_or_id, revision, local_only = model_location(name, model_cfg, getattr(snakemake.input, "model_dir", None))
 device = pick_device(settings["device"])
-log.info("model %s (%s) on %s in %s, %d threads, layers %s", name, path_or_id, device, settings["dtype"],
-         torch.get_num_threads(), layers)
+with reported_as_message():
+    folder = model_folder(name, model_cfg, snakemake.input.model_dir)
+    prompts = read_prompts(snakemake.input.prompts)
+# the first line of the log: what this job does (its progress follows, emoprobe.progress)
+log.info("extract_hidden_states: %d texts through model %s (%s), layers %s, locations %s, token positions %s, "
+         "on %s in %s, %d threads", len(prompts), name, folder, layer_range(layers),
+         ", ".join(snakemake.params.locations), list(snakemake.params.positions), device, settings["dtype"],
+         torch.get_num_threads())
 
 with reported_as_message():
-    model, tokenizer = load_decoder(path_or_id, revision=revision, dtype=settings["dtype"], device=device,
-                                    trust_remote_code=model_cfg["trust_remote_code"], local_only=local_only)
+    model, tokenizer = load_decoder(folder, dtype=settings["dtype"], device=device,
+                                    trust_remote_code=model_cfg["trust_remote_code"])
     for key, actual in (("n_layers", model.config.num_hidden_layers), ("hidden_size", model.config.hidden_size)):
         if snakemake.params.shape[key] != actual:
             raise ModelError(f"models.{name}.{key}: the workflow planned {snakemake.params.shape[key]}, the model "
                              f"loaded has {actual}")
-    prompts = read_prompts(snakemake.input.prompts)
     provenance = hidden_states(model_cfg, snakemake.params.template, snakemake.params.sample,
                                settings["storage_dtype"])
     attrs = {
         "model": provenance["model"],
         "source": json.dumps(provenance["source"]),
-        "revision": revision or getattr(model.config, "_commit_hash", None) or "",
         "prompt_template": provenance["prompt_template"],
         "locations": list(snakemake.params.locations),
         "dataset_limit": provenance["dataset_limit"],

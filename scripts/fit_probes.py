@@ -11,6 +11,7 @@ from emoprobe.grid import Cell, positions_of
 from emoprobe.h5io import read_layer, write_directions, write_predictions
 from emoprobe.io import write_tsv
 from emoprobe.probes import probe_layer, probe_targets
+from emoprobe.progress import Progress, layer_range
 from emoprobe.provenance import predictions as predictions_provenance
 
 log = log_to(snakemake.log[0])
@@ -24,7 +25,15 @@ cells = {problem: {int(p): Cell(**cell) for p, cell in by_position.items()}
 positions = positions_of(cells)
 fit = {key: settings[key] for key in ("C", "max_iter", "tol", "folds", "test_size", "seed", "stratify")}
 fit["device"] = pick_device(settings["device"], needs_float64=True)
-log.info("fitting on %s, %d threads", fit["device"], torch.get_num_threads())
+per_layer = sum(len(by_position) for by_position in cells.values())
+# the first line of the log: what this job does (its progress follows, in cells: a problem at a token position)
+log.info("fit_probes: model %s, location %s, layers %s x %d cell(s) each (%s) = %d cells, %s, on %s, %d thread(s)",
+         snakemake.wildcards.model, location, layer_range(layers), per_layer,
+         ", ".join(f"{problem} at token(s) {', '.join(map(str, by_position))}"
+                   for problem, by_position in cells.items()),
+         len(layers) * per_layer, f"{settings['folds']} folds" if settings["folds"] else "one train/test split",
+         fit["device"], torch.get_num_threads())
+progress = Progress(log, len(layers) * per_layer, "cells", what=f"fit_probes {location}")
 with reported_as_message():
     answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
 tables, predictions, directions = [], {}, {}
@@ -36,7 +45,7 @@ for layer in layers:
                 probe_targets(settings["subsets"], settings["answer_probe"], meta["row_id"], meta["label_id"], answers,
                               labels) if f"{subset}/{target}" in cells]
     fitted = probe_layer(states, positions, [(rows, label_id) for _, rows, label_id in problems],
-                         [cells[name] for name, _, _ in problems], label_names=labels, **fit)
+                         [cells[name] for name, _, _ in problems], label_names=labels, progress=progress, **fit)
     for (name, _, _), result in zip(problems, fitted):
         subset, target = name.split("/")
         table = result.table
@@ -64,6 +73,7 @@ for layer in layers:
                  location, layer, name, best.n_texts, best.balanced_accuracy, best.position, table["n_iter"].max(),
                  "" if table["converged"].all() else f", NOT converged to tol={settings['tol']:g}",
                  f"; {best.note}" if best.note else "")
+progress.close()
 write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
 attrs = predictions_provenance(snakemake.wildcards.model, location, labels)
 write_predictions(snakemake.output.predictions,

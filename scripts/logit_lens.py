@@ -21,7 +21,7 @@ name, model_cfg, labels = snakemake.wildcards.model, snakemake.params.model, sna
 settings, layers = snakemake.params.probe, snakemake.params.layers
 device = pick_device(snakemake.params.device)
 with reported_as_message():
-    model, tokenizer = load_configured_model(name, model_cfg, getattr(snakemake.input, "model_dir", None),
+    model, tokenizer = load_configured_model(name, model_cfg, snakemake.input.model_dir,
                                              dtype=snakemake.params.dtype, device=device, head=True)
     token_ids = answer_token_ids(tokenizer, labels, snakemake.params.words)
     answers = pd.read_csv(snakemake.input.answers, sep="\t")

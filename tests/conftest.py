@@ -68,9 +68,10 @@ def snakemake_command(workdir: Path, config: dict | str, *args: str, profile: Pa
 
 
 def run_snakemake(workdir: Path, config: dict | str, *args: str, timeout: int = 1800,
-                  snakefile: Path = ROOT / "Snakefile") -> subprocess.CompletedProcess:
-    """Run the workflow to completion; see :func:`snakemake_command`."""
-    command, env = snakemake_command(workdir, config, *args, snakefile=snakefile)
+                  snakefile: Path = ROOT / "Snakefile", env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the workflow to completion, with ``env`` added to the environment; see :func:`snakemake_command`."""
+    command, base = snakemake_command(workdir, config, *args, snakefile=snakefile)
+    env = {**base, **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
 
 
@@ -99,8 +100,8 @@ def loaded(directory: Path, head: bool):
 
     from emoprobe.models import load_decoder
 
-    return load_decoder(str(directory), revision=None, dtype="float32", device=torch.device("cpu"),
-                        trust_remote_code=False, local_only=True, head=head)
+    return load_decoder(str(directory), dtype="float32", device=torch.device("cpu"),
+                        trust_remote_code=False, head=head)
 
 
 @pytest.fixture(scope="session")
@@ -122,9 +123,15 @@ def smollm2_lm(smollm2_dir):
 
 
 @pytest.fixture(scope="session")
-def gemma3_lm(tmp_path_factory):
+def gemma3_dir(tmp_path_factory) -> Path:
+    """The bundled Gemma-3-270M, prepared once for the tests that load or serve it."""
+    return prepared_model(tmp_path_factory, "gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def gemma3_lm(gemma3_dir):
     """The bundled Gemma-3-270M with its LM head, on the CPU: ``(causal_lm, tokenizer)``."""
-    return loaded(prepared_model(tmp_path_factory, "gemma3-270m"), head=True)
+    return loaded(gemma3_dir, head=True)
 
 
 def with_changes(config: dict, **paths) -> dict:

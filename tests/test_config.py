@@ -167,15 +167,6 @@ def test_records_are_counted_whatever_the_encoding(tmp_path):
     assert count_records(tmp_path / "missing.csv") is None
 
 
-def test_model_location_by_source():
-    from emoprobe.models import model_location
-
-    hub = {"hub": {"id": "org/model", "revision": "abc123"}}
-    assert model_location("m", hub, None) == ("org/model", "abc123", False)
-    assert model_location("m", {"local": "models/m"}, "models/m") == ("models/m", None, True)
-    assert model_location("m", {"gguf": {"files": ["p/f.gguf"]}}, "resources/models/m") == ("resources/models/m", None, True)
-
-
 def test_code_sha256_follows_the_package_imports_but_not_the_neutral_modules(tmp_path):
     package = tmp_path / "pkg"
     package.mkdir()
@@ -324,33 +315,41 @@ def hub_cache(monkeypatch, files):
                         lambda repo_id, filename, revision=None: files.get(filename))
 
 
-def test_hub_model_not_in_the_cache_must_give_its_values(monkeypatch):
+def test_hub_model_nothing_describes_must_give_its_values(monkeypatch, tmp_path):
+    """Where the hub is not asked (a job; offline) and nothing on disk describes the model: one message names every
+    missing value and the fix; given all three, the model is planned with no commit (the download then refuses)."""
     hub_cache(monkeypatch, {})
     config = {"models": {"llama": {"hub": {"id": "org/llama", "revision": None}, "hidden_size": 2048,
                                    "params_m": 1236}}}
     with pytest.raises(ConfigError) as err:
-        describe_models(config, ROOT)
-    assert str(err.value) == ("models.llama.n_layers: not given and config.json of 'org/llama' is not in the "
-                              "Hugging Face cache; give it")
+        describe_models(config, tmp_path, ask_hub=False)
+    assert str(err.value).startswith("models.llama: n_layers not given, and they cannot be read from the model: a job "
+                                     "never asks the hub, and 'org/llama' at main has not been looked up here before")
+    assert "hf download org/llama config.json" in str(err.value)
     config["models"]["llama"]["n_layers"] = 16
-    describe_models(config, ROOT)
-    assert config["models"]["llama"] == {"hub": {"id": "org/llama", "revision": None}, "hidden_size": 2048,
-                                         "params_m": 1236, "n_layers": 16}
+    describe_models(config, tmp_path, ask_hub=False)
+    assert config["models"]["llama"] == {"hub": {"id": "org/llama", "revision": None, "commit": None},
+                                         "hidden_size": 2048, "params_m": 1236, "n_layers": 16}
 
 
 def test_hub_model_in_the_cache_describes_itself(monkeypatch, tmp_path):
-    path = local_model(tmp_path / "snapshot", {"num_hidden_layers": 4, "hidden_size": 16}, {"w": (3_000_000,)})
+    """Offline, a model in the Hugging Face cache: its config.json, its commit (the snapshot folder's name) and its
+    safetensors headers' parameters."""
+    commit = "c" * 40
+    (tmp_path / "snapshots").mkdir()
+    path = local_model(tmp_path / "snapshots" / commit, {"num_hidden_layers": 4, "hidden_size": 16},
+                       {"w": (3_000_000,)})
     hub_cache(monkeypatch, {"config.json": str(path / "config.json")})
     config = {"models": {"m": {"hub": {"id": "org/m", "revision": "abc"}, "params_m": 3}}}
-    describe_models(config, ROOT)
+    describe_models(config, tmp_path, ask_hub=False)
+    assert config["models"]["m"]["hub"]["commit"] == commit
     assert (config["models"]["m"]["n_layers"], config["models"]["m"]["hidden_size"]) == (4, 16)
-    with pytest.raises(ConfigError, match="models.m.n_layers: the config says 5, the Hugging Face cache's files of "
-                                          "'org/m@abc' says 4"):
-        describe_models({"models": {"m": {"hub": {"id": "org/m", "revision": "abc"}, "n_layers": 5}}}, ROOT)
-    hub_cache(monkeypatch, {"config.json": str(path / "config.json"),
-                            "model.safetensors": str(path / "model.safetensors")})
+    with pytest.raises(ConfigError, match=f"models.m.n_layers: the config says 5, the config.json of "
+                                          f"org/m@{commit[:12]} says 4"):
+        describe_models({"models": {"m": {"hub": {"id": "org/m", "revision": "abc"}, "n_layers": 5}}}, tmp_path,
+                        ask_hub=False)
     config = {"models": {"m": {"hub": {"id": "org/m", "revision": None}}}}
-    describe_models(config, ROOT)
+    describe_models(config, tmp_path, ask_hub=False)
     assert config["models"]["m"]["params_m"] == 3.0
 
 
@@ -381,3 +380,50 @@ def test_assemble_gguf_concatenates_resolved_parts_and_checks_their_sha256(tmp_p
     assert assemble_gguf([str(p) for p in parts], digest, tmp_path / "whole").read_bytes() == b"GGUFrest"
     with pytest.raises(ModelError, match=f"sha256 is {hashlib.sha256(b'restGGUF').hexdigest()}, the config expects"):
         assemble_gguf(parts[::-1], digest, tmp_path / "whole")
+
+
+def test_a_yaml_null_given_on_the_command_line_is_null(tmp_path):
+    """Snakemake reads --config values with YAML's base loader, which types nothing: `dataset={url: null}` would be
+    the URL 'null', and a missing corpus would be downloaded from it. Where the schema allows null it is null."""
+    config = with_changes(small_config(), dataset__path=str(tmp_path / "missing.csv"))
+    planned = run_snakemake(tmp_path, config, "--dry-run")
+    assert planned.returncode == 0 and "download_corpus" in planned.stdout  # from the configured URL
+    result = run_snakemake(tmp_path, config, "--dry-run", "--config", "dataset={url: null, sha256: ~}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "dataset.url is not set" in output, output[-3000:]
+
+
+def test_only_yaml_nulls_where_the_schema_allows_null_become_null():
+    from emoprobe.config import canonical_config
+
+    schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
+    for null in ("null", "Null", "NULL", "~"):
+        config = with_changes(default_config(), dataset__url=null, dataset__sha256=null, prompt__template=null)
+        canonical = canonical_config(config, schema)
+        assert canonical["dataset"]["url"] is None and canonical["dataset"]["sha256"] is None
+        assert canonical["prompt"]["template"] == null  # a string only: the schema judges it
+    kept = canonical_config(with_changes(default_config(), dataset__url="", dataset__sha256="nullable"), schema)
+    assert kept["dataset"]["url"] == "" and kept["dataset"]["sha256"] == "nullable"
+
+
+def undescribed(schema: dict, path: str = "") -> list[str]:
+    """The key paths of ``schema`` (properties at every depth, ``*`` for any key of a mapping, ``[]`` for the items
+    of a list) whose schema has no description."""
+    missing = []
+    for key, sub in schema.get("properties", {}).items():
+        where = f"{path}.{key}" if path else key
+        missing += ([] if "description" in sub else [where]) + undescribed(sub, where)
+    if isinstance(schema.get("additionalProperties"), dict):
+        missing += undescribed(schema["additionalProperties"], f"{path}.*")
+    if isinstance(schema.get("items"), dict):
+        missing += undescribed(schema["items"], f"{path}[]")
+    for alternative in schema.get("oneOf", []) + schema.get("anyOf", []):
+        missing += undescribed(alternative, path)
+    return missing
+
+
+def test_every_key_of_the_schema_is_described():
+    """config.yaml says every key is documented in the schema."""
+    schema = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())
+    assert undescribed(schema) == []
+    assert undescribed({"properties": {"a": {"type": "object", "properties": {"b": {}}}}}) == ["a", "a.b"]

@@ -1,4 +1,4 @@
-"""The package's structure: its modules import each other without a loop."""
+"""The package's structure: its modules import each other without a loop; its licence and citation agree with it."""
 
 import ast
 import graphlib
@@ -32,3 +32,17 @@ def test_the_packages_import_graph_has_no_loop():
     except graphlib.CycleError as err:
         raise AssertionError(f"emoprobe's modules import each other in a loop: {' -> '.join(err.args[1])}") from None
     assert order.index("errors") < order.index("architecture") < order.index("config")
+
+
+def test_the_licence_and_the_citation_agree_with_the_package():
+    import tomllib
+
+    import yaml
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert project["license"] == citation["license"] == "MIT"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
+    assert citation["cff-version"] == "1.2.0" and citation["version"] == project["version"]
+    assert [reference["doi"] for reference in citation["references"]] == [
+        "10.18653/v1/2025.findings-acl.679", "10.1162/coli_a_00461"]  # the paper and the corpus

@@ -26,7 +26,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(e2e_run, tmp_path):
         # its own session, so the kill takes Snakemake and its running jobs at once, like a lost node
         run = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
                                start_new_session=True)
-        wait_for(lambda: log.is_file() and "prompts/s" in log.read_text(), 600, run)
+        wait_for(lambda: log.is_file() and "ETA" in log.read_text(), 600, run)  # a progress line before the last
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
 

@@ -29,8 +29,8 @@ def model_with_custom_code(e2e_run, tmp_path):
 
 
 def load(model_dir, trust_remote_code):
-    return load_decoder(str(model_dir), revision=None, dtype="float32", device=torch.device("cpu"),
-                        trust_remote_code=trust_remote_code, local_only=True)
+    return load_decoder(str(model_dir), dtype="float32", device=torch.device("cpu"),
+                        trust_remote_code=trust_remote_code)
 
 
 def test_code_shipped_with_a_model_is_not_run_by_default(model_with_custom_code):

@@ -69,13 +69,37 @@ def test_a_cluster_whose_test_process_was_killed_is_cleared_and_a_live_one_is_no
 GPU_RULES = ("extract_hidden_states", "intervene", "attend", "fit_probes", "fit_nonlinear_probes")
 
 
+def test_profile_names_no_partition_status_command_or_gpu_type_by_default():
+    """On a cluster it has not been told about the profile guesses nothing: the default partition, any GPU, the
+    plugin's own status command (each an ADAPT line, commented out)."""
+    text = (ROOT / "profiles/slurm/config.yaml").read_text()
+    profile = yaml.safe_load(text)
+    resources = [profile["default-resources"], *profile["set-resources"].values()]
+    assert not any("slurm_partition" in r or "gpu_model" in r for r in resources), resources
+    assert "slurm-status-command" not in profile
+    for key in ("slurm_partition:", "gpu_model:", "slurm-status-command:", "slurm_account:"):
+        assert re.search(rf"^\s*# {key} ", text, re.MULTILINE), f"no commented {key} line to adapt"
+    assert all(profile["set-resources"][rule] == {"gpu": 1} for rule in GPU_RULES)
+
+
 @pytest.mark.skipif(slurmctld_path() is None, reason="SLURM is not installed (no slurmctld on PATH); "
                     "apt-get install slurmctld slurmd slurm-client munge")
 def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
-    with slurm_cluster(tmp_path / "slurm") as cluster:
-        # the project's profile, adapted to this cluster only: its partition, its GPU type, its size
+    """The small slice's run with SmolLM2 named by its hub id (served on 127.0.0.1 from the local run's dequantised
+    weights): looked up and downloaded by the snakemake process (a login node's), every job offline, and every
+    result byte-identical to the local run of the bundled GGUF model."""
+    from hub_server import HubServer, Repo
+    from test_hub import SMOLLM2
+
+    config = small_config()
+    config["models"]["smollm2-135m"] = {"hub": {"id": SMOLLM2}, "layer_chunk_size": 15,
+                                        "compute_params_m": config["models"]["smollm2-135m"]["compute_params_m"]}
+    hub = HubServer({SMOLLM2: Repo(e2e_run / "resources/models/smollm2-135m")})
+    with hub, slurm_cluster(tmp_path / "slurm") as cluster:
+        # the project's profile, adapted to this cluster only: no accounting (docs/cluster.md: squeue), its GPU
+        # type, its size; no partition: the jobs go to the cluster's default one, as on a cluster never described
         profile = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
-        profile["default-resources"]["slurm_partition"] = cluster.partition
+        profile["slurm-status-command"] = "squeue"  # sacct fails without slurmdbd; MinJobAge=7200 here
         for rule in GPU_RULES:
             profile["set-resources"][rule]["gpu_model"] = cluster.gpu_model
         profile["max-threads"] = os.cpu_count()  # extraction.threads (8) > the node's CPUs; the local run has 2 too
@@ -85,8 +109,8 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
 
         workdir = tmp_path / "run"
         # the README's command: `snakemake --profile profiles/slurm`, nothing else
-        command, env = snakemake_command(workdir, small_config(), profile=tmp_path / "profile")
-        env["SLURM_CONF"] = cluster.env["SLURM_CONF"]
+        command, env = snakemake_command(workdir, config, profile=tmp_path / "profile")
+        env.update(SLURM_CONF=cluster.env["SLURM_CONF"], HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf-home"))
         # jobs inherit this environment (sbatch --export=ALL): the venv's python comes first
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
         start = time.monotonic()
@@ -107,12 +131,18 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
     assert sorted(submitted, key=int) == sorted(states, key=int), (submitted, states)
     assert all(state == "COMPLETED" for state, _, _ in states.values()), states
     rules = Counter(re.sub(r"_wildcards_.*", "", comment).removeprefix("rule_") for _, comment, _ in states.values())
-    # everything but the local rules (all, aggregating and plotting) ran as a SLURM job, once
-    assert rules == {"prepare_prompts": 1, "prepare_gguf_model": 1, "extract_hidden_states": 2, "answer_emotions": 1,
+    # everything but the local rules (all, the download, aggregating and plotting) ran as a SLURM job, once
+    assert rules == {"prepare_prompts": 1, "extract_hidden_states": 2, "answer_emotions": 1,
                      "fit_probes": 6, "fit_appraisal_probes": 1, "fit_text_baseline": 1, "fit_ratings_baseline": 1, "logit_lens": 1,
                      "localise": 1, "intervene": 5, "attend": 1, "fit_nonlinear_probes": 1}
     assert all("gpu" in gres for _, comment, gres in states.values()
                if any(rule in comment for rule in GPU_RULES))
+    # the hub was asked once, by the snakemake process's parse, and the weights fetched once, by its download: no
+    # job (each parses the workflow again) asked it anything
+    looked_up = [r for r in hub.requests if r.path == f"/api/models/{SMOLLM2}"]
+    fetched = [r.path for r in hub.requests if r.method == "GET" and r.path.endswith("/model.safetensors")]
+    assert len(looked_up) == 1 and len(fetched) == 1, hub.requests
+    assert "localrule download_model:" in output
 
     from conftest import TOKEN
 

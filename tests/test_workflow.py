@@ -1,5 +1,6 @@
 """The real workflow end to end (real SmolLM2, real texts), and what its DAG reruns after a change."""
 
+import collections
 import os
 import re
 import shutil
@@ -534,13 +535,19 @@ def test_the_template_named_is_the_template_used(e2e_run):
         assert f.attrs["prompt_template"] == small_config()["prompt"]["templates"]["zero_shot"]
 
 
-def test_paper_config_plans_every_job_with_sane_resources(tmp_path):
-    """The paper's ten hub models cannot run here, but their DAG is planned whole."""
+@pytest.fixture(scope="module")
+def paper_dry_run(tmp_path_factory):
+    """``(config, result)``: a dry run of configs/paper.yaml with the corpus on disk. The paper's ten hub models
+    cannot run here, but their DAG is planned whole."""
     import yaml
 
     config = yaml.safe_load((ROOT / "configs/paper.yaml").read_text())
     config["dataset"]["path"] = small_config()["dataset"]["path"]
-    result = run_snakemake(tmp_path, config, "--dry-run")
+    return config, run_snakemake(tmp_path_factory.mktemp("paper"), config, "--dry-run")
+
+
+def test_paper_config_plans_every_job_with_sane_resources(paper_dry_run):
+    config, result = paper_dry_run
     jobs = planned_jobs(result)
     layers = [model["n_layers"] for model in config["models"].values()]
     # every cell: 5 positions x 3 problems x (5 folds x (probe + control) + the fit on all texts)
@@ -548,11 +555,55 @@ def test_paper_config_plans_every_job_with_sane_resources(tmp_path):
     assert len(layers) == 10 and jobs["extract_hidden_states"] == 10 and jobs["answer_emotions"] == 10
     assert jobs["fit_probes"] == 3 * sum(-(-n // per_job) for n in layers)
     assert jobs["fit_appraisal_probes"] == 10 and "prepare_gguf_model" not in jobs
+    # each hub model downloaded once, by a local rule (on the login node), into the folder every job that loads the
+    # model reads: no job on a (GPU) compute node fetches from the hub
+    assert jobs["download_model"] == 10
+    assert len(re.findall(r"^localrule download_model:", result.stdout, flags=re.M)) == 10
+    for rule in ("extract_hidden_states", "answer_emotions", "intervene", "logit_lens", "attend"):
+        blocks = re.findall(rf"^rule {rule}:\n(.*?)\n\n", result.stdout, flags=re.S | re.M)
+        assert blocks and all(re.search(r"input: .*resources/models/", block) for block in blocks), rule
     assert jobs["intervene"] == 10 * 5 and jobs["plot_steering"] == 10 * 2
     memory = [int(m) for m in re.findall(r"rule extract_hidden_states:.*?mem_mb=(\d+)", result.stdout, flags=re.S)]
     assert len(memory) == 10 and 4_000 < min(memory) and max(memory) < 64_000
     runtime = [int(m) for m in re.findall(r"rule fit_probes:.*?runtime=(\d+)", result.stdout, flags=re.S)]
     assert len(runtime) == jobs["fit_probes"] and 10 < min(runtime) and max(runtime) < 6 * 60
+
+
+def planned_models(result) -> dict[str, collections.Counter]:
+    """Per rule, a dry run's jobs per model (the ``model`` wildcard; None for jobs without one)."""
+    models = collections.defaultdict(collections.Counter)
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout + result.stderr):
+        if header := re.match(r"(?:local)?rule (\w+):", block):
+            model = re.search(r"^\s+wildcards:.*\bmodel=([^,\s]+)", block, flags=re.M)
+            models[header.group(1)][model.group(1) if model else None] += 1
+    return models
+
+
+def test_the_job_counts_the_docs_state_are_the_paper_configs(paper_dry_run):
+    """Every count of the paper config's jobs in the docs is the dry run's: parsed from the text, not written here,
+    so that a change of the plan fails here until the docs say it."""
+    config, result = paper_dry_run
+    jobs, per_model = planned_jobs(result), planned_models(result)
+    total = sum(jobs.values())
+    assert per_model["fit_probes"] and sum(per_model["fit_probes"].values()) == jobs["fit_probes"]  # parsed
+    configuration = (ROOT / "docs/configuration.md").read_text()
+    assert [int(n) for n in re.findall(r"dry-run \(tested\) plans (\d+) jobs", configuration)] == [total]
+
+    scaling = (ROOT / "docs/scaling.md").read_text()
+    line = re.search(r"^Jobs the dry-run plans: (.*); (\d+) in all\.$", scaling, flags=re.M)
+    assert {rule: int(n) for rule, n in re.findall(r"(\w+) (\d+)", line.group(1))} == jobs
+    assert int(line.group(2)) == total
+    probe_jobs = re.search(r"`probe\.fits_per_job: (\d+)` makes jobs of (\d+) layers\s+\((\d+) jobs\)", scaling)
+    assert int(probe_jobs.group(1)) == config["probe"]["fits_per_job"] and int(probe_jobs.group(3)) == jobs["fit_probes"]
+    # the table: extraction and probe jobs per model, and in all
+    lines = scaling[scaling.index("| model | layers |"):].split("\n\n", 1)[0].splitlines()
+    header, *rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
+    columns = {"extraction jobs": "extract_hidden_states", "probe jobs": "fit_probes"}
+    table = {row[0]: {rule: int(row[header.index(column)]) for column, rule in columns.items()} for row in rows}
+    assert set(table) == {*config["models"], "**all**"}
+    for model, counts in table.items():
+        for rule, n in counts.items():
+            assert n == (jobs[rule] if model == "**all**" else per_model[rule][model]), (model, rule)
 
 
 def test_new_model_runs_only_that_models_jobs(e2e_run):
