@@ -374,9 +374,15 @@ def _describe_hub(name: str, model: dict, workdir: Path, ask_hub: bool) -> Descr
     the commit its revision resolves to is filled into ``model["hub"]["commit"]``, so that it decides every file made
     from the model. Where nothing says and the config gives every value, the commit stays None (a dry run can plan;
     the download then says what is wrong); where a value is missing, one message names the fix."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     from emoprobe import hub
 
     repo_id, revision = model["hub"]["id"], model["hub"].get("revision")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise hub.HubError(f"models.{name}.hub.id: {repo_id!r} is not a hub id: {err}") from None
     resolved, why = hub.resolve(name, repo_id, revision, Path(workdir), ask_hub)
     if resolved is None:
         if missing := [key for key in KEYS if model.get(key) is None]:
@@ -386,7 +392,10 @@ def _describe_hub(name: str, model: dict, workdir: Path, ask_hub: bool) -> Descr
         return Description({}, "", "")
     model["hub"]["commit"] = resolved.commit
     found = shape_from_config(resolved.config)
-    params = resolved.params or (safetensors_params(resolved.folder) if resolved.folder else 0)
+    try:
+        params = resolved.params or (safetensors_params(resolved.folder) if resolved.folder else 0)
+    except (ModelFileError, OSError) as err:
+        raise ConfigError(f"models.{name}.hub: {err}") from None
     if params:
         found["params_m"] = round(params / 1e6, 1)
     at = f"{repo_id}@{resolved.commit[:12]}"

@@ -31,12 +31,17 @@ from emoprobe.errors import ConfigError
 
 # Where the main process keeps what the hub said (relative to the working directory), for jobs and offline parses.
 RECORD_DIR = Path(".snakemake/emoprobe/hub")
+# Where rule download_model puts each model (plan.MODEL_DIR, which is built from this: the plan imports this module).
+DOWNLOADS = Path("resources/models")
 # In every downloaded folder: the repository, revision and commit it holds, and each file's sha256.
 SNAPSHOT_RECORD = "emoprobe-snapshot.json"
-# What a job loads: the configuration, the tokenizer's files and the safetensors weights; never *.bin (pickles).
-PATTERNS = ("*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt", "*.jinja")
+# Besides the weights (:func:`weight_files`), what a job loads: the configuration and the tokenizer's files, from the
+# repository's top folder; never *.bin (pickles).
+PATTERNS = ("*.json", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt", "*.jinja")
 # The model's own Python code, downloaded only where the config says trust_remote_code: true.
 REMOTE_CODE_PATTERNS = ("*.py",)
+# Seconds to wait for the hub's answer when the workflow is parsed (huggingface_hub's own default waits forever).
+TIMEOUT = 20
 
 
 class HubError(ConfigError):
@@ -65,8 +70,25 @@ class HubModel:
 
 
 def patterns(trust_remote_code: bool) -> list[str]:
-    """The file patterns :func:`download_snapshot` fetches."""
+    """The file patterns :func:`download_snapshot` fetches besides the weights."""
     return list(PATTERNS) + (list(REMOTE_CODE_PATTERNS) if trust_remote_code else [])
+
+
+def top_files(files) -> list[str]:
+    """The files of a repository's top folder, where transformers looks."""
+    return sorted(f for f in files if "/" not in f)
+
+
+def weight_files(files, index: dict | None) -> list[str]:
+    """The safetensors files transformers loads from a repository holding ``files``: the shards its
+    ``model.safetensors.index.json`` (``index``, read) names, else ``model.safetensors``, else every top-level
+    ``*.safetensors`` (not, say, a ``consolidated.safetensors`` in another format beside the shards)."""
+    top = top_files(files)
+    if index is not None:
+        return sorted(set(index.get("weight_map", {}).values()))
+    if "model.safetensors" in top:
+        return ["model.safetensors"]
+    return [f for f in top if f.endswith(".safetensors")]
 
 
 def endpoint() -> str:
@@ -84,20 +106,20 @@ def ask_hub(name: str, repo_id: str, revision: str | None) -> HubModel:
     failures (5xx) and ``HF_HUB_OFFLINE`` propagate as raised by ``huggingface_hub``.
     """
     from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (DisabledRepoError, GatedRepoError, HfHubHTTPError, RemoteEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     at = f"{endpoint()}/{repo_id}"
     token = "set HF_TOKEN (in the environment of the snakemake command) to a token of that account"
     try:
-        info = HfApi().model_info(repo_id, revision=revision)
+        info = HfApi().model_info(repo_id, revision=revision, timeout=TIMEOUT)
         files = tuple(sibling.rfilename for sibling in info.siblings or ())
-        if not any(name_.endswith(".safetensors") for name_ in files):
+        if not any(name_.endswith(".safetensors") for name_ in top_files(files)):
             raise HubError(f"models.{name}.hub: {repo_id!r} at {info.sha} has no *.safetensors weights (its files: "
                            f"{', '.join(files) or 'none'}); the workflow loads safetensors only, never pickled "
                            f"*.bin weights: choose a revision or repository with safetensors, or convert the model "
                            f"yourself and give its folder as models.{name}.local")
-        config_path = hf_hub_download(repo_id, "config.json", revision=info.sha)
+        config_path = hf_hub_download(repo_id, "config.json", revision=info.sha, etag_timeout=TIMEOUT)
     except GatedRepoError:
         raise HubError(f"models.{name}.hub.id: {repo_id!r} is a gated repository and the token given cannot read it "
                        f"({'HF_TOKEN is set' if os.environ.get('HF_TOKEN') else 'HF_TOKEN is not set'}): accept its "
@@ -108,13 +130,15 @@ def ask_hub(name: str, repo_id: str, revision: str | None) -> HubModel:
     except RepositoryNotFoundError:
         raise HubError(f"models.{name}.hub.id: no model repository {repo_id!r} on {endpoint()} (misspelt? The id is "
                        f"'owner/name' as on the model's page; a private repository needs HF_TOKEN)") from None
-    except EntryNotFoundError:
+    except RemoteEntryNotFoundError:
         raise HubError(f"models.{name}.hub: {repo_id!r} at {revision or 'main'} has no config.json: not a "
                        f"transformers model") from None
+    except DisabledRepoError:
+        raise HubError(f"models.{name}.hub.id: the hub has disabled {repo_id!r} ({at})") from None
     except HfHubHTTPError as err:
         if err.response is not None and err.response.status_code in (401, 403):
             raise HubError(f"models.{name}.hub.id: the hub refused {repo_id!r} ({err.response.status_code}): if it "
-                           f"is private or gated, {token}") from None
+                           f"is private or gated, {token}; if HF_TOKEN is set, it may have expired") from None
         raise
     config = json.loads(Path(config_path).read_text(encoding="utf-8"))
     params = info.safetensors.total if info.safetensors else None
@@ -188,7 +212,7 @@ def resolve(name: str, repo_id: str, revision: str | None, workdir: Path, ask: b
     """
     import httpx2
     from huggingface_hub import constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     record = record_path(workdir, name)
     why = "a job never asks the hub"
@@ -199,20 +223,24 @@ def resolve(name: str, repo_id: str, revision: str | None, workdir: Path, ask: b
     elif ask:
         try:
             model = ask_hub(name, repo_id, revision)
-        except (httpx2.TransportError, OfflineModeIsEnabled, HfHubHTTPError) as err:
+        # LocalEntryNotFoundError: config.json's download failed (a time-out, a 5xx) and the cache lacks it; a
+        # ValueError: an answer that is no JSON (a captive portal's page)
+        except (httpx2.TransportError, OfflineModeIsEnabled, HfHubHTTPError, LocalEntryNotFoundError, ValueError) as err:
             why = f"the hub at {endpoint()} could not be reached ({type(err).__name__}: {str(err).splitlines()[0]})"
             _unreachable.append(why)
         else:
             write_record(record, model)
             return model, ""
-    for found in (read_record(record, repo_id, revision),
-                  read_snapshot(Path(workdir) / "resources/models" / name, repo_id, revision),
-                  read_hf_cache(repo_id, revision)):
+    # A job reads the folder it was given first: fixed for the run, whatever a parse since has recorded.
+    kept = [lambda: read_record(record, repo_id, revision),
+            lambda: read_snapshot(Path(workdir) / DOWNLOADS / name, repo_id, revision)]
+    for read in (kept if ask else kept[::-1]) + [lambda: read_hf_cache(repo_id, revision)]:
+        found = read()
         if found is not None:
             return found, ""
     at = repo_id if revision is None else f"{repo_id} --revision {revision}"
     return None, (f"{why}, and {repo_id!r} at {revision or 'main'} has not been looked up here before (no "
-                  f"{RECORD_DIR / (name + '.json')}, no resources/models/{name}, nothing in the Hugging Face cache). "
+                  f"{RECORD_DIR / (name + '.json')}, no {DOWNLOADS / name}, nothing in the Hugging Face cache). "
                   f"Run the workflow once where the hub can be reached (a cluster's login node; `snakemake "
                   f"--dry-run` is enough), or there `hf download {at} config.json`")
 
@@ -226,21 +254,32 @@ def file_sha256(path: Path) -> str:
 
 
 def download_snapshot(repo_id: str, revision: str | None, commit: str, out_dir: Path, patterns: list[str]) -> dict:
-    """Download ``repo_id`` at ``commit`` (the resolved ``revision``): the files matching ``patterns``
-    (:func:`patterns`), into ``out_dir``, whole or not at all (:func:`emoprobe.io.atomic_directory`; a killed
-    download leaves a hidden ``.partial`` folder that nothing reads), with :data:`SNAPSHOT_RECORD`. Returns that
-    record: ``repo_id``, ``revision``, ``commit`` and ``files`` (name -> sha256)."""
-    from huggingface_hub import snapshot_download
+    """Download ``repo_id`` at ``commit`` (the resolved ``revision``): its weights (:func:`weight_files`) and the
+    top-level files matching ``patterns`` (:func:`patterns`), into ``out_dir``, whole or not at all
+    (:func:`emoprobe.io.atomic_directory`), with :data:`SNAPSHOT_RECORD`. Returns that record: ``repo_id``,
+    ``revision`` (as configured, for the offline look-up), ``commit`` and ``files`` (name -> sha256)."""
+    from fnmatch import fnmatchcase
+
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
     from emoprobe.io import atomic_directory
 
+    files = [s.rfilename for s in HfApi().model_info(repo_id, revision=commit).siblings or ()]
     with atomic_directory(out_dir) as staged:
-        snapshot_download(repo_id, revision=commit, local_dir=staged, allow_patterns=list(patterns))
+        index = None
+        if "model.safetensors.index.json" in files:
+            index = json.loads(Path(hf_hub_download(repo_id, "model.safetensors.index.json", revision=commit,
+                                                    local_dir=staged)).read_text(encoding="utf-8"))
+        weights = weight_files(files, index)
+        if not weights:
+            raise HubError(f"{repo_id} at {commit}: no *.safetensors weights in its top folder (files: {files})")
+        wanted = weights + [f for f in top_files(files) if any(fnmatchcase(f, p) for p in patterns)]
+        snapshot_download(repo_id, revision=commit, local_dir=staged, allow_patterns=wanted)
         shutil.rmtree(staged / ".cache", ignore_errors=True)  # huggingface_hub's own bookkeeping of the download
-        files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
-        if not any(f.endswith(".safetensors") for f in files):
-            raise HubError(f"{repo_id} at {commit}: no *.safetensors file was downloaded (got {files})")
+        got = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
+        if missing := sorted(set(wanted) - set(got)):
+            raise HubError(f"{repo_id} at {commit}: {missing} were not downloaded")
         record = {"repo_id": repo_id, "revision": revision, "commit": commit,
-                  "files": {f: file_sha256(staged / f) for f in files}}
+                  "files": {f: file_sha256(staged / f) for f in got}}
         (staged / SNAPSHOT_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
     return record

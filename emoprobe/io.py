@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,12 +33,16 @@ def write_tsv(table, path: str | os.PathLike, float_format: str = "%.6f") -> Non
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a new temporary directory beside ``path`` to fill; on a clean exit it takes the place of ``path``
     (a directory already there is moved aside first and deleted only once the new one is in place), on an
-    exception it is removed and ``path`` is left as it was."""
+    exception it is removed and ``path`` is left as it was. Temporary directories of ``path`` that a killed job
+    left (gigabytes, for a model) are removed first: Snakemake's lock on the working directory lets one job at a
+    time write ``path``."""
     import shutil
     import tempfile
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     old = path.with_name(f".{path.name}.old")
     try:

@@ -20,7 +20,7 @@ from emoprobe.config import count_records, prompt_template, sha256_of
 
 # Output paths, as Snakemake wildcard patterns (the rules' outputs); :func:`path` fills them in.
 PROMPTS = "results/corpus/prompts.tsv"
-MODEL_DIR = "resources/models/{model}"  # a hub model's download, a GGUF model's dequantised weights
+MODEL_DIR = f"{hub.DOWNLOADS}/{{model}}"  # a hub model's download, a GGUF model's dequantised weights
 HIDDEN = "results/hidden/{model}/layers{first}-{last}.h5"
 ANSWERS = "results/answers/{model}.tsv"
 PROBES = "results/probes/{model}/{location}/layers{first}-{last}"  # + .tsv, .predictions.h5, .directions.h5
@@ -110,10 +110,20 @@ def sample(config: dict) -> dict:
 
 def model_identity(config: dict, model: str) -> dict:
     """What decides which model a job loads: its source entry and whether its own code may run; not its size
-    estimates or job layout."""
+    estimates or job layout. A hub model is its id and the commit its revision resolved to (the revision only where
+    none was resolved): writing a branch as the commit it points to changes nothing."""
     entry = config["models"][model]
     source = model_source(model, entry)
-    return {"name": model, "source": source, source: entry[source], "trust_remote_code": entry["trust_remote_code"]}
+    return {"name": model, "source": source, source: hub_identity(entry) if source == "hub" else entry[source],
+            "trust_remote_code": entry["trust_remote_code"]}
+
+
+def hub_identity(entry: dict) -> dict:
+    """A hub model's ``id`` and ``commit``; the ``revision`` too where the commit is unknown (a dry run without the
+    hub, emoprobe/hub.py)."""
+    found = entry["hub"]
+    commit = found.get("commit")
+    return {"id": found["id"], "commit": commit, **({} if commit else {"revision": found.get("revision")})}
 
 
 def models_from(config: dict, source: str) -> list[str]:
@@ -129,10 +139,10 @@ def model_dir(config: dict, model: str) -> str:
 
 
 def download_settings(config: dict, model: str) -> dict:
-    """What decides a hub model's download: the repository, the revision and the commit it resolved to, and the
-    files fetched (the model's own code only where it may run)."""
+    """What decides a hub model's download: the repository and the commit its revision resolved to
+    (:func:`hub_identity`), and the files fetched besides the weights (the model's own code only where it may run)."""
     entry = config["models"][model]
-    return {"hub": entry["hub"], "patterns": hub.patterns(entry["trust_remote_code"])}
+    return {"hub": hub_identity(entry), "patterns": hub.patterns(entry["trust_remote_code"])}
 
 
 def model_shape(config: dict, model: str) -> dict:

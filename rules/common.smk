@@ -111,8 +111,11 @@ def corpus_csv():
 
 
 def model_inputs(wildcards):
-    """Files a job loading the model depends on: the folder it loads the model from (plan.model_dir)."""
-    return {"model_dir": plan.model_dir(config, wildcards.model)}
+    """Files a job loading the model depends on: the folder it loads the model from (plan.model_dir). A hub model's
+    download is marked ancient: the commit, a param of every job that loads it, decides whether it is out of date,
+    so that downloading the same commit again reruns nothing."""
+    folder = plan.model_dir(config, wildcards.model)
+    return {"model_dir": ancient(folder) if wildcards.model in plan.models_from(config, "hub") else folder}
 
 
 def gguf_parts(wildcards):

@@ -16,7 +16,7 @@ from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.extract import extract_to_hdf5
 from emoprobe.device import pick_device
-from emoprobe.models import ModelError, load_decoder, model_folder
+from emoprobe.models import ModelError, load_configured_model
 from emoprobe.progress import layer_range
 from emoprobe.provenance import hidden_states
 
@@ -27,17 +27,16 @@ settings = snakemake.params.extraction
 layers = list(range(snakemake.params.first_layer, int(snakemake.wildcards.last) + 1))
 device = pick_device(settings["device"])
 with reported_as_message():
-    folder = model_folder(name, model_cfg, snakemake.input.model_dir)
     prompts = read_prompts(snakemake.input.prompts)
 # the first line of the log: what this job does (its progress follows, emoprobe.progress)
 log.info("extract_hidden_states: %d texts through model %s (%s), layers %s, locations %s, token positions %s, "
-         "on %s in %s, %d threads", len(prompts), name, folder, layer_range(layers),
+         "on %s in %s, %d threads", len(prompts), name, snakemake.input.model_dir, layer_range(layers),
          ", ".join(snakemake.params.locations), list(snakemake.params.positions), device, settings["dtype"],
          torch.get_num_threads())
 
 with reported_as_message():
-    model, tokenizer = load_decoder(folder, dtype=settings["dtype"], device=device,
-                                    trust_remote_code=model_cfg["trust_remote_code"])
+    model, tokenizer = load_configured_model(name, model_cfg, snakemake.input.model_dir, dtype=settings["dtype"],
+                                             device=device)
     for key, actual in (("n_layers", model.config.num_hidden_layers), ("hidden_size", model.config.hidden_size)):
         if snakemake.params.shape[key] != actual:
             raise ModelError(f"models.{name}.{key}: the workflow planned {snakemake.params.shape[key]}, the model "

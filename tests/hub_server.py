@@ -10,7 +10,7 @@ Served, for each repository (``Repo``: a folder, whether it is gated, its branch
 
 Errors as the hub gives them, in ``X-Error-Code``: ``RepoNotFound`` (401, as the hub answers a request without a
 token), ``RevisionNotFound`` and ``EntryNotFound`` (404), ``GatedRepo`` (401 without a token, 403 with one the
-repository does not grant) on a gated repository's files. Every request is logged (method, path, whether it carried
+repository does not grant) on a gated repository's files; with ``down``, 503 to everything. Every request is logged (method, path, whether it carried
 a token) in ``HubServer.requests``.
 """
 
@@ -58,6 +58,7 @@ class HubServer:
     repos: dict[str, Repo]
     requests: list[Request] = field(default_factory=list)
     url: str = ""
+    down: bool = False  # answer every request 503, as a hub that fails
 
     def __enter__(self) -> HubServer:
         server = self
@@ -73,7 +74,7 @@ class HubServer:
                 self.answer(head=False)
 
             def answer(self, head: bool):
-                path = unquote(urlsplit(self.path).path)
+                path = urlsplit(self.path).path  # each part unquoted where it is split off: a revision may hold "/"
                 token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
                 server.requests.append(Request(self.command, path, bool(token)))
                 status, headers, body = server.route(path, token, head)
@@ -104,17 +105,19 @@ class HubServer:
     # --- routing
 
     def route(self, path: str, token: str, head: bool):
+        if self.down:
+            return error(503, "", "the hub is down")
         if path.startswith("/api/models/"):
             rest = path.removeprefix("/api/models/")
             if "/tree/" in rest:
                 repo_id, _, revision = rest.partition("/tree/")
-                return self.tree(repo_id, revision.strip("/"))
+                return self.tree(unquote(repo_id), unquote(revision.strip("/")))
             repo_id, _, revision = rest.partition("/revision/")
-            return self.info(repo_id, revision or "main")
+            return self.info(unquote(repo_id), unquote(revision) or "main")
         if "/resolve/" in path:
             repo_id, _, rest = path.lstrip("/").partition("/resolve/")
             revision, _, filename = rest.partition("/")
-            return self.file(repo_id, revision, filename, token, head)
+            return self.file(unquote(repo_id), unquote(revision), unquote(filename), token, head)
         return error(404, "NotFound", f"no route {path}")
 
     def lookup(self, repo_id: str, revision: str):

@@ -91,10 +91,18 @@ def test_a_hub_model_runs_from_its_id_to_the_accuracy_table_and_downloads_once(h
     accuracy = (workdir / "results/accuracy.tsv").read_text()
     assert accuracy.count("smollm2-135m\tresidual\t") >= 30
 
-    # a second run downloads nothing and plans nothing; offline, the parse reads what the hub said before
+    # a second run downloads nothing and plans nothing; offline, or with the hub failing (503), the parse reads what
+    # the hub said before; the same commit written as the revision changes nothing either
     again = len(hub.requests)
-    for env in (hub_env(hub, workdir), hub_env(hub, workdir, HF_HUB_OFFLINE="1")):
-        result = run_snakemake(workdir, hub_config(), "--dry-run", "results/accuracy.tsv", env=env)
+    for down, env, config in ((False, hub_env(hub, workdir), hub_config()),
+                              (False, hub_env(hub, workdir, HF_HUB_OFFLINE="1"), hub_config()),
+                              (True, hub_env(hub, workdir), hub_config()),
+                              (False, hub_env(hub, workdir), hub_config(revision=commit))):
+        hub.down = down
+        try:
+            result = run_snakemake(workdir, config, "--dry-run", "results/accuracy.tsv", env=env)
+        finally:
+            hub.down = False
         assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr, result.stderr[-3000:]
     assert "model.safetensors" not in downloads(hub, again)
 
@@ -144,7 +152,8 @@ def test_a_model_that_cannot_be_used_is_refused_when_the_workflow_is_parsed(hub,
 
 
 def test_a_download_that_breaks_off_leaves_nothing_a_rerun_trusts(hub, tmp_path):
-    """The weights are listed but their transfer fails: no folder, nor anything but a hidden partial one."""
+    """The weights are listed and described, but their transfer fails after the other files came: no folder, nothing
+    left beside it."""
     out = tmp_path / "resources/models/broken"
     commit = hub.repos["acme/broken"].commit("acme/broken")
     script = ("from pathlib import Path; from emoprobe.hub import download_snapshot, patterns\n"

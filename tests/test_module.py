@@ -76,8 +76,9 @@ def declared_local_rules() -> set[str]:
             if re.search(r"^\s+localrule: True$", body, flags=re.M)}
 
 
-# all, the aggregating and plotting rules (docs/cluster.md): they run where snakemake runs, never as a cluster job
-LOCAL_RULES = {"all", "aggregate_accuracy", "count_subsets", "record_config", "summarise_answers",
+# all, the hub models' download, the aggregating and plotting rules (docs/cluster.md): they run where snakemake runs,
+# never as a cluster job
+LOCAL_RULES = {"all", "download_model", "aggregate_accuracy", "count_subsets", "record_config", "summarise_answers",
                "aggregate_appraisal", "plot_accuracy", "plot_layer_position", "plot_appraisal", "plot_confusion",
                "aggregate_interventions", "plot_interventions", "plot_steering", "plot_interventions_by_depth",
                "plot_attention"}

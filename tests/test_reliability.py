@@ -88,9 +88,13 @@ def test_an_atomic_directory_replaces_the_old_one_only_when_whole(tmp_path):
             (partial / "new.txt").write_text("half")
             raise RuntimeError("killed")
     assert [p.name for p in tmp_path.iterdir()] == ["model"] and (target / "old.txt").read_text() == "old"
+    # a job killed outright (SIGKILL) leaves its temporary directory: the next write removes it, not another's
+    (tmp_path / ".model.x1y2.partial").mkdir()
+    (tmp_path / ".model-2.x1y2.partial").mkdir()
     with atomic_directory(target) as partial:
         (partial / "new.txt").write_text("new")
-    assert [p.name for p in tmp_path.iterdir()] == ["model"] and [p.name for p in target.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model-2.x1y2.partial", "model"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
 
 
 def test_scripts_write_through_the_atomic_helpers_and_take_values_from_params():
