@@ -205,9 +205,9 @@ def resolve(name: str, repo_id: str, revision: str | None, workdir: Path, ask: b
     says.
 
     With ``ask`` (the workflow's main process), the hub is asked (:func:`ask_hub`) and its answer kept for the
-    jobs; when it cannot be reached (``HF_HUB_OFFLINE``, no connection, a failing hub), or without ``ask`` (a job),
-    the answer comes from, in turn, the record of the last parse, the downloaded folder in ``resources/models``,
-    and the Hugging Face cache; ``why`` says why none of them could answer, and what fixes it. Raises
+    jobs; when it cannot be reached (``HF_HUB_OFFLINE``, no connection, a failing hub), the answer comes from, in
+    turn, the record of the last parse, the downloaded folder in :data:`DOWNLOADS`, and the Hugging Face cache;
+    without ``ask`` (a job) from the downloaded folder first; ``why`` says why none of them could answer, and what fixes it. Raises
     :class:`HubError` when the hub refuses the model.
     """
     import httpx2

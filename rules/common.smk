@@ -11,7 +11,7 @@ min_version("9.0")
 
 import emoprobe
 from emoprobe import experiments, grid, jobs, plan
-from emoprobe.architecture import model_source, package_file
+from emoprobe.architecture import package_file
 from emoprobe.config import code_sha256, prepare_config
 from emoprobe.corpus import checked_corpus
 from emoprobe.errors import ConfigError, UserError
