@@ -278,7 +278,10 @@ def test_the_complete_config_is_recorded_with_the_results(e2e_run):
 
 
 def test_logs_and_benchmarks_are_written(e2e_run):
-    assert "prompts/s" in (e2e_run / "logs/extract_hidden_states/smollm2-135m/layers16-30.log").read_text()
+    # a long job's log: what it will do first, then how far it is (emoprobe.progress)
+    lines = (e2e_run / "logs/extract_hidden_states/smollm2-135m/layers16-30.log").read_text().splitlines()
+    assert "extract_hidden_states: 144 texts through model smollm2-135m" in lines[0]
+    assert any("extraction: 144/144 texts (100 %) in " in line for line in lines)
     assert (e2e_run / "logs/benchmarks/fit_probes/smollm2-135m/mlp/layers01-15.tsv").is_file()
     assert (e2e_run / "logs/benchmarks/fit_probes/smollm2-135m/residual/layers00-15.tsv").is_file()
     assert "answer tokens" in (e2e_run / "logs/answer_emotions/smollm2-135m.log").read_text()
