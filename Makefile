@@ -27,6 +27,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/probes.py --hidden results/hidden/smollm2-135m/layers01-30.h5 --answers results/answers/smollm2-135m.tsv --layers 1,10,20,30 --converged-layers 10,30
 	$(BIN)/python benchmarks/probes.py --hidden results/hidden/gemma3-270m/layers01-18.h5 --answers results/answers/gemma3-270m.tsv --layers 1,6,12,18 --converged-layers 6,18
 	$(BIN)/python benchmarks/scaling.py --config configs/paper.yaml
+	$(BIN)/python benchmarks/checksums.py --model resources/models/smollm2-135m --n-prompts 600
 
 # On a machine with a CUDA device, after `make run`: CUDA tests and GPU benchmarks.
 bench-gpu: $(VENV)/.installed

@@ -195,9 +195,9 @@ def main() -> None:
 
     answers = pd.read_csv(args.answers, sep="\t")
     labels = [c.removeprefix("logit_") for c in answers if c.startswith("logit_")]
-    import h5py
+    from emoprobe.h5io import open_file
 
-    with h5py.File(args.hidden) as f:
+    with open_file(args.hidden) as f:
         held = sorted(int(k.split("_")[1]) for k in f if k.startswith("residual_") and k != "residual_00")
     layers = held if args.layers == "all" else [int(v) for v in args.layers.split(",")]
     locations = args.locations.split(",")

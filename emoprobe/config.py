@@ -194,16 +194,6 @@ def count_records(path: str | Path) -> int | None:
         return max(sum(1 for row in csv.reader(handle) if row) - 1, 0)
 
 
-def sha256_of(paths: list[str | Path]) -> str:
-    """Hex sha256 of the concatenation of ``paths``."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 22):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 # Modules that decide no number a job writes (messages, config checks, allocator settings, progress lines, the hub
 # lookup, whose commit and file patterns are params of the rules they decide): a change to them reruns nothing.
 NEUTRAL_MODULES = frozenset({"errors", "config", "memory", "architecture", "progress", "hub"})

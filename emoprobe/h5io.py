@@ -20,6 +20,13 @@ File attributes record the model source and revision, the prompt template, the
 compute and storage dtypes, library versions and ``complete = True``, which is
 set last. The file is written under a temporary name and renamed when whole.
 
+Every file of this module is checksummed throughout (``format`` attribute :data:`FORMAT`): each dataset is chunked
+with HDF5's Fletcher-32 filter, which HDF5 verifies on every read of a chunk, and the files are written in the
+format of HDF5 1.10 (:data:`LIBVER`), whose superblock, object headers (attributes included: strings are stored
+inline, never in the unchecked global heap) and chunk indices carry checksums of their own. Readers go through
+:func:`open_file` and :func:`read`, which refuse a file of another format and turn a failed checksum into a
+:class:`ResultFileError` naming the file and the dataset.
+
 Predictions and directions files (:func:`write_predictions`, :func:`write_directions`) hold one group per probing
 problem, with the attributes of :mod:`emoprobe.provenance`; every reader checks a file's attributes against what
 its job expects (:func:`check_provenance`).
@@ -27,8 +34,9 @@ its job expects (:func:`check_provenance`).
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -41,6 +49,96 @@ from emoprobe.io import atomic_path
 class ResultFileError(UserError):
     """An HDF5 file of the workflow (hidden states, predictions, directions) is missing, truncated, incomplete, of
     the wrong shape, or not this run's (:func:`check_provenance`)."""
+
+
+# The ``format`` attribute of every file written here: Fletcher-32 on every dataset, checksummed metadata.
+FORMAT = "emoprobe-hdf5-checksummed-1"
+# The oldest HDF5 file format with checksummed metadata (1.10), up to one that HDF5 1.14 still reads.
+LIBVER = ("v110", "v114")
+# Target size of a hidden-state chunk: a layer is read whole, chunk by chunk, so any size a few times larger than
+# the checksum's granularity serves; one this size keeps the writer's per-dataset chunk cache small.
+CHUNK_BYTES = 1 << 20
+# What to do with a file that fails a check: the failed job's outputs are gone, so the same command needs the file
+# again and rebuilds it (a command whose results are all there would find nothing to do, and need none).
+REBUILD = "delete the file and run the same command again, which rebuilds it"
+
+
+def create_file(path, *, cache_bytes: int = 1 << 20) -> h5py.File:
+    """A new HDF5 file at ``path`` for writing, in the checksummed format (:data:`LIBVER`, attribute ``format``
+    :data:`FORMAT`); ``cache_bytes``: the chunk cache of each of its open datasets, which evicts full chunks
+    first."""
+    f = h5py.File(path, "w", libver=LIBVER, rdcc_nbytes=cache_bytes, rdcc_w0=1.0)
+    write_attrs(f, {"format": FORMAT})
+    return f
+
+
+def create_dataset(group: h5py.Group, name: str, data=None, *, shape=None, dtype=None, chunks=True) -> h5py.Dataset:
+    """The one way this module creates a dataset: chunked (``chunks``: a shape, or True for h5py's guess) with
+    HDF5's Fletcher-32 checksum of every chunk, verified by HDF5 whenever the chunk is read. Strings must be
+    fixed-length bytes (``numpy.bytes_``): variable-length data lives in HDF5's global heap, which no filter
+    checks."""
+    return group.create_dataset(name, data=data, shape=shape, dtype=dtype, chunks=chunks, fletcher32=True)
+
+
+def write_attrs(obj: h5py.HLObject, attrs: dict) -> None:
+    """Store ``attrs`` as attributes of ``obj`` (a file, group or dataset) where HDF5 checksums them: booleans and
+    integers as numpy scalars, strings as fixed-length UTF-8 bytes, anything else as its JSON text
+    (:func:`attribute_value` reads them back)."""
+    for key, value in attrs.items():
+        if isinstance(value, (bool, np.bool_)):
+            value = np.bool_(value)
+        elif isinstance(value, (int, np.integer)):
+            value = np.int64(value)
+        else:
+            # str subclasses (Snakemake's params) become plain strings
+            text = (str(value) if isinstance(value, str) else json.dumps(value)).encode()
+            obj.attrs.create(key, text, dtype=h5py.string_dtype("utf-8", max(1, len(text))))
+            continue
+        obj.attrs[key] = value
+
+
+@contextlib.contextmanager
+def open_file(path) -> Iterator[h5py.File]:
+    """Open a file this module wrote, for reading, refusing (:class:`ResultFileError`, naming ``path``) one that
+    HDF5 cannot open (truncated, or its metadata fails its checksum) or one written in another format than
+    :data:`FORMAT` (by an older emoprobe, without checksums). Read its datasets with :func:`read`."""
+    if not Path(path).is_file():
+        raise ResultFileError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ResultFileError(f"{path}: unreadable HDF5 file ({err}); it is truncated or corrupt: {REBUILD}") from None
+    with f:
+        try:
+            stored = attribute_value(f.attrs.get("format"))
+            if stored != FORMAT:
+                written = "by an older emoprobe, without checksums" if stored is None else f"in format {stored!r}"
+                raise ResultFileError(f"{path}: written {written}; this emoprobe reads {FORMAT!r} only (every array "
+                                      f"checksummed): {REBUILD}")
+            yield f
+        except (OSError, KeyError) as err:
+            # h5py raises a KeyError for an object whose header fails its checksum
+            if isinstance(err, KeyError) and "checksum" not in str(err):
+                raise
+            raise ResultFileError(f"{path}: its metadata cannot be read or fails its checksum ({err}): it changed "
+                                  f"after it was written: {REBUILD}") from None
+
+
+def read(dataset: h5py.Dataset, selection=()) -> np.ndarray:
+    """``dataset[selection]`` (all of it by default), every chunk read verified against its Fletcher-32 checksum.
+
+    Raises :class:`ResultFileError` naming the file and the dataset when a checksum fails (a byte changed after
+    the file was written: disk, copy or transfer) or the dataset has no checksum to verify.
+    """
+    path = dataset.file.filename
+    if not dataset.fletcher32:
+        raise ResultFileError(f"{path}: dataset {dataset.name!r} has no checksum, so it cannot be verified: "
+                              f"{REBUILD}")
+    try:
+        return dataset[selection]
+    except OSError as err:
+        raise ResultFileError(f"{path}: dataset {dataset.name!r} fails its checksum ({err}): its bytes changed after "
+                              f"it was written: {REBUILD}") from None
 
 
 def dataset_key(location: str, layer: int) -> str:
@@ -63,24 +161,28 @@ class HiddenStateWriter:
         self.tmp = Path(self.partial.__enter__())
         self.keys = list(keys)
         n_texts, n_positions = len(row_id), len(positions)
-        self.file = h5py.File(self.tmp, "w")
+        # A chunk is a block of whole rows, so each layer, read whole, is read chunk by chunk. Batches fill the rows
+        # in order: each dataset stays open with a cache of one chunk (what the job's memory slack covers), so a
+        # chunk is checksummed and written once, when the next one starts, never read back batch by batch.
+        # The rows spread evenly over the chunks, since the last chunk takes a whole chunk's space on disk too.
+        row_bytes = max(1, n_positions * hidden_size * np.dtype(storage_dtype).itemsize)
+        n_chunks = max(1, -(-n_texts * row_bytes // CHUNK_BYTES))
+        rows = max(1, -(-n_texts // n_chunks))
+        self.file = create_file(self.tmp, cache_bytes=rows * row_bytes + (1 << 16))
         for name, values in (("row_id", row_id), ("label_id", label_id), ("n_tokens", n_tokens),
                              ("positions", positions)):
-            self.file.create_dataset(name, data=np.asarray(values, dtype=np.int64))
-        self.file.create_dataset("row_index", shape=(n_texts,), dtype=np.int64, fillvalue=-1)
+            create_dataset(self.file, name, np.asarray(values, dtype=np.int64))
+        self.row_index = create_dataset(self.file, "row_index", shape=(n_texts,), dtype=np.int64)
+        self.row_index[:] = -1
         self.written = 0
+        self.datasets = {}
         for location, layer in self.keys:
-            ds = self.file.create_dataset(dataset_key(location, layer), shape=(n_texts, n_positions, hidden_size),
-                                          dtype=storage_dtype)
-            ds.attrs["layer"] = layer
-            ds.attrs["location"] = location
-        for key, value in attrs.items():
-            if isinstance(value, str):
-                value = str(value)  # str subclasses (Snakemake's params) become plain strings h5py can store
-            elif not isinstance(value, int):
-                value = json.dumps(value)
-            self.file.attrs[key] = value
-        self.file.attrs["complete"] = False
+            ds = create_dataset(self.file, dataset_key(location, layer), shape=(n_texts, n_positions, hidden_size),
+                                dtype=storage_dtype,
+                                chunks=(rows, n_positions, hidden_size) if n_texts * row_bytes else True)
+            write_attrs(ds, {"layer": layer, "location": location})
+            self.datasets[(location, layer)] = ds
+        write_attrs(self.file, {**attrs, "complete": False})
 
     def write(self, indices: np.ndarray, states: dict[tuple[str, int], np.ndarray]) -> None:
         """Store ``states[(location, layer)]`` (``[len(indices), n_positions, hidden]``), the states of the
@@ -90,8 +192,7 @@ class HiddenStateWriter:
         where a residual stream exceeds 65504, as Gemma's does) or does not fit the storage dtype,
         rather than storing infinities or NaNs that every probe would silently be fitted on.
         """
-        for location, layer in self.keys:
-            dataset = self.file[dataset_key(location, layer)]
+        for (location, layer), dataset in self.datasets.items():
             values = states[(location, layer)]
             if not np.isfinite(values).all():
                 raise ResultFileError(
@@ -104,7 +205,7 @@ class HiddenStateWriter:
                     f"float16's range; set storage_dtype: float32 (for this model or in extraction)"
                 )
             dataset[self.written:self.written + len(indices)] = values
-        self.file["row_index"][self.written:self.written + len(indices)] = indices
+        self.row_index[self.written:self.written + len(indices)] = indices
         self.written += len(indices)
 
     def __enter__(self) -> HiddenStateWriter:
@@ -115,11 +216,11 @@ class HiddenStateWriter:
         temporary file is removed instead (:func:`emoprobe.io.atomic_path`)."""
         try:
             if exc_type is None:
-                row_index = self.file["row_index"][:]
+                row_index = self.row_index[:]
                 if not np.array_equal(np.sort(row_index), np.arange(len(row_index))):
                     raise ResultFileError(f"{self.path}: {self.written} state rows written for {len(row_index)} "
                                           f"texts, not each text once")
-                self.file.attrs["complete"] = True
+                write_attrs(self.file, {"complete": True})
         except BaseException as err:
             self.file.close()
             self.partial.__exit__(type(err), err, err.__traceback__)
@@ -168,23 +269,17 @@ def read_layer(path, layer: int, location: str = "residual", positions: list[int
         and ``attrs`` (the file attributes).
     """
     path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = dict(f.attrs)
-            if not attrs.get("complete", False):
-                raise ResultFileError(f"{path}: not marked complete; it was not finished, delete it and rerun")
-            check_provenance(path, attrs, provenance)
-            key = dataset_key(location, layer)
-            if key not in f:
-                held = sorted(k for k in f if f[k].ndim == 3)
-                raise ResultFileError(f"{path}: no dataset {key!r}; it holds {held}")
-            row_id, label_id, stored = f["row_id"][:], f["label_id"][:], f["positions"][:].tolist()
-            if "row_index" not in f:
-                raise ResultFileError(f"{path}: no dataset 'row_index'; it was written by an older emoprobe, "
-                                      f"delete it and rerun")
-            row_index, stored_states = f["row_index"][:], f[key][:]
-    except OSError as err:
-        raise ResultFileError(f"{path}: unreadable HDF5 file ({err}); it is truncated or corrupt, delete it and rerun") from None
+    with open_file(path) as f:
+        attrs = dict(f.attrs)
+        if not attrs.get("complete", False):
+            raise ResultFileError(f"{path}: not marked complete; it was not finished, delete it and rerun")
+        check_provenance(path, attrs, provenance)
+        key = dataset_key(location, layer)
+        if key not in f:
+            held = sorted(k for k in f if f[k].ndim == 3)
+            raise ResultFileError(f"{path}: no dataset {key!r}; it holds {held}")
+        row_id, label_id, stored = read(f["row_id"]), read(f["label_id"]), read(f["positions"]).tolist()
+        row_index, stored_states = read(f["row_index"]), read(f[key])
     expected = (len(row_id), len(stored))
     if stored_states.ndim != 3 or stored_states.shape[:2] != expected or len(label_id) != len(row_id) \
             or len(row_index) != len(row_id):
@@ -220,16 +315,9 @@ def write_predictions(path, problems: dict[str, dict], *, layers: Sequence[int],
     problems : ``{name: {"positions", "row_id", "label_id", "control_label_id": [m], "predicted",
         "control_predicted": [n_layers, n_positions, m]}}``
     """
-    with atomic_path(path) as partial, h5py.File(partial, "w") as f:
-        f.create_dataset("layers", data=np.asarray(layers, dtype=np.int64))
-        for name, arrays in problems.items():
-            group = f.create_group(name)
-            for key in ("positions", "row_id", "label_id", "control_label_id"):
-                group.create_dataset(key, data=np.asarray(arrays[key], dtype=np.int64))
-            for key in ("predicted", "control_predicted"):
-                group.create_dataset(key, data=np.asarray(arrays[key], dtype=np.int8))
-        for key, value in attrs.items():
-            f.attrs[key] = str(value) if isinstance(value, str) else json.dumps(value)
+    dtypes = {"positions": np.int64, "row_id": np.int64, "label_id": np.int64, "control_label_id": np.int64,
+              "predicted": np.int8, "control_predicted": np.int8}
+    write_problems(path, problems, dtypes, layers=layers, attrs=attrs)
 
 
 def _problem_groups(f: h5py.File) -> list[str]:
@@ -244,12 +332,12 @@ def read_predictions(paths: Sequence, *, provenance: dict | None = None) -> dict
     a problem's texts or positions, or a file's attributes differ from ``provenance`` (:func:`check_provenance`)."""
     joined: dict[str, dict] = {}
     for path in paths:
-        with h5py.File(path, "r") as f:
+        with open_file(path) as f:
             check_provenance(path, dict(f.attrs), provenance)
-            layers = f["layers"][:]
+            layers = read(f["layers"])
             for name in _problem_groups(f):
                 group = f[name]
-                part = {key: group[key][:] for key in group}
+                part = {key: read(group[key]) for key in group}
                 positions = part.pop("positions").tolist()
                 if name not in joined:
                     joined[name] = {**part, "layers": [layers], "positions": positions,
@@ -280,16 +368,26 @@ def write_directions(path, problems: dict[str, dict], *, layers: Sequence[int], 
     n_positions, k, hidden]) and ``intercepts`` (float32 [n_layers, n_positions, k]), in the raw state space: a
     probe reads ``x @ weights[l, p].T + intercepts[l, p]`` of the stored state ``x``.
     """
-    with atomic_path(path) as partial, h5py.File(partial, "w") as f:
-        f.create_dataset("layers", data=np.asarray(layers, dtype=np.int64))
+    # a chunk per probe, what steering reads
+    write_problems(path, problems, {"positions": np.int64, "classes": np.int64, "weights": np.float32,
+                                    "intercepts": np.float32}, layers=layers, attrs=attrs,
+                   chunks={"weights": lambda shape: (1, 1, *shape[2:])})
+
+
+def write_problems(path, problems: dict[str, dict], dtypes: dict, *, layers: Sequence[int], attrs: dict,
+                   chunks: dict | None = None) -> None:
+    """Write a predictions or directions file atomically: ``/layers``, a group per problem holding its arrays
+    (``dtypes``: array name -> numpy dtype; ``chunks``: array name -> function of its shape giving its chunk
+    shape, where h5py's guess would not fit how it is read), and the file attributes ``attrs``."""
+    with atomic_path(path) as partial, create_file(partial) as f:
+        create_dataset(f, "layers", np.asarray(layers, dtype=np.int64))
         for name, arrays in problems.items():
             group = f.create_group(name)
-            for key in ("positions", "classes"):
-                group.create_dataset(key, data=np.asarray(arrays[key], dtype=np.int64))
-            for key in ("weights", "intercepts"):
-                group.create_dataset(key, data=np.asarray(arrays[key], dtype=np.float32))
-        for key, value in attrs.items():
-            f.attrs[key] = str(value) if isinstance(value, str) else json.dumps(value)
+            for key, dtype in dtypes.items():
+                values = np.asarray(arrays[key], dtype=dtype)
+                chunk = (chunks or {}).get(key)
+                create_dataset(group, key, values, chunks=chunk(values.shape) if chunk and values.size else True)
+        write_attrs(f, attrs)
 
 
 def read_directions(path, name: str, layer: int, position: int = -1, *, provenance: dict | None = None
@@ -297,22 +395,22 @@ def read_directions(path, name: str, layer: int, position: int = -1, *, provenan
     """``(classes, weights [k, hidden], intercepts [k])`` of problem ``name``'s probe at ``layer`` and
     ``position`` (:func:`write_directions`); raises :class:`ResultFileError` naming the file when it has no
     such problem, layer or position, or its attributes differ from ``provenance``."""
-    with h5py.File(path, "r") as f:
+    with open_file(path) as f:
         check_provenance(path, dict(f.attrs), provenance)
-        layers = f["layers"][:].tolist()
-        positions = f[name]["positions"][:].tolist() if name in f else []
+        layers = read(f["layers"]).tolist()
+        positions = read(f[name]["positions"]).tolist() if name in f else []
         if layer not in layers or position not in positions:
-            held = {problem: f[problem]["positions"][:].tolist() for problem in directions_problems(path)}
+            held = {problem: read(f[problem]["positions"]).tolist() for problem in directions_problems(path)}
             raise ResultFileError(f"{path}: no probe {name!r} at layer {layer}, position {position} (it holds layers "
                                   f"{layers}, and these problems at these positions: {held})")
         group, l, p = f[name], layers.index(layer), positions.index(position)
-        return group["classes"][:], group["weights"][l, p], group["intercepts"][l, p]
+        return read(group["classes"]), read(group["weights"], (l, p)), read(group["intercepts"], (l, p))
 
 
 def directions_problems(path) -> list[str]:
     """The problems a directions file holds probes of (``all/label`` ..., or ``appraisal``), sorted: a problem
     the probe job could not score (too few texts of a label for the folds) is not among them."""
-    with h5py.File(path, "r") as f:
+    with open_file(path) as f:
         names = []
         f.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Group) and "weights" in item
                      else None)
@@ -326,8 +424,8 @@ def read_directions_of_layers(paths: Sequence, name: str, layers: Sequence[int],
     (:func:`read_directions`); raises :class:`ResultFileError` naming the files when a layer is in none."""
     held = {}
     for path in paths:
-        with h5py.File(path, "r") as f:
-            held.update({layer: path for layer in f["layers"][:].tolist()})
+        with open_file(path) as f:
+            held.update({layer: path for layer in read(f["layers"]).tolist()})
     missing = sorted(set(layers) - set(held))
     if missing:
         raise ResultFileError(f"no directions file of {[str(p) for p in paths]} holds layers {missing}")
@@ -349,12 +447,11 @@ def write_attention(path, row_id: np.ndarray, shares: np.ndarray, kept: dict[int
     """
     from emoprobe.attention import SEGMENTS
 
-    with atomic_path(path) as partial, h5py.File(partial, "w") as f:
-        f.create_dataset("row_id", data=np.asarray(row_id, dtype=np.int64))
-        f.create_dataset("shares", data=np.asarray(shares, dtype=np.float32)).attrs["segments"] = list(SEGMENTS)
+    with atomic_path(path) as partial, create_file(partial) as f:
+        create_dataset(f, "row_id", np.asarray(row_id, dtype=np.int64))
+        write_attrs(create_dataset(f, "shares", np.asarray(shares, dtype=np.float32)), {"segments": list(SEGMENTS)})
         for row, (tokens, weights) in kept.items():
             group = f.create_group(f"texts/{int(row)}")
-            group.create_dataset("tokens", data=np.asarray(tokens, dtype=object), dtype=h5py.string_dtype())
-            group.create_dataset("weights", data=np.asarray(weights, dtype=np.float32))
-        for key, value in attrs.items():
-            f.attrs[key] = str(value) if isinstance(value, str) else json.dumps(value)
+            create_dataset(group, "tokens", np.array([token.encode() for token in tokens], dtype=np.bytes_))
+            create_dataset(group, "weights", np.asarray(weights, dtype=np.float32))
+        write_attrs(f, attrs)

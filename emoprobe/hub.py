@@ -13,14 +13,13 @@ never ask the hub.
 
 :func:`download_snapshot` (rule ``download_model``, a local rule: on the login node) fetches the safetensors
 weights, the tokenizer and the configuration at the resolved commit into ``resources/models/{model}``, whole or
-not at all, with :data:`SNAPSHOT_RECORD` saying which repository and commit it holds and each file's sha256.
+not at all, with :data:`emoprobe.io.FOLDER_RECORD` saying which repository and commit it holds and each file's sha256.
 
 ``huggingface_hub`` is imported lazily: the jobs' environments that never download do not hold it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,13 +27,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from emoprobe.errors import ConfigError
+from emoprobe.io import FOLDER_RECORD, atomic_directory, folder_files, write_folder_record
 
 # Where the main process keeps what the hub said (relative to the working directory), for jobs and offline parses.
 RECORD_DIR = Path(".snakemake/emoprobe/hub")
 # Where rule download_model puts each model (plan.MODEL_DIR, which is built from this: the plan imports this module).
 DOWNLOADS = Path("resources/models")
-# In every downloaded folder: the repository, revision and commit it holds, and each file's sha256.
-SNAPSHOT_RECORD = "emoprobe-snapshot.json"
 # Besides the weights (:func:`weight_files`), what a job loads: the configuration and the tokenizer's files, from the
 # repository's top folder; never *.bin (pickles).
 PATTERNS = ("*.json", "tokenizer.model", "*.tiktoken", "merges.txt", "vocab.txt", "*.jinja")
@@ -171,7 +169,7 @@ def read_record(path: Path, repo_id: str, revision: str | None) -> HubModel | No
 def read_snapshot(folder: Path, repo_id: str, revision: str | None) -> HubModel | None:
     """The model a downloaded folder (:func:`download_snapshot`) holds, if of ``repo_id`` at ``revision``."""
     try:
-        kept = json.loads((Path(folder) / SNAPSHOT_RECORD).read_text(encoding="utf-8"))
+        kept = json.loads((Path(folder) / FOLDER_RECORD).read_text(encoding="utf-8"))
         config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
@@ -245,24 +243,14 @@ def resolve(name: str, repo_id: str, revision: str | None, workdir: Path, ask: b
                   f"--dry-run` is enough), or there `hf download {at} config.json`")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download_snapshot(repo_id: str, revision: str | None, commit: str, out_dir: Path, patterns: list[str]) -> dict:
     """Download ``repo_id`` at ``commit`` (the resolved ``revision``): its weights (:func:`weight_files`) and the
     top-level files matching ``patterns`` (:func:`patterns`), into ``out_dir``, whole or not at all
-    (:func:`emoprobe.io.atomic_directory`), with :data:`SNAPSHOT_RECORD`. Returns that record: ``repo_id``,
+    (:func:`emoprobe.io.atomic_directory`), with :data:`emoprobe.io.FOLDER_RECORD`. Returns that record: ``repo_id``,
     ``revision`` (as configured, for the offline look-up), ``commit`` and ``files`` (name -> sha256)."""
     from fnmatch import fnmatchcase
 
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-
-    from emoprobe.io import atomic_directory
 
     files = [s.rfilename for s in HfApi().model_info(repo_id, revision=commit).siblings or ()]
     with atomic_directory(out_dir) as staged:
@@ -273,13 +261,12 @@ def download_snapshot(repo_id: str, revision: str | None, commit: str, out_dir: 
         weights = weight_files(files, index)
         if not weights:
             raise HubError(f"{repo_id} at {commit}: no *.safetensors weights in its top folder (files: {files})")
-        wanted = weights + [f for f in top_files(files) if any(fnmatchcase(f, p) for p in patterns)]
+        wanted = weights + [f for f in top_files(files) if any(fnmatchcase(f, p) for p in patterns)
+                            and f != FOLDER_RECORD and not f.startswith(".")]  # the record is ours to write
         snapshot_download(repo_id, revision=commit, local_dir=staged, allow_patterns=wanted)
         shutil.rmtree(staged / ".cache", ignore_errors=True)  # huggingface_hub's own bookkeeping of the download
-        got = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
+        got = folder_files(staged)
         if missing := sorted(set(wanted) - set(got)):
             raise HubError(f"{repo_id} at {commit}: {missing} were not downloaded")
-        record = {"repo_id": repo_id, "revision": revision, "commit": commit,
-                  "files": {f: file_sha256(staged / f) for f in got}}
-        (staged / SNAPSHOT_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
+        record = write_folder_record(staged, {"repo_id": repo_id, "revision": revision, "commit": commit})
     return record

@@ -1,12 +1,19 @@
-"""Atomic writes: every output of the workflow appears whole under its name, or not at all."""
+"""Atomic writes: every output of the workflow appears whole under its name, or not at all; and the digests of the
+folders it prepares (:func:`write_folder_record`, :func:`changed_files`)."""
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+# In every folder the workflow prepares (a downloaded hub model, a dequantised GGUF one): what it holds and the sha256
+# of each of its files, recorded when the folder is written and verified before a job loads from it.
+FOLDER_RECORD = "emoprobe-snapshot.json"
 
 
 @contextlib.contextmanager
@@ -54,3 +61,42 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def sha256_of(paths: list[str | os.PathLike]) -> str:
+    """Hex sha256 of the concatenation of ``paths``."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_files(folder: str | os.PathLike) -> list[str]:
+    """Every file under ``folder`` but its :data:`FOLDER_RECORD` and hidden files and folders (Snakemake marks a
+    directory output with ``.snakemake_timestamp``; nothing loads them), as sorted paths relative to it."""
+    folder = Path(folder)
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and p.name != FOLDER_RECORD
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def write_folder_record(folder: str | os.PathLike, fields: dict) -> dict:
+    """Write ``folder``'s :data:`FOLDER_RECORD`: ``fields`` (what the folder holds, JSON-able) and ``files``, the
+    sha256 of each of its files (:func:`folder_files`). Returns the record."""
+    folder = Path(folder)
+    record = {**fields, "files": {name: sha256_of([folder / name]) for name in folder_files(folder)}}
+    (folder / FOLDER_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
+    return record
+
+
+def changed_files(folder: str | os.PathLike) -> list[str]:
+    """The files of ``folder`` that differ from its :data:`FOLDER_RECORD` (:func:`write_folder_record`): a sha256
+    that changed, a file gone or one added since, sorted; empty when the folder is as it was written. Raises
+    ``OSError``, ``ValueError`` or ``KeyError`` when the folder has no readable record."""
+    folder = Path(folder)
+    recorded = json.loads((folder / FOLDER_RECORD).read_text(encoding="utf-8"))["files"]
+    held = folder_files(folder)
+    return sorted(name for name in set(held) | set(recorded)
+                  if name not in recorded or name not in held or sha256_of([folder / name]) != recorded[name])

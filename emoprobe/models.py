@@ -20,15 +20,15 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from emoprobe.architecture import model_source
-from emoprobe.config import sha256_of
 from emoprobe.errors import UserError
-from emoprobe.hub import SNAPSHOT_RECORD
-from emoprobe.io import atomic_directory
+from emoprobe.io import (FOLDER_RECORD, atomic_directory, changed_files, folder_files, sha256_of,
+                         write_folder_record)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -58,7 +58,9 @@ def prepare_gguf(parts: list[str | Path], sha256: str | None, out_dir: Path, dty
     safetensors model directory ``out_dir``.
 
     Written to a temporary sibling directory that takes ``out_dir``'s place only when whole
-    (:func:`emoprobe.io.atomic_directory`), so an interrupted run leaves no directory that looks complete.
+    (:func:`emoprobe.io.atomic_directory`), so an interrupted run leaves no directory that looks complete, with
+    the sha256 of each file it holds (:func:`emoprobe.io.write_folder_record`), which :func:`model_folder`
+    verifies before every load.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -82,21 +84,49 @@ def prepare_gguf(parts: list[str | Path], sha256: str | None, out_dir: Path, dty
             del model.config.quantization_config
         model.save_pretrained(staged, safe_serialization=True)
         tokenizer.save_pretrained(staged)
+        write_folder_record(staged, {"gguf": [Path(part).name for part in parts], "sha256": sha256, "dtype": dtype})
 
 
 def model_folder(name: str, model: dict, model_dir: str) -> str:
     """The folder model ``name`` (``model``: its entry under ``models``, or :func:`emoprobe.plan.model_identity`)
-    loads from: ``model_dir``, the job's input (:func:`emoprobe.plan.model_dir`). A hub model's is first checked to
-    hold the commit the workflow resolved (:func:`check_snapshot`). No model is ever loaded from the hub itself."""
-    if model_source(name, model) == "hub":
+    loads from: ``model_dir``, the job's input (:func:`emoprobe.plan.model_dir`). A folder the workflow prepared (a
+    hub or GGUF model's) is first verified byte for byte against the sha256 recorded when it was written
+    (:func:`verify_folder`), and a hub model's checked to hold the commit the workflow resolved
+    (:func:`check_snapshot`); a ``local`` model's folder is the user's, loaded as it is. No model is ever loaded
+    from the hub itself."""
+    source = model_source(name, model)
+    if source == "hub":
         check_snapshot(Path(model_dir), name, model["hub"]["commit"])
+    if source != "local":
+        verify_folder(Path(model_dir), name)
     return model_dir
+
+
+def verify_folder(folder: Path, name: str) -> None:
+    """Refuse the prepared folder of model ``name`` when a file's sha256 differs from the one recorded when the
+    folder was written (:func:`emoprobe.io.changed_files`), or a file was added or removed since, before a flipped
+    byte in a weight changes every state; logs what the check took."""
+    start = time.perf_counter()
+    try:
+        changed = changed_files(folder)
+    except (OSError, ValueError, KeyError):
+        raise ModelError(f"{folder / FOLDER_RECORD}: missing or unreadable, so the files of {folder} cannot be "
+                         f"verified (it was prepared by an older emoprobe, or not by this workflow): delete the "
+                         f"folder and run the same command again, which prepares model {name} again") from None
+    if changed:
+        raise ModelError(f"{folder}: {', '.join(changed)} differ from the sha256 recorded when model {name} was "
+                         f"prepared ({FOLDER_RECORD}): the bytes changed since. Delete the folder and run the same "
+                         f"command again, which prepares it again")
+    files = folder_files(folder)
+    logging.getLogger(__name__).info("model %s: the %d files of %s (%.0f MB) match their sha256, checked in %.2f s",
+                                     name, len(files), folder, sum((folder / f).stat().st_size for f in files) / 1e6,
+                                     time.perf_counter() - start)
 
 
 def check_snapshot(folder: Path, name: str, commit: str) -> None:
     """Refuse a downloaded hub model's folder that does not hold ``commit`` (its revision moved since the download,
     or the folder was not written by :func:`emoprobe.hub.download_snapshot`)."""
-    record = Path(folder) / SNAPSHOT_RECORD
+    record = Path(folder) / FOLDER_RECORD
     try:
         held = json.loads(record.read_text(encoding="utf-8"))["commit"]
     except (OSError, ValueError, KeyError):

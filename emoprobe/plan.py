@@ -16,7 +16,8 @@ import os
 
 from emoprobe import experiments, grid, hub, jobs, provenance
 from emoprobe.architecture import model_source
-from emoprobe.config import count_records, prompt_template, sha256_of
+from emoprobe.config import count_records, prompt_template
+from emoprobe.io import sha256_of
 
 # Output paths, as Snakemake wildcard patterns (the rules' outputs); :func:`path` fills them in.
 PROMPTS = "results/corpus/prompts.tsv"

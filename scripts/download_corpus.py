@@ -2,9 +2,8 @@
 
 import urllib.request
 
-from emoprobe.config import sha256_of
 from emoprobe.errors import log_to
-from emoprobe.io import atomic_path
+from emoprobe.io import atomic_path, sha256_of
 
 log = log_to(snakemake.log[0])
 url, expected = snakemake.params.url, snakemake.params.sha256

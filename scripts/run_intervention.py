@@ -39,7 +39,10 @@ log.info("intervene: %s on model %s (%s), %d texts of subset %s; windows of %d l
          "%d threads", kind, name, model_cfg["source"], len(prompts), settings["subset"], settings["span"],
          f"{len(centre_layers(n_layers, settings['every']))} of its {n_layers} layers (every {settings['every']})"
          if n_layers else f"every {settings['every']} layer(s) from the last", edits, device, torch.get_num_threads())
-if kind == "promotion" and not all(settings["probe"] in directions_problems(path) for path in snakemake.input.directions):
+with reported_as_message():
+    unfitted = kind == "promotion" and not all(settings["probe"] in directions_problems(path)
+                                               for path in snakemake.input.directions)
+if unfitted:
     # as the probe tables do for a subset too small to score: a row that says why, and the workflow carries on
     note = f"no {settings['probe']} probe was fitted (too few texts of a label for the folds): nothing to push along"
     log.info(note)

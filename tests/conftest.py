@@ -134,6 +134,30 @@ def gemma3_lm(gemma3_dir):
     return loaded(gemma3_dir, head=True)
 
 
+def flip_bits(path: Path, dataset: str, n: int = 3, chunk: int = 0) -> None:
+    """Flip one high bit (a float's exponent, an integer's sign's neighbour) in ``n`` stored values of ``dataset``'s
+    ``chunk``-th chunk in the file ``path``, in place: its header, shapes, attributes and modification time
+    untouched, so the file still opens and Snakemake sees nothing (as with a disk's or a copy's error). The chunk's
+    bytes are its values in C order, as stored (the workflow's filter checksums, it does not compress)."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "r") as f:
+        stored = f[dataset]
+        info = stored.id.get_chunk_info(chunk)
+        itemsize = stored.dtype.itemsize
+        values = int(np.prod(stored.chunks))
+    bit = itemsize * 8 - 2
+    times = os.stat(path)
+    with open(path, "r+b") as handle:
+        for value in np.linspace(0, values - 1, n).astype(int):
+            handle.seek(info.byte_offset + value * itemsize + bit // 8)
+            byte = handle.read(1)[0]
+            handle.seek(-1, os.SEEK_CUR)
+            handle.write(bytes([byte ^ (1 << (bit % 8))]))
+    os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+
+
 def with_changes(config: dict, **paths) -> dict:
     """A deep copy of ``config`` with ``a__b=value`` setting ``config[a][b]``."""
     config = copy.deepcopy(config)

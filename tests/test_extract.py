@@ -10,7 +10,7 @@ import torch
 
 from emoprobe import extract, forward
 from emoprobe.errors import ConfigError
-from emoprobe.h5io import ResultFileError, HiddenStateWriter, read_layer
+from emoprobe.h5io import HiddenStateWriter, ResultFileError, create_dataset, read_layer
 from emoprobe.models import decoder_layers, exact_attention_for_broadcast_heads, shares_one_kv_head
 from emoprobe.nethook import RetainOutputs
 
@@ -294,7 +294,7 @@ def test_incomplete_or_misshapen_file_is_refused(tmp_path):
     write_chunk(path)
     with h5py.File(path, "a") as f:
         del f["residual_02"]
-        f.create_dataset("residual_02", data=np.zeros((3, 2, 3), np.float32))
+        create_dataset(f, "residual_02", np.zeros((3, 2, 3), np.float32))
     with pytest.raises(ResultFileError, match=r"shape \(3, 2, 3\), expected \(4, 2, hidden_size\)"):
         read_layer(path, 2)
     with pytest.raises(ResultFileError, match="no dataset 'residual_07'"):

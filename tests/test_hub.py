@@ -165,18 +165,47 @@ def test_a_download_that_breaks_off_leaves_nothing_a_rerun_trusts(hub, tmp_path)
 
 
 def test_every_model_loads_from_its_folder_and_a_downloaded_one_of_another_commit_is_refused(tmp_path):
-    from emoprobe.hub import SNAPSHOT_RECORD
+    from emoprobe.io import FOLDER_RECORD, write_folder_record
     from emoprobe.models import ModelError, model_folder
 
-    (tmp_path / SNAPSHOT_RECORD).write_text(json.dumps({"commit": "a" * 40}))
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    write_folder_record(tmp_path, {"commit": "a" * 40})
     identity = {"name": "m", "source": "hub", "hub": {"id": "o/m", "revision": None, "commit": "b" * 40}}
     with pytest.raises(ModelError, match=f"holds commit {'a' * 40} of model m, the workflow resolved {'b' * 40}"):
         model_folder("m", identity, str(tmp_path))
-    (tmp_path / SNAPSHOT_RECORD).unlink()
+    record = (tmp_path / FOLDER_RECORD).read_text()
+    (tmp_path / FOLDER_RECORD).unlink()
     with pytest.raises(ModelError, match="not a folder download_model wrote"):
         model_folder("m", identity, str(tmp_path))
     identity["hub"]["commit"] = "a" * 40
-    (tmp_path / SNAPSHOT_RECORD).write_text(json.dumps({"commit": "a" * 40}))
+    (tmp_path / FOLDER_RECORD).write_text(record)
     assert model_folder("m", identity, str(tmp_path)) == str(tmp_path)
-    assert model_folder("m", {"local": "models/m"}, "models/m") == "models/m"
-    assert model_folder("m", {"gguf": {"files": ["p/f.gguf"]}}, "resources/models/m") == "resources/models/m"
+    assert model_folder("m", {"local": "models/m"}, "models/m") == "models/m"  # the user's folder, loaded as it is
+    write_folder_record(tmp_path, {"gguf": ["f.gguf"]})
+    assert model_folder("m", {"gguf": {"files": ["p/f.gguf"]}}, str(tmp_path)) == str(tmp_path)
+
+
+def test_a_prepared_model_folder_whose_bytes_changed_is_refused_naming_the_file(tmp_path):
+    from emoprobe.io import FOLDER_RECORD, write_folder_record
+    from emoprobe.models import ModelError, model_folder
+
+    gguf = {"gguf": {"files": ["p/f.gguf"]}}
+    (tmp_path / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+    (tmp_path / "config.json").write_text("{}")
+    write_folder_record(tmp_path, {"gguf": ["f.gguf"]})
+    model_folder("m", gguf, str(tmp_path))
+    weights = bytearray((tmp_path / "model.safetensors").read_bytes())
+    weights[5000] ^= 0x04  # one bit, the size unchanged
+    (tmp_path / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(ModelError, match=r"model\.safetensors differ from the sha256 recorded when model m was "
+                                         r"prepared .*Delete the folder"):
+        model_folder("m", gguf, str(tmp_path))
+    weights[5000] ^= 0x04
+    (tmp_path / "model.safetensors").write_bytes(bytes(weights))
+    (tmp_path / "extra.safetensors").write_bytes(b"x")  # transformers would load a shard added beside the others
+    with pytest.raises(ModelError, match=r"extra\.safetensors differ"):
+        model_folder("m", gguf, str(tmp_path))
+    (tmp_path / "extra.safetensors").unlink()
+    (tmp_path / FOLDER_RECORD).unlink()  # a folder prepared before the digests were recorded
+    with pytest.raises(ModelError, match="prepared by an older emoprobe"):
+        model_folder("m", gguf, str(tmp_path))

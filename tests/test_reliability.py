@@ -4,10 +4,11 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import run_snakemake, small_config, snakemake_command
+from conftest import flip_bits, run_snakemake, small_config, snakemake_command
 from emoprobe.h5io import read_layer
 
 
@@ -47,6 +48,79 @@ def test_killed_run_resumes_to_the_uninterrupted_result(e2e_run, tmp_path):
     for name in ("results/accuracy.tsv", "results/tables/smollm2-135m_accuracy_by_layer.txt"):
         assert (tmp_path / name).read_bytes() == (e2e_run / name).read_bytes(), name
     assert not list(hidden.glob(".*.partial"))
+
+
+def test_a_byte_changed_in_a_finished_run_is_refused_by_name_and_the_rebuild_is_byte_identical(e2e_run, tmp_path):
+    """Silent corruption, as a disk or a copy makes it: the bytes change, the modification times do not, so
+    Snakemake sees nothing to redo; every job that reads the changed file refuses it, naming it."""
+    import shutil
+
+    run, config = tmp_path / "run", small_config()
+    shutil.copytree(e2e_run, run, symlinks=True)  # modification times kept: Snakemake's view of the finished run
+    model = run / "resources/models/smollm2-135m/model.safetensors"
+    hidden = run / "results/hidden/smollm2-135m/layers16-30.h5"
+    probes = run / "results/probes/smollm2-135m/residual/layers00-15"
+    predictions, directions = Path(f"{probes}.predictions.h5"), Path(f"{probes}.directions.h5")
+
+    def flip_model_byte():
+        times = os.stat(model)
+        with open(model, "r+b") as handle:
+            handle.seek(os.path.getsize(model) // 2)  # inside a weight tensor
+            byte = handle.read(1)[0]
+            handle.seek(-1, os.SEEK_CUR)
+            handle.write(bytes([byte ^ 0x10]))
+        os.utime(model, ns=(times.st_atime_ns, times.st_mtime_ns))
+
+    def command(target):  # what a user runs to remake one file
+        return run_snakemake(run, config, target, "--forcerun", target, "--keep-going", "--cores", "2")
+
+    def refused(target):
+        result = command(target)
+        assert result.returncode != 0
+        return result.stdout + result.stderr  # the profile prints a failed job's log
+
+    # a flipped byte in the prepared model's weights: refused before any text is run through it
+    flip_model_byte()
+    output = refused("results/answers/smollm2-135m.tsv")
+    assert (f"error: resources/models/smollm2-135m: model.safetensors differ from the sha256 recorded when model "
+            f"smollm2-135m was prepared" in output), output[-3000:]
+    assert "answer tokens" not in (run / "logs/answer_emotions/smollm2-135m.log").read_text()
+    flip_model_byte()  # back as it was
+    # Snakemake deleted the failed job's output: put it back as it was, with its record
+    answers = run / "results/answers/smollm2-135m.tsv"
+    answers.parent.mkdir(exist_ok=True)
+    shutil.copy2(e2e_run / answers.relative_to(run), answers)
+    shutil.copytree(e2e_run / ".snakemake/metadata", run / ".snakemake/metadata", dirs_exist_ok=True)
+
+    # a few bits of a stored array of each kind: hidden states, predictions, directions (layer 1's: the file's
+    # first chunk holds layer 0, which steering does not read)
+    flip_bits(hidden, "residual_16")
+    flip_bits(predictions, "all/label/predicted")
+    flip_bits(directions, "all/label/weights", chunk=1)
+    assert "Nothing to be done" in run_snakemake(run, config, "--dry-run").stdout  # Snakemake itself sees nothing
+    # each reader in a run of its own: a failed job's outputs are deleted, and their readers would wait for it
+    for target, path, dataset in (("results/localisation/smollm2-135m.tsv", predictions, "all/label/predicted"),
+                                  ("results/interventions/smollm2-135m/promotion.tsv", directions, "all/label/weights"),
+                                  ("results/probes/smollm2-135m/residual/layers16-30.tsv", hidden, "residual_16")):
+        output = refused(target)
+        message = (f"error: {path.relative_to(run)}: dataset '/{dataset}' fails its checksum (Can't synchronously "
+                   f"read data (filter returned failure during read)): its bytes changed after it was written: delete "
+                   f"the file and run the same command again, which rebuilds it")
+        assert message in output, (message, output[-4000:])
+        assert "Traceback" not in output
+
+    # deleted, each file is rebuilt by the same command, and every result is what the clean run made, to the byte
+    for path in (hidden, predictions, directions):
+        path.unlink()
+    for target in ("results/localisation/smollm2-135m.tsv", "results/interventions/smollm2-135m/promotion.tsv",
+                   "results/probes/smollm2-135m/residual/layers16-30.tsv"):
+        rebuilt = command(target)
+        assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+    assert hidden.exists() and predictions.exists() and directions.exists()
+    tables = sorted(path.relative_to(e2e_run) for path in (e2e_run / "results").rglob("*.tsv"))
+    assert len(tables) > 20
+    for name in tables + [hidden.relative_to(run), predictions.relative_to(run), directions.relative_to(run)]:
+        assert (run / name).read_bytes() == (e2e_run / name).read_bytes(), name
 
 
 def test_batching_sorting_and_chunking_do_not_change_the_results(e2e_run, tmp_path):

