@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from emoprobe.h5io import read_layer  # noqa: E402
-from emoprobe.logistic import Probe, fit_logistic, predict, whitening  # noqa: E402
+from emoprobe.logistic import Probe, fit_logistic, predict  # noqa: E402
 from emoprobe.mlp import fit_mlp, predict_mlp  # noqa: E402
 from emoprobe.probes import fold_indices  # noqa: E402
 
@@ -72,10 +72,9 @@ def main() -> None:
         x, y = states[:, 0], meta["label_id"]
         splits = fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
         probes = [Probe(train, y[train], int(y.max()) + 1) for train, _ in splits]
-        q = whitening(x)
 
         start = time.perf_counter()
-        fits = fit_mlp(x, probes, hidden=32, alpha=args.alpha, max_iter=args.max_iter, tol=args.tol, seed=42, q=q)
+        fits = fit_mlp(x, probes, hidden=32, alpha=args.alpha, max_iter=args.max_iter, tol=args.tol, seed=42)
         seconds = time.perf_counter() - start
         labels = predict_mlp(x, fits)
         accuracy = pooled(splits, lambda f: labels[f, splits[f][1]], y)

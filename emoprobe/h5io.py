@@ -436,6 +436,16 @@ def read_directions_of_layers(paths: Sequence, name: str, layers: Sequence[int],
     return found
 
 
+def read_appraisal_directions(paths: Sequence, layers: Sequence[int], position: int = -1, *, provenance: dict
+                              ) -> dict[int, dict[str, np.ndarray]]:
+    """``{layer: {appraisal: weights [hidden]}}`` of the ridge appraisal probes at ``position`` for each of
+    ``layers`` (:func:`read_directions_of_layers` of problem ``appraisal``), each row named by its stored class: an
+    index into the file's ``appraisals`` attribute, which must be ``provenance``'s."""
+    names = list(provenance["appraisals"])
+    return {layer: {names[int(c)]: row for c, row in zip(classes, weights)} for layer, (classes, weights) in
+            read_directions_of_layers(paths, "appraisal", layers, position, provenance=provenance).items()}
+
+
 def write_attention(path, row_id: np.ndarray, shares: np.ndarray, kept: dict[int, tuple[Sequence[str], np.ndarray]],
                     attrs: dict) -> None:
     """Store the last token's attention of one model's texts, atomically.

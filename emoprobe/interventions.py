@@ -36,12 +36,13 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
 from emoprobe import last_token
 from emoprobe.experiments import editing
 from emoprobe.last_token import Edit, LastTokenBatch
 from emoprobe.progress import Progress
-from emoprobe.scores import wilson
+from emoprobe.scores import Z95, mean_interval, wilson
 
 Condition = Mapping[tuple[str, int], Edit]
 # one batch's conditions, in groups whose edits start at one layer (each group runs in passes of one start)
@@ -166,20 +167,32 @@ def patching_pairs(clean_answer: np.ndarray, n_pairs: int, seed: int) -> tuple[n
 
 def clustered_share(hits: np.ndarray, clusters: np.ndarray) -> tuple[float, float, float]:
     """The share of ``hits`` (bool ``[n]``) and its 95 % interval when outcomes of the same cluster (``clusters``
-    ``[n]``: each pair's source) may be alike: Wilson's interval at the effective sample size ``n / deff``, with the
+    ``[n]``: each pair's source) may be alike: Wilson's interval at an effective sample size.
+
+    With every cluster of one pair this is Wilson's interval. Otherwise the effective size is ``n / deff``, the
     design effect ``deff`` (at least 1) the ratio of the cluster-robust variance of the share, ``C / (C - 1) *
-    sum_c (sum_{i in c} (hit_i - share))^2 / n^2`` over ``C`` clusters, to the binomial ``share (1 - share) / n``.
-    With every cluster of one pair this is Wilson's interval. ``tests/test_interventions.py`` checks its coverage
-    by simulation with source effects."""
+    sum_c (sum_{i in c} (hit_i - share))^2 / n^2`` over ``C`` clusters, to the binomial ``share (1 - share) / n``;
+    never below Kish's effective number of clusters ``K = n^2 / sum_c n_c^2``, the least the pairs can be worth
+    (every cluster's outcomes alike). That variance rests on the clusters, and on few of them when one is large, so
+    the critical value is Student's t with ``K - 1`` degrees of freedom. Where the design effect cannot be estimated
+    (``K < 2``: one cluster, or one holding nearly every pair; or every outcome alike) the effective size is ``K``
+    at the normal critical value: one source serving every pair gives the interval of a single outcome.
+    ``tests/test_interventions.py`` checks its coverage by simulation with source effects, from one source to one per
+    pair."""
     n = len(hits)
     share = float(np.mean(hits))
     ids, members = np.unique(clusters, return_inverse=True)
-    deff = 1.0
-    if 0 < share < 1 and len(ids) > 1:
+    if len(ids) == n:
+        low, high = wilson(share * n, n)
+        return share, low, high
+    kish = n ** 2 / float(np.sum(np.bincount(members).astype(np.float64) ** 2))
+    effective, z = kish, Z95
+    if 0 < share < 1 and kish >= 2:
         residual = np.bincount(members, weights=hits - share)
         robust = len(ids) / (len(ids) - 1) * np.sum(residual ** 2) / n ** 2
-        deff = max(robust / (share * (1 - share) / n), 1.0)
-    low, high = wilson(share * n / deff, n / deff)
+        effective = max(n / max(robust / (share * (1 - share) / n), 1.0), kish)
+        z = float(stats.t.ppf(0.975, kish - 1))
+    low, high = wilson(share * effective, effective, z)
     return share, low, high
 
 
@@ -303,20 +316,13 @@ def _steering_plan(named: Mapping[object, Mapping[int, np.ndarray]], name_key: s
     return plan, described
 
 
-def mean_interval(values: np.ndarray, replicates: int, seed: int) -> tuple[float, float]:
-    """Percentile 95 % bootstrap interval of the mean of ``values`` over texts (``[n]``)."""
-    from emoprobe.scores import bootstrap_counts
-
-    means = bootstrap_counts(len(values), replicates, seed) @ values.astype(np.float64) / len(values)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def promotion_rows(logits: np.ndarray, clean: np.ndarray, described: Sequence[dict], *, replicates: int = 1000,
                    seed: int = 0) -> pd.DataFrame:
     """One row per promotion condition: ``n_texts``; ``change``, the mean over texts of the paper's normalised
     change of the emotion's probability (:func:`normalised_change`, softmax over the label logits) with a
-    bootstrap 95 % interval; ``promoted``, the fraction of texts whose answer is the emotion, with its Wilson
-    interval, next to ``clean_promoted``, that fraction without the edit."""
+    studentised bootstrap 95 % interval (:func:`emoprobe.scores.mean_interval`); ``promoted``, the fraction of
+    texts whose answer is the emotion, with its Wilson interval, next to ``clean_promoted``, that fraction without
+    the edit."""
     p_clean, clean_answer = softmax(clean), clean.argmax(-1)
     rows = []
     for description, after in zip(described, logits):
@@ -359,13 +365,22 @@ def surgery_plan(recipes: Mapping[str, Mapping[int, np.ndarray]], betas: Sequenc
 def answer_distribution_rows(logits: np.ndarray, clean: np.ndarray, described: Sequence[dict],
                              labels: Sequence[str]) -> pd.DataFrame:
     """One row per (condition, label): how many texts answer ``label`` without the edit (``clean_count``) and
-    with it (``count``), and the difference (``shift``)."""
-    clean_counts = np.bincount(clean.argmax(-1), minlength=len(labels))
+    with it (``count``), and the difference (``shift``); and, the same on each of a condition's rows, ``n_texts``
+    and ``changed``, the share of texts whose answer the edit changed, with its Wilson 95 % interval
+    (``changed_low``, ``changed_high``). The shifts bound ``changed`` from below (half their absolute sum), since
+    answers may trade places between labels."""
+    clean_answer = clean.argmax(-1)
+    clean_counts = np.bincount(clean_answer, minlength=len(labels))
     rows = []
     for description, after in zip(described, logits):
-        counts = np.bincount(after.argmax(-1), minlength=len(labels))
+        answer = after.argmax(-1)
+        counts = np.bincount(answer, minlength=len(labels))
+        changed = int(np.count_nonzero(answer != clean_answer))
+        low, high = wilson(changed, len(answer))
+        per_condition = {"n_texts": len(answer), "changed": changed / len(answer), "changed_low": low,
+                         "changed_high": high}
         rows.extend({**description, "label": label, "clean_count": int(clean_counts[k]), "count": int(counts[k]),
-                     "shift": int(counts[k] - clean_counts[k])} for k, label in enumerate(labels))
+                     "shift": int(counts[k] - clean_counts[k]), **per_condition} for k, label in enumerate(labels))
     return pd.DataFrame(rows)
 
 

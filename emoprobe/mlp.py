@@ -51,25 +51,27 @@ def predict_mlp(x: np.ndarray, fits: Sequence[MLPFit]) -> np.ndarray:
 
 
 def fit_mlp(x: np.ndarray, probes: Sequence[Probe], *, hidden: int, alpha: float, max_iter: int, tol: float, seed: int,
-            q: torch.Tensor | None = None, device: str | torch.device = "cpu") -> list[MLPFit]:
+            device: str | torch.device = "cpu") -> list[MLPFit]:
     """Fit every probe of ``probes`` on the rows of ``x`` ``[n, d]`` (float32, raw) in one batched L-BFGS, in float64
     (a non-convex objective's last steps need its precision), until its objective falls by less than ``tol`` over
-    :data:`N_ITER_NO_CHANGE` iterations or it has had ``max_iter``; ``q``: the whitening
-    (:func:`emoprobe.logistic.whitening`) of the first layer's weights, default that of ``x``."""
+    :data:`N_ITER_NO_CHANGE` iterations or it has had ``max_iter``. Each probe's fit depends on its training rows
+    and ``seed`` alone (its standardisation and whitening are its own rows'), not on the rows it is tested on."""
     features = torch.as_tensor(np.ascontiguousarray(x)).to(device=device, dtype=torch.float64)
-    q = (whitening(features) if q is None else q).to(device=device, dtype=torch.float64)
-    problem = _MLP(features, q, probes, hidden=hidden, alpha=alpha)
+    problem = _MLP(features, probes, hidden=hidden, alpha=alpha)
     minimise(problem, problem.start(seed), max_iter=max_iter, tol=0.0, stall=(N_ITER_NO_CHANGE, tol))
     return [problem.fits[i] for i in range(len(probes))]
 
 
 class _MLP:
     """The probes of :func:`fit_mlp` as the :class:`emoprobe.lbfgs.Problem` that :func:`emoprobe.lbfgs.minimise`
-    solves: parameters ``[B, N]`` of ``M1`` (``W1 = M1 Q``, ``[hidden, d]``), ``b1``, ``W2`` ``[K, hidden]``, ``b2``."""
+    solves: parameters ``[B, N]`` of ``M1`` (``W1 = M1 Q``, ``[hidden, d]``), ``b1``, ``W2`` ``[K, hidden]``, ``b2``.
 
-    def __init__(self, features: torch.Tensor, q: torch.Tensor, probes: Sequence[Probe], *, hidden: int,
-                 alpha: float):
-        self.features, self.q, self.probes, self.hidden = features, q, probes, hidden
+    ``Q`` ``[B, d, d]`` is each probe's whitening (:func:`emoprobe.logistic.whitening`) of its own training rows:
+    the objective is not convex, so the parametrisation (and the start, drawn in it) decides which optimum is
+    reached, and a whitening of all rows would let the rows a probe is tested on steer its fit."""
+
+    def __init__(self, features: torch.Tensor, probes: Sequence[Probe], *, hidden: int, alpha: float):
+        self.features, self.probes, self.hidden = features, probes, hidden
         self.dtype, self.device = features.dtype, features.device
         n, self.d = features.shape
         self.K = max(p.n_classes for p in probes)
@@ -77,7 +79,7 @@ class _MLP:
         self.mask = torch.zeros(B, n, dtype=self.dtype, device=self.device)
         self.labels = torch.zeros(B, n, dtype=torch.long, device=self.device)
         self.absent = torch.zeros(B, self.K, dtype=self.dtype, device=self.device)
-        means, stds = [], []
+        means, stds, whitenings = [], [], []
         for b, probe in enumerate(probes):
             rows = torch.as_tensor(probe.train, device=self.device)
             self.mask[b, rows] = 1.0
@@ -88,7 +90,8 @@ class _MLP:
             std[std == 0] = 1.0
             means.append(part.mean(dim=0))
             stds.append(std)
-        self.mean, self.std = torch.stack(means), torch.stack(stds)
+            whitenings.append(whitening(part))
+        self.mean, self.std, self.q = torch.stack(means), torch.stack(stds), torch.stack(whitenings)
         self.n_train = self.mask.sum(dim=1)
         self.penalty = alpha / self.n_train
         self.ids = torch.arange(B, device=self.device)
@@ -98,23 +101,24 @@ class _MLP:
         """Glorot-uniform weights and zero biases, each probe's drawn from ``(seed, its index)``."""
         H, K, d = self.hidden, self.K, self.d
         rows = []
-        inverse = torch.linalg.inv(self.q)  # M1 = W1 Q^-1
+        inverse = torch.linalg.inv(self.q)  # M1 = W1 Q^-1, [B, d, d]
         for b in range(len(self.probes)):
             rng = np.random.default_rng([seed, b])
             first = rng.uniform(-1, 1, (H, d)) * np.sqrt(6 / (d + H))
             second = rng.uniform(-1, 1, (K, H)) * np.sqrt(6 / (H + K))
-            m1 = torch.as_tensor(first, dtype=self.dtype, device=self.device) @ inverse
+            m1 = torch.as_tensor(first, dtype=self.dtype, device=self.device) @ inverse[b]
             rows.append(torch.cat([m1.reshape(-1), torch.zeros(H, dtype=self.dtype, device=self.device),
                                    torch.as_tensor(second, dtype=self.dtype, device=self.device).reshape(-1),
                                    torch.zeros(K, dtype=self.dtype, device=self.device)]))
         return torch.stack(rows)
 
-    def _unpack(self, theta: torch.Tensor):
-        """``W1`` ``[B, H, d]`` (standardised space), ``b1`` ``[B, H]``, ``W2`` ``[B, K, H]``, ``b2`` ``[B, K]``."""
+    def _unpack(self, theta: torch.Tensor, q: torch.Tensor):
+        """``W1`` ``[B, H, d]`` (standardised space), ``b1`` ``[B, H]``, ``W2`` ``[B, K, H]``, ``b2`` ``[B, K]``, from
+        ``theta`` ``[B, N]`` and those probes' whitenings ``q`` ``[B, d, d]``."""
         B, H, K, d = len(theta), self.hidden, self.K, self.d
         sizes = [H * d, H, K * H, K]
         m1, b1, w2, b2 = torch.split(theta, sizes, dim=1)
-        w1 = (m1.reshape(B * H, d) @ self.q).view(B, H, d)
+        w1 = torch.bmm(m1.reshape(B, H, d), q)
         return w1, b1, w2.view(B, K, H), b2
 
     def evaluate(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -122,7 +126,7 @@ class _MLP:
         B, H = len(theta), self.hidden
         with torch.enable_grad():
             theta = theta.detach().requires_grad_(True)
-            w1, b1, w2, b2 = self._unpack(theta)
+            w1, b1, w2, b2 = self._unpack(theta, self.q)
             raw = w1 / self.std[:, None, :]  # [B, H, d]
             bias = b1 - (raw * self.mean[:, None, :]).sum(dim=2)
             pre = (self.features @ raw.reshape(B * H, self.d).T).view(-1, B, H).transpose(0, 1) + bias[:, None, :]
@@ -140,14 +144,14 @@ class _MLP:
     def keep(self, keep: torch.Tensor) -> None:
         """Drop the probes not in ``keep`` from the per-probe tensors."""
         self.ids = self.ids[keep]
-        self.mask, self.labels, self.absent, self.mean, self.std, self.n_train, self.penalty = (
-            t[keep] for t in (self.mask, self.labels, self.absent, self.mean, self.std, self.n_train, self.penalty))
+        self.mask, self.labels, self.absent, self.mean, self.std, self.q, self.n_train, self.penalty = (
+            t[keep] for t in (self.mask, self.labels, self.absent, self.mean, self.std, self.q, self.n_train,
+                              self.penalty))
 
     def finish(self, theta: torch.Tensor, which: torch.Tensor, n_iter: list[int], converged: list[bool]) -> None:
         """The finished probes in the raw feature space."""
-        mask, labels, absent, mean, std = (t[which] for t in (self.mask, self.labels, self.absent, self.mean,
-                                                                 self.std))
-        w1, b1, w2, b2 = self._unpack(theta)
+        mean, std, q = (t[which] for t in (self.mean, self.std, self.q))
+        w1, b1, w2, b2 = self._unpack(theta, q)
         first = w1 / std[:, None, :]
         first_bias = b1 - (first * mean[:, None, :]).sum(dim=2)
         for j, i in enumerate(torch.nonzero(which).flatten().tolist()):

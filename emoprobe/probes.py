@@ -207,7 +207,8 @@ def probe_layer(states: np.ndarray, positions: Sequence[int], problems: Sequence
     :data:`SCORE_COLUMNS` (scores NaN and ``note`` saying why when nothing can be scored; the control's columns
     empty where no control was fitted).
     """
-    # one whitening per position, of all texts, shared by every problem's solve there: it sets the path, not the optimum
+    # one whitening per position, of all texts, shared by every problem's linear solve there: a convex objective's
+    # optimum does not depend on it (the non-linear probes whiten their own training rows: theirs does)
     whitened = {}
     out = []
     for (rows, label_id), by_position in zip(problems, cells):
@@ -231,16 +232,16 @@ def probe_layer(states: np.ndarray, positions: Sequence[int], problems: Sequence
             probes = [Probe(train, y[train], k) for train, _ in splits]
             probes += [Probe(train, shuffled[train], k) for train, _ in splits] if cell.control else []
             probes += [Probe(np.arange(n), y, k)] if cell.directions else []
-            if position not in whitened:
-                whitened[position] = whitening(states[:, list(positions).index(position)])
             if mlp is None:
+                if position not in whitened:
+                    whitened[position] = whitening(states[:, list(positions).index(position)])
                 fits = fit_logistic(x, probes, C=C, max_iter=max_iter, tol=tol, q=whitened[position], device=device)
                 # every fold's (and control's) labels of every text in one product, then each fold's rows read off it
                 labels = predict(x, fits[:len(probes) - cell.directions])
             elif cell.directions:
                 raise ValueError("a non-linear probe has no directions: its grid cells must not ask for them")
             else:
-                fits = fit_mlp(x, probes, **mlp, seed=seed, q=whitened[position], device=device)
+                fits = fit_mlp(x, probes, **mlp, seed=seed, device=device)
                 labels = predict_mlp(x, fits)
             accuracy = []
             for f, (train, test) in enumerate(splits):

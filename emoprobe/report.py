@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -344,49 +345,69 @@ HEATMAP_PANELS = [("zero", "unchanged", "answers changed by zero ablation"),
                   ("patching", "transfer", "patching: source's answer transferred")]
 
 
+class Panel(NamedTuple):
+    """One panel of the intervention figures: location x layer tables of a score and its 95 % interval's ends."""
+
+    title: str
+    value: pd.DataFrame
+    low: pd.DataFrame
+    high: pd.DataFrame
+    share: bool  # a share of answers (drawn on 0-1); else the probes' balanced accuracy (drawn on its own scale)
+
+
 def intervention_panels(accuracy: pd.DataFrame, interventions: pd.DataFrame, model: str, locations: Sequence[str],
-                        subset: str = "all", position: int = -1) -> list[tuple[str, pd.DataFrame]]:
-    """The combined heatmap's panels for one model, each ``(title, location x layer table)``: the probes'
-    balanced accuracy (``subset``'s texts, true label, token ``position``), then each experiment of
-    :data:`HEATMAP_PANELS` in ``interventions`` (ablation as ``1 - unchanged``), over the centre layers."""
+                        subset: str = "all", position: int = -1) -> list[Panel]:
+    """The combined heatmap's panels for one model: the probes' balanced accuracy (``subset``'s texts, true label,
+    token ``position``), then each experiment of :data:`HEATMAP_PANELS` in ``interventions`` (ablation as
+    ``1 - unchanged``, its interval's ends swapped), over the centre layers; each with its 95 % interval."""
     probes = accuracy[(accuracy["model"] == model) & accuracy["location"].isin(locations)
                       & (accuracy["subset"] == subset) & (accuracy["target"] == "label")
                       & (accuracy["position"] == position) & (accuracy["layer"] >= 1)]
-    panels = [(f"probe balanced accuracy ({subset} texts, token {position})",
-               probes.pivot(index="location", columns="layer", values="balanced_accuracy"))]
+    tables = [probes.pivot(index="location", columns="layer", values=column)
+              for column in ("balanced_accuracy", "balanced_low", "balanced_high")]
+    panels = [Panel(f"probe balanced accuracy ({subset} texts, token {position})", *tables, share=False)]
     rows = interventions[interventions["model"] == model]
     for experiment, column, title in HEATMAP_PANELS:
         # not a row of a note saying why there are no conditions
         part = rows[rows["experiment"] == experiment].dropna(subset=["layer"]).astype({"layer": int})
         if part.empty:
             continue
-        values = part[column] if column != "unchanged" else 1 - part[column]
+        if column == "unchanged":
+            values = {"value": 1 - part[column], "low": 1 - part[f"{column}_high"], "high": 1 - part[f"{column}_low"]}
+        else:
+            values = {"value": part[column], "low": part[f"{column}_low"], "high": part[f"{column}_high"]}
         spans = part.groupby("location")["span"].max()
         window = spans[[l for l in spans.index if l != "residual"]].max() if len(spans) > ("residual" in spans) else None
         described = "; ".join(piece for piece in (
             "residual stream: that layer alone" if "residual" in spans else "",
             f"attention, MLP: {window} layers centred on it" if window is not None else "") if piece)
-        panels.append((f"{title} ({described})",
-                       part.assign(value=values).pivot(index="location", columns="layer", values="value")))
-    return [(title, table.reindex([l for l in locations if l in table.index])) for title, table in panels]
+        tables = [part.assign(value=values[key]).pivot(index="location", columns="layer", values="value")
+                  for key in ("value", "low", "high")]
+        panels.append(Panel(f"{title} ({described})", *tables, share=True))
+    return [Panel(panel.title, *(table.reindex([l for l in locations if l in table.index])
+                                 for table in (panel.value, panel.low, panel.high)), panel.share) for panel in panels]
 
 
 def plot_intervention_heatmap(accuracy: pd.DataFrame, interventions: pd.DataFrame, model: str,
                               locations: Sequence[str], subset: str, png: str, pdf: str) -> None:
     """The paper's combined heatmap for one model: location x layer panels, one above the other on the same
-    layer axis, of probing accuracy and of how much each intervention changes the answer."""
+    layer axis, of probing accuracy (on its own colour scale, from its lowest to its highest cell, so that its peak
+    shows) and of how much each intervention changes the answer (shares, on 0-1)."""
     plt = _pyplot()
     import seaborn as sns
 
     panels = intervention_panels(accuracy, interventions, model, locations, subset)
-    n_layers = max(table.columns.max() for _, table in panels)
+    n_layers = max(panel.value.columns.max() for panel in panels)
     figure, axes = plt.subplots(len(panels), 1, figsize=(2 + 0.3 * n_layers, 0.9 + 1.1 * len(panels) * len(locations) / 3),
                                 squeeze=False)
-    for ax, (title, table) in zip(axes[:, 0], panels):
-        table = table.reindex(columns=range(1, int(n_layers) + 1))
+    for ax, panel in zip(axes[:, 0], panels):
+        table = panel.value.reindex(columns=range(1, int(n_layers) + 1))
         ax.set_facecolor("lightgrey")  # a layer without a window (it would leave the model)
-        sns.heatmap(table, ax=ax, vmin=0, vmax=1, cmap="viridis", cbar_kws={"label": "share", "pad": 0.01})
-        ax.set_title(f"{model}: {title}", fontsize=9)
+        scale = {"vmin": 0, "vmax": 1} if panel.share else {"vmin": np.nanmin(table.values),
+                                                            "vmax": np.nanmax(table.values)}
+        sns.heatmap(table, ax=ax, cmap="viridis" if panel.share else "magma", **scale,
+                    cbar_kws={"label": "share" if panel.share else "balanced accuracy", "pad": 0.01})
+        ax.set_title(f"{model}: {panel.title}", fontsize=9)
         ax.set_xlabel("layer (grey: no window there)")
         ax.set_ylabel("")
     figure.tight_layout()
@@ -460,32 +481,40 @@ def plot_surgery(surgery: pd.DataFrame, model: str, png: str, pdf: str) -> None:
 def plot_interventions_by_depth(accuracy: pd.DataFrame, interventions: pd.DataFrame, n_layers: Mapping[str, int],
                                 locations: Sequence[str], subset: str, png: str, pdf: str, position: int = -1) -> None:
     """All models on normalised depth: a row per panel of :func:`intervention_panels` (probing, then each
-    intervention), a column per location, a line per model."""
+    intervention), a column per location, a line per model with its 95 % band (a zig-zag inside the band is noise);
+    the shares on 0-1, the probes' balanced accuracy on its own scale."""
     plt = _pyplot()
 
     models = list(n_layers)
     per_model = {model: intervention_panels(accuracy, interventions, model, locations, subset, position)
                  for model in models}
-    titles = [title.split(" (")[0] for title, _ in per_model[models[0]]]
-    figure, axes = plt.subplots(len(titles), len(locations), figsize=(3.6 * len(locations), 2.3 * len(titles)),
-                                squeeze=False, sharex=True, sharey=True)
-    for row, title in enumerate(titles):
+    first = per_model[models[0]]
+    figure, axes = plt.subplots(len(first), len(locations), figsize=(3.6 * len(locations), 2.3 * len(first)),
+                                squeeze=False, sharex=True, sharey="row")
+    for row, reference in enumerate(first):
+        title = reference.title.split(" (")[0]
         for column, location in enumerate(locations):
             ax = axes[row, column]
             for model in models:
-                table = per_model[model][row][1]
-                if location in table.index:
-                    values = table.loc[location].dropna()
-                    ax.plot(values.index.astype(float) / n_layers[model], values.to_numpy(), marker="o",
-                            markersize=2.5, label=model)
+                panel = per_model[model][row]
+                if location in panel.value.index:
+                    values = panel.value.loc[location].dropna()
+                    depth = values.index.astype(float) / n_layers[model]
+                    [line] = ax.plot(depth, values.to_numpy(), marker="o", markersize=2.5, label=model)
+                    ax.fill_between(depth, panel.low.loc[location, values.index].to_numpy(dtype=float),
+                                    panel.high.loc[location, values.index].to_numpy(dtype=float),
+                                    color=line.get_color(), alpha=0.2, linewidth=0)
             ax.set_title(f"{location}: {title}", fontsize=8)
-            ax.set_ylim(0, 1.02)
             ax.set_xlim(0, 1.02)
-        axes[row, 0].set_ylabel("share")
+            if reference.share:
+                ax.set_ylim(0, 1.02)
+        axes[row, 0].set_ylabel("share" if reference.share else "balanced accuracy")
     for ax in axes[-1]:
         ax.set_xlabel("layer / number of layers")
     axes[0, -1].legend(fontsize=7)
-    figure.tight_layout()
+    figure.text(0.5, 0.0, "bands: 95 % intervals (Wilson; patching: allowing for pairs that share a source; "
+                "probes: Price-Bonett)", ha="center", va="bottom", fontsize=7)
+    figure.tight_layout(rect=(0, 0.02, 1, 1))
     save(figure, png, pdf)
 
 

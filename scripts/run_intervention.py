@@ -8,7 +8,7 @@ from emoprobe.corpus import read_prompts
 from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.forward import tokenize
-from emoprobe.h5io import directions_problems, read_directions_of_layers
+from emoprobe.h5io import directions_problems, read_appraisal_directions, read_directions_of_layers
 from emoprobe.interventions import centre_layers, run_experiment, sample_of
 from emoprobe.io import write_tsv
 from emoprobe.last_token import iter_last_token_batches
@@ -61,10 +61,8 @@ with reported_as_message():
                                                list(range(1, len(blocks) + 1)),
                                                provenance=snakemake.params.directions_provenance)
     elif kind == "surgery":
-        columns = snakemake.params.directions_provenance["appraisals"]
-        directions = {layer: dict(zip(columns, weights)) for layer, (_, weights) in read_directions_of_layers(
-            snakemake.input.directions, "appraisal", list(range(1, len(blocks) + 1)),
-            provenance=snakemake.params.directions_provenance).items()}
+        directions = read_appraisal_directions(snakemake.input.directions, list(range(1, len(blocks) + 1)),
+                                               provenance=snakemake.params.directions_provenance)
 token_ids = tokenize(tokenizer, prompts["prompt"])
 
 

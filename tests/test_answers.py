@@ -44,6 +44,12 @@ def test_answer_tokens_are_distinct_first_tokens(smollm2_lm):
     ids = answer_token_ids(tokenizer, LABELS, {})
     assert len(set(ids)) == len(LABELS)
     assert tokenizer.convert_ids_to_tokens(ids[LABELS.index("joy")]) == "\u0120joy"  # with the leading space
+    # every label paired with its own word's first token: a permutation of the ids would fail here
+    for label, token in zip(LABELS, ids):
+        assert (" " + label).startswith(tokenizer.decode([token])), (label, tokenizer.decode([token]))
+    renamed = answer_token_ids(tokenizer, LABELS, {"neutral": "none"})
+    assert [i for i, (a, b) in enumerate(zip(ids, renamed)) if a != b] == [LABELS.index("neutral")]
+    assert tokenizer.decode([renamed[LABELS.index("neutral")]]) == " none"
     with pytest.raises(ConfigError, match="labels 'anger' and 'guilt' both start with token"):
         answer_token_ids(tokenizer, LABELS, {"guilt": "anger"})
 

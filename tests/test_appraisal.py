@@ -64,3 +64,28 @@ def test_appraisal_directions_are_the_ridge_on_all_texts_in_the_raw_space():
         expected = Ridge(alpha=5.0).fit((x - x.mean(axis=0)) / std, ratings).predict((x - x.mean(axis=0)) / std)
         assert np.allclose(x @ weights[p].T.astype(np.float64) + intercepts[p], expected, rtol=1e-4, atol=1e-3)
     assert np.all(weights[:, :, 3] == 0)
+
+
+def test_each_appraisal_is_read_back_with_its_own_ridge_row(tmp_path):
+    """The directions file pairs each ridge row with an appraisal by its stored class (an index into the file's
+    ``appraisals``), not by row order: rows written in another order than the names, over two jobs' files, come back
+    under their own names, as surgery reads them (:func:`emoprobe.h5io.read_appraisal_directions`)."""
+    from emoprobe import provenance
+    from emoprobe.h5io import read_appraisal_directions, write_directions
+
+    names = ["pleasantness", "urgency", "effort"]
+    classes = np.array([2, 0, 1])  # row j holds appraisal classes[j]
+    attrs = provenance.appraisal_directions("m", names)
+    paths = []
+    for layers in ([1, 2], [3]):
+        # row j of layer l is 100 l + classes[j], everywhere along the hidden axis
+        weights = np.array([[[np.full(4, 100 * layer + c) for c in classes]] for layer in layers], dtype=np.float32)
+        paths.append(tmp_path / f"layers{layers[0]}.h5")
+        write_directions(paths[-1], {"appraisal": {"positions": [-1], "classes": classes, "weights": weights,
+                                                   "intercepts": np.zeros(weights.shape[:3])}}, layers=layers,
+                         attrs=attrs)
+    found = read_appraisal_directions(paths, [1, 2, 3], provenance=attrs)
+    for layer in (1, 2, 3):
+        assert list(found[layer]) == [names[c] for c in classes]
+        for k, name in enumerate(names):
+            assert (found[layer][name] == 100 * layer + k).all(), (layer, name)

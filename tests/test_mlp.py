@@ -10,7 +10,7 @@ from sklearn.preprocessing import StandardScaler
 
 from emoprobe import mlp, probes
 from emoprobe.grid import Cell
-from emoprobe.logistic import Probe, whitening
+from emoprobe.logistic import Probe
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,9 @@ def digits():
 def objective_at(x, train, y, fitted_standardised, alpha):
     """This module's objective at scikit-learn's weights (fitted on the standardised training rows)."""
     x64 = torch.as_tensor(x, dtype=torch.float64)
-    problem = mlp._MLP(x64, whitening(x64), [Probe(train, y[train], 10)], hidden=fitted_standardised.coefs_[0].shape[1],
-                       alpha=alpha)
+    problem = mlp._MLP(x64, [Probe(train, y[train], 10)], hidden=fitted_standardised.coefs_[0].shape[1], alpha=alpha)
     (w1, w2), (b1, b2) = fitted_standardised.coefs_, fitted_standardised.intercepts_
-    m1 = torch.as_tensor(w1.T) @ torch.linalg.inv(problem.q)  # the first layer's weights in whitened coordinates
+    m1 = torch.as_tensor(w1.T) @ torch.linalg.inv(problem.q[0])  # the first layer's weights in whitened coordinates
     theta = torch.cat([m1.reshape(-1), torch.as_tensor(b1), torch.as_tensor(w2.T).reshape(-1), torch.as_tensor(b2)])
     loss, grad, _ = problem.evaluate(theta[None])
     return float(loss[0]), grad
@@ -86,3 +85,27 @@ def test_the_mlp_probe_reads_what_a_linear_probe_cannot():
     # the shuffled-label control is fitted on the same folds and stays near chance
     assert abs(nonlinear.table["control_balanced_accuracy"].iloc[0] - 0.5) < 0.1
     assert nonlinear.directions is None
+
+
+def test_the_rows_a_probe_is_tested_on_cannot_move_its_fit(digits):
+    """The objective is not convex, so whatever sets the start or the parametrisation decides the optimum reached:
+    each probe's standardisation and whitening are its training rows' own, and changing every other row (the fold's
+    test rows) leaves its fit the same to the last bit, through the layer fit the workflow calls."""
+    x, y, train = digits
+    test = np.setdiff1d(np.arange(len(y)), train)
+    settings = {"hidden": 8, "alpha": 1.0, "max_iter": 200, "tol": 1e-5, "seed": 3}
+    fits = mlp.fit_mlp(x, [Probe(train, y[train], 10)], **settings)
+    moved = x.copy()
+    moved[test] = np.random.default_rng(0).standard_normal(moved[test].shape).astype(np.float32) * 50 + 7
+    again = mlp.fit_mlp(moved, [Probe(train, y[train], 10)], **settings)
+    for a, b in zip(fits[0][:4], again[0][:4]):
+        assert a.tobytes() == b.tobytes()
+    # through the layer fit the workflow calls: rows of the layer outside a problem (another subset's texts) do not
+    # move the problem's fits, as a whitening of all the layer's rows did
+    cell = [{-1: Cell(control=False, directions=False)}]
+    split = {"label_names": [str(k) for k in range(10)], "folds": 5, "test_size": 0.2, "seed": 0, "stratify": True}
+    small = {"hidden": 8, "alpha": 1.0, "max_iter": 100, "tol": 1e-5}
+    rows = np.arange(600)
+    [before] = probes.probe_layer(x[:, None], [-1], [(rows, y[rows])], cell, **split, mlp=small)
+    [after] = probes.probe_layer(moved[:, None], [-1], [(rows, y[rows])], cell, **split, mlp=small)
+    assert np.array_equal(before.predictions["predicted"], after.predictions["predicted"])

@@ -135,24 +135,30 @@ def correlated_layers(rng, true_scores, n, rho=0.9, labels=4):
 @pytest.mark.parametrize("case, true_scores", [
     ("every layer the same", [0.4] * 30),
     ("one layer ahead", [0.4] * 29 + [0.5]),
+    ("one layer far ahead", [0.4] * 29 + [0.6]),
     ("a slow rise", list(np.linspace(0.25, 0.45, 30))),
     ("a plateau", list(np.minimum(np.linspace(0.2, 0.6, 30), 0.42))),
+    ("a single layer", [0.4]),
 ])
 def test_the_peaks_interval_covers_the_best_layers_score_though_the_peak_was_chosen(case, true_scores):
-    """400 replicates of 30 correlated layers, 400 texts: the interval of the chosen peak's score covers the best
-    layer's true score in 93-98 % of them (0.95 reads anywhere in 0.93-0.97 at 400 replicates). The pointwise
-    percentile interval of the highest layer, what the tables gave before, covers it in under 85 % where layers tie."""
+    """400 replicates of correlated layers, 400 texts: the nominal 95 % interval of the chosen peak's score covers the
+    best layer's true score in at least 93 % of them (0.95 reads anywhere in 0.93-0.97 at 400 replicates), and, being a
+    union of the layers' bounds, in at most 99.5 %. Before the screening's share was charged to alpha and alpha split
+    over the two sides (a 90 % interval called 95 %), "one layer far ahead" covered in 0.90 and "a single layer" in
+    0.88. The pointwise percentile interval of the highest layer, what the tables gave before that, covers it in under
+    85 % where layers tie."""
     rng = np.random.default_rng(len(case))  # a seed of its own per case, the same in every run
     counts = scores.bootstrap_counts(400, 1000, 7)
+    layers = np.arange(1, len(true_scores) + 1)
     covered, pointwise = [], []
     for _ in range(400):
         y, predicted = correlated_layers(rng, true_scores, 400)
-        row = scores.localise(y, predicted, np.arange(1, 31), counts)
+        row = scores.localise(y, predicted, layers, counts)
         covered.append(row["peak_score_low"] <= max(true_scores) <= row["peak_score_high"])
         replicates = scores.balanced_accuracy_replicates(y, predicted == y, counts)[:, row["peak_layer"] - 1]
         low, high = np.quantile(replicates, [0.025, 0.975])
         pointwise.append(low <= max(true_scores) <= high)
-    assert 0.93 <= np.mean(covered) <= 0.98, np.mean(covered)
+    assert 0.93 <= np.mean(covered) <= 0.995, np.mean(covered)
     if case == "every layer the same":
         assert np.mean(pointwise) < 0.85, np.mean(pointwise)
 
