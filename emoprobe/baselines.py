@@ -18,7 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from emoprobe.probes import cross_validated_table, fold_indices, probe_problem, score_table, scored_rows, unscored_table
+from emoprobe.probes import (cross_validated_table, fold_indices, prior_log2, probe_problem, score_table, scored_rows,
+                             unscored_table)
+from emoprobe.scores import log2_probability_of
 
 
 def text_out_of_fold(texts: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, max_iter: int, tol: float,
@@ -32,6 +34,7 @@ def text_out_of_fold(texts: np.ndarray, y: np.ndarray, n_classes: int, *, C: flo
     splits = fold_indices(y, folds=folds, test_size=test_size, seed=seed, stratify=stratify)
     shuffled = np.random.default_rng(seed).permutation(y)
     predicted, control_predicted = (np.full((1, len(y)), -1, dtype=np.int64) for _ in range(2))
+    log2_probability = np.full((1, len(y)), np.nan)
     majority = np.full(len(y), -1, dtype=np.int64)
     train_accuracy, n_iters = [], []
     for train, test in splits:
@@ -43,10 +46,15 @@ def text_out_of_fold(texts: np.ndarray, y: np.ndarray, n_classes: int, *, C: flo
             n_iters.append(int(np.max(model.n_iter_)))
             if into is predicted:
                 train_accuracy.append(np.mean(model.predict(x_train) == y[train]))
+                # a class its training texts lack has no column: probability 0
+                logits = np.full((len(test), n_classes), -np.inf)
+                logits[:, model.classes_] = model.predict_log_proba(x_test)
+                log2_probability[0, test] = log2_probability_of(logits, y[test])
         majority[test] = np.bincount(y[train], minlength=n_classes).argmax()
     tested = np.sort(np.concatenate([test for _, test in splits]))
     return {"tested": tested, "predicted": predicted[:, tested], "control_predicted": control_predicted[:, tested],
             "shuffled": shuffled, "majority": majority[tested], "train_accuracy": np.array([np.mean(train_accuracy)]),
+            "log2_probability": log2_probability[:, tested], "prior_log2": prior_log2(y, splits, n_classes)[tested],
             "n_train": len(splits[0][0]), "n_test": len(splits[0][1]), "folds": len(splits),
             "n_iter": max(n_iters), "converged": max(n_iters) < max_iter}
 
@@ -73,21 +81,30 @@ def logit_lens_table(label_id: np.ndarray, readout: np.ndarray, layers: Sequence
     Parameters
     ----------
     label_id : int64 [n], the labels to predict (true labels, or the model's final answers)
-    readout : int64 [n_layers, n], the argmax over the label tokens of each layer's logit lens
+    readout : float [n_layers, n, n_labels], each layer's logit lens over the label tokens (in label-id order)
     folds : the probes' folds: the same labels are set aside as for them (:func:`emoprobe.probes.probe_problem`)
 
     Returns
     -------
     A table of ``layer`` and :data:`emoprobe.scores.SCORE_COLUMNS` (``position`` -1) and the predictions
-    (``rows``, ``label_id``, ``predicted`` [n_layers, 1, m]; the control's -1), or None when nothing is scored.
+    (``rows``, ``label_id``, ``predicted`` (the argmax) and ``log2_probability`` (of the label under the softmax
+    over the label tokens) [n_layers, 1, m], ``prior_log2``; the control's -1), or None when nothing is scored.
+    The readout is fitted on nothing, so its reference for usable information is the label frequencies of all the
+    problem's texts (one text of each label added, as :func:`emoprobe.probes.prior_log2` adds).
     """
     problem = probe_problem(label_id, label_names, folds)
     if not problem.scorable:
         return unscored_table(problem, [-1] * len(layers)).assign(layer=list(layers)), None
-    predicted = readout[:, problem.rows]
-    rows = scored_rows(problem.label_id, predicted, problem.labels)
+    logits = readout[:, problem.rows]
+    predicted = logits.argmax(axis=2)
+    log2_probability = log2_probability_of(logits, problem.label_id)
+    counts = np.bincount(problem.label_id, minlength=len(label_names))[problem.label_id] + 1.0
+    prior = np.log2(counts / (len(problem.rows) + len(problem.labels)))
+    rows = scored_rows(problem.label_id, predicted, problem.labels, log2_probability=log2_probability,
+                       prior_log2=prior)
     table = score_table(pd.DataFrame(rows).assign(note=problem.note), [-1] * len(layers))
     table.insert(0, "layer", list(layers))
     predictions = {"rows": problem.rows, "label_id": problem.label_id, "predicted": predicted[:, None],
-                   "control_label_id": np.full(len(problem.rows), -1), "control_predicted": np.full_like(predicted[:, None], -1)}
+                   "control_label_id": np.full(len(problem.rows), -1), "control_predicted": np.full_like(predicted[:, None], -1),
+                   "log2_probability": log2_probability[:, None], "prior_log2": prior}
     return table, predictions

@@ -306,17 +306,20 @@ def write_predictions(path, problems: dict[str, dict], *, layers: Sequence[int],
 
     Layout: ``/layers`` (what the leading axis of every ``predicted`` is) and a group per problem
     (``{subset}/{target}``) holding ``positions`` (int64 [n_positions]: the grid's positions of that problem),
-    ``row_id``, ``label_id`` and ``control_label_id`` (int64 [m]) and ``predicted``, ``control_predicted`` (int8
-    [n_layers, n_positions, m], label ids, -1 where there is no control). Problems with nothing scored are left
-    out.
+    ``row_id``, ``label_id`` and ``control_label_id`` (int64 [m]), ``prior_log2`` (float64 [m]: log2 of each
+    text's label frequency among its fold's training texts, :func:`emoprobe.probes.prior_log2`), ``predicted``,
+    ``control_predicted`` (int8 [n_layers, n_positions, m], label ids, -1 where there is no control) and
+    ``log2_probability`` (float32 [n_layers, n_positions, m]: log2 of the probability the text's fold's probe gave
+    its label; NaN where the predictions come with no probabilities). Problems with nothing scored are left out.
 
     Parameters
     ----------
-    problems : ``{name: {"positions", "row_id", "label_id", "control_label_id": [m], "predicted",
-        "control_predicted": [n_layers, n_positions, m]}}``
+    problems : ``{name: {"positions", "row_id", "label_id", "control_label_id", "prior_log2": [m], "predicted",
+        "control_predicted", "log2_probability": [n_layers, n_positions, m]}}``
     """
     dtypes = {"positions": np.int64, "row_id": np.int64, "label_id": np.int64, "control_label_id": np.int64,
-              "predicted": np.int8, "control_predicted": np.int8}
+              "prior_log2": np.float64, "predicted": np.int8, "control_predicted": np.int8,
+              "log2_probability": np.float32}
     write_problems(path, problems, dtypes, layers=layers, attrs=attrs)
 
 
@@ -325,10 +328,15 @@ def _problem_groups(f: h5py.File) -> list[str]:
     return [f"{subset}/{target}" for subset in f if isinstance(f[subset], h5py.Group) for target in f[subset]]
 
 
+# the arrays of a predictions file stacked along the layers, and the dtype they are read as
+STACKED = {"predicted": np.int64, "control_predicted": np.int64, "log2_probability": np.float64}
+
+
 def read_predictions(paths: Sequence, *, provenance: dict | None = None) -> dict[str, dict]:
     """The predictions of several jobs of one model and location (:func:`write_predictions`), joined along the
-    layers in layer order: ``{problem: {"row_id", "label_id", "control_label_id", "predicted",
-    "control_predicted", "layers", "positions"}}``. Raises :class:`ResultFileError` when the jobs disagree on
+    layers in layer order: ``{problem: {"row_id", "label_id", "control_label_id", "prior_log2", "predicted",
+    "control_predicted", "log2_probability", "layers", "positions"}}`` (the labels and predictions int64, the
+    log2-probabilities float64). Raises :class:`ResultFileError` when the jobs disagree on
     a problem's texts or positions, or a file's attributes differ from ``provenance`` (:func:`check_provenance`)."""
     joined: dict[str, dict] = {}
     for path in paths:
@@ -341,21 +349,21 @@ def read_predictions(paths: Sequence, *, provenance: dict | None = None) -> dict
                 positions = part.pop("positions").tolist()
                 if name not in joined:
                     joined[name] = {**part, "layers": [layers], "positions": positions,
-                                    "predicted": [part["predicted"]], "control_predicted": [part["control_predicted"]]}
+                                    **{key: [part[key]] for key in STACKED}}
                     continue
                 seen = joined[name]
                 if not np.array_equal(seen["row_id"], part["row_id"]) or seen["positions"] != positions:
                     raise ResultFileError(f"{path}: problem {name!r} holds other texts or positions than the "
                                           f"other prediction files of its model and location")
                 seen["layers"].append(layers)
-                seen["predicted"].append(part["predicted"])
-                seen["control_predicted"].append(part["control_predicted"])
+                for key in STACKED:
+                    seen[key].append(part[key])
     for problem in joined.values():
         layers = np.concatenate(problem["layers"])
         order = np.argsort(layers)
         problem["layers"] = layers[order]
-        for key in ("predicted", "control_predicted"):
-            problem[key] = np.concatenate(problem[key]).astype(np.int64)[order]
+        for key, dtype in STACKED.items():
+            problem[key] = np.concatenate(problem[key]).astype(dtype)[order]
     return joined
 
 

@@ -73,17 +73,23 @@ class Fit(NamedTuple):
     converged: bool
 
 
-def predict(x: np.ndarray, fits: Fit | Sequence[Fit]) -> np.ndarray:
-    """Labels ``0..k-1`` a probe (int64 ``[n]``), or each of several probes of as many classes (int64 ``[len(fits),
-    n]``), gives the rows of ``x`` ``[n, d]``; computed in float64 (whose rounding, unlike float32's, moves no argmax
-    with the BLAS's thread count), all probes in one product."""
-    one = isinstance(fits, Fit)
-    fits = [fits] if one else list(fits)
+def logits(x: np.ndarray, fits: Sequence[Fit]) -> np.ndarray:
+    """The logits each of several probes of as many classes gives the rows of ``x`` ``[n, d]``: float64 ``[len(fits),
+    n, k]``, computed in float64 (whose rounding, unlike float32's, moves no argmax with the BLAS's thread count),
+    all probes in one product."""
+    fits = list(fits)
     k = len(fits[0].intercepts)
     weights = np.concatenate([fit.weights for fit in fits]).astype(np.float64)  # [len(fits) * k, d]
     intercepts = np.concatenate([fit.intercepts for fit in fits]).astype(np.float64)
-    logits = np.asarray(x, dtype=np.float64) @ weights.T + intercepts  # [n, len(fits) * k]
-    labels = logits.reshape(len(x), len(fits), k).argmax(axis=2).T
+    product = np.asarray(x, dtype=np.float64) @ weights.T + intercepts  # [n, len(fits) * k]
+    return product.reshape(len(x), len(fits), k).transpose(1, 0, 2)
+
+
+def predict(x: np.ndarray, fits: Fit | Sequence[Fit]) -> np.ndarray:
+    """Labels ``0..k-1`` a probe (int64 ``[n]``), or each of several probes of as many classes (int64 ``[len(fits),
+    n]``), gives the rows of ``x`` ``[n, d]``: the argmax of their :func:`logits`."""
+    one = isinstance(fits, Fit)
+    labels = logits(x, [fits] if one else fits).argmax(axis=2)
     return labels[0] if one else labels
 
 

@@ -43,11 +43,17 @@ class MLPFit(NamedTuple):
     converged: bool
 
 
-def predict_mlp(x: np.ndarray, fits: Sequence[MLPFit]) -> np.ndarray:
-    """Labels ``0..k-1`` each probe gives the rows of ``x`` ``[n, d]``, int64 ``[len(fits), n]``, in float64."""
+def mlp_logits(x: np.ndarray, fits: Sequence[MLPFit]) -> np.ndarray:
+    """The logits each probe gives the rows of ``x`` ``[n, d]``, float64 ``[len(fits), n, k]``, in float64."""
     x = np.asarray(x, dtype=np.float64)
-    return np.stack([(np.maximum(x @ fit.first.T.astype(np.float64) + fit.first_bias, 0) @ fit.second.T.astype(
-        np.float64) + fit.second_bias).argmax(axis=1) for fit in fits])
+    return np.stack([np.maximum(x @ fit.first.T.astype(np.float64) + fit.first_bias, 0) @ fit.second.T.astype(
+        np.float64) + fit.second_bias for fit in fits])
+
+
+def predict_mlp(x: np.ndarray, fits: Sequence[MLPFit]) -> np.ndarray:
+    """Labels ``0..k-1`` each probe gives the rows of ``x`` ``[n, d]``, int64 ``[len(fits), n]``: the argmax of
+    their :func:`mlp_logits`."""
+    return mlp_logits(x, fits).argmax(axis=2)
 
 
 def fit_mlp(x: np.ndarray, probes: Sequence[Probe], *, hidden: int, alpha: float, max_iter: int, tol: float, seed: int,

@@ -20,10 +20,11 @@ import torch
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from emoprobe.grid import Cell
-from emoprobe.logistic import Probe, fit_logistic, predict, whitening
-from emoprobe.mlp import fit_mlp, predict_mlp
+from emoprobe.logistic import Probe, fit_logistic, logits, whitening
+from emoprobe.mlp import fit_mlp, mlp_logits
 from emoprobe.progress import Progress
-from emoprobe.scores import INTEGER_COLUMNS, INTERVAL, SCORE_COLUMNS, balanced_accuracy, score_predictions
+from emoprobe.scores import (INTEGER_COLUMNS, INTERVAL, SCORE_COLUMNS, balanced_accuracy, information_scores,
+                             log2_probability_of, score_predictions)
 
 
 def split_indices(label_id: np.ndarray, test_size: float, seed: int, stratify: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +53,18 @@ def fold_indices(label_id: np.ndarray, *, folds: int, test_size: float, seed: in
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
         return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(label_id, label_id))
+
+
+def prior_log2(y: np.ndarray, splits: Sequence[tuple[np.ndarray, np.ndarray]], n_classes: int) -> np.ndarray:
+    """``log2`` of each tested text's label frequency among its fold's training texts, with one text of each label
+    added (so that a label a fold's training texts lack does not get probability 0): float64 ``[n]``, NaN for a text
+    no fold tests. What predicting from the label frequencies alone gives, the reference of usable information
+    (:func:`emoprobe.scores.information_scores`)."""
+    out = np.full(len(y), np.nan)
+    for train, test in splits:
+        counts = np.bincount(y[train], minlength=n_classes) + 1.0
+        out[test] = np.log2(counts[y[test]] / counts.sum())
+    return out
 
 
 def subset_rows(subset: str, row_id: np.ndarray, answers: pd.DataFrame | None) -> np.ndarray:
@@ -103,18 +116,24 @@ def probe_problem(label_id: np.ndarray, label_names: Sequence[str], folds: int) 
 
 def scored_rows(label_id: np.ndarray, predicted: np.ndarray, labels: np.ndarray, *,
                 control_labels: np.ndarray | None = None, control_predicted: np.ndarray | None = None,
-                majority: np.ndarray | None = None) -> list[dict]:
+                majority: np.ndarray | None = None, log2_probability: np.ndarray | None = None,
+                prior_log2: np.ndarray | None = None) -> list[dict]:
     """One dict of :data:`SCORE_COLUMNS`' scores per row of ``predicted`` (``[n_rows, n]``, label ids).
 
     ``labels``: the label ids of the problem (balanced chance is ``1 / len(labels)``); ``control_*``: the
     shuffled-label control's labels ``[n]`` and predictions ``[n_rows, n]`` (a row of -1: no control fitted
-    there, its columns left empty); ``majority``: the majority-class prediction of each text ``[n]``. Intervals:
-    see :mod:`emoprobe.scores`.
+    there, its columns left empty); ``majority``: the majority-class prediction of each text ``[n]``;
+    ``log2_probability`` ``[n_rows, n]`` and ``prior_log2`` ``[n]``: the held-out log2-probabilities of each text's
+    label under its fold's probe and its fold's training priors (:func:`prior_log2`), for the cross-entropy and
+    usable information (:func:`emoprobe.scores.information_scores`; left empty without them). Intervals: see
+    :mod:`emoprobe.scores`.
     """
     rows = []
     for r in range(len(predicted)):
         row = {"n_texts": len(label_id), "n_labels": len(labels), "balanced_chance": 1.0 / len(labels),
                **score_predictions(label_id, predicted[r], labels), "interval": INTERVAL}
+        if log2_probability is not None:
+            row.update(information_scores(log2_probability[r], prior_log2))
         if control_predicted is not None and (control_predicted[r] >= 0).all():
             row["control_accuracy"] = float(np.mean(control_predicted[r] == control_labels))
             row["control_balanced_accuracy"] = balanced_accuracy(control_labels, control_predicted[r], labels)
@@ -143,6 +162,8 @@ def cross_validated_table(problem: Problem, y: np.ndarray, cv: dict, positions: 
 
     tested : int64 [m], the rows predicted (all ``n`` under k-fold, the test split with ``folds=0``)
     predicted, control_predicted : int64 [P, m], ``0..k-1`` (the control's: a row of -1 where none was fitted)
+    log2_probability : float64 [P, m], log2 of the probability each tested row's fold gave its label; prior_log2 :
+        float64 [m], of its label under the fold's training priors (:func:`prior_log2`)
     shuffled : int64 [n], the control's labels; majority : int64 [m], each tested row's training folds' most
         frequent label (ties: smallest id)
     train_accuracy : float64 [P]; n_iter, converged : per position (the most iterations, all converged)
@@ -150,7 +171,7 @@ def cross_validated_table(problem: Problem, y: np.ndarray, cv: dict, positions: 
 
     Predictions are in label ids: ``rows`` [m] (indices into ``problem``'s texts as ``problem.rows`` gives them),
     ``label_id``, ``predicted`` [P, m], ``control_label_id`` [m] and ``control_predicted`` [P, m] (-1 without a
-    control).
+    control), with ``log2_probability`` [P, m] and ``prior_log2`` [m] as ``cv`` gives them.
     """
     ids = problem.labels
     truth, predicted, majority = ids[y[cv["tested"]]], ids[cv["predicted"]], ids[cv["majority"]]
@@ -158,13 +179,15 @@ def cross_validated_table(problem: Problem, y: np.ndarray, cv: dict, positions: 
     control_labels = ids[cv["shuffled"][cv["tested"]]]
     control_predicted = np.where(fitted[:, None], ids[np.maximum(cv["control_predicted"], 0)], -1)
     rows = scored_rows(truth, predicted, np.unique(truth), control_labels=control_labels,
-                       control_predicted=control_predicted, majority=majority)
+                       control_predicted=control_predicted, majority=majority,
+                       log2_probability=cv["log2_probability"], prior_log2=cv["prior_log2"])
     table = pd.DataFrame(rows).assign(train_accuracy=cv["train_accuracy"], folds=cv["folds"], n_train=cv["n_train"],
                                       n_test=cv["n_test"], n_iter=cv["n_iter"], converged=cv["converged"],
                                       note=problem.note)
     predictions = {"rows": problem.rows[cv["tested"]], "label_id": truth, "predicted": predicted,
                    "control_label_id": control_labels if fitted.any() else np.full(len(truth), -1),
-                   "control_predicted": control_predicted}
+                   "control_predicted": control_predicted, "log2_probability": cv["log2_probability"],
+                   "prior_log2": cv["prior_log2"]}
     return score_table(table, positions), predictions
 
 
@@ -225,6 +248,7 @@ def probe_layer(states: np.ndarray, positions: Sequence[int], problems: Sequence
         shuffled = np.random.default_rng(seed).permutation(y)
         texts = np.asarray(rows)[problem.rows]
         predicted, control_predicted = (np.full((len(wanted), n), -1, dtype=np.int64) for _ in range(2))
+        log2_probability = np.full((len(wanted), n), np.nan)
         train_accuracy, n_iter, converged, fitted_on_all = [], [], [], {}
         for i, position in enumerate(wanted):
             cell = by_position[position]
@@ -236,16 +260,18 @@ def probe_layer(states: np.ndarray, positions: Sequence[int], problems: Sequence
                 if position not in whitened:
                     whitened[position] = whitening(states[:, list(positions).index(position)])
                 fits = fit_logistic(x, probes, C=C, max_iter=max_iter, tol=tol, q=whitened[position], device=device)
-                # every fold's (and control's) labels of every text in one product, then each fold's rows read off it
-                labels = predict(x, fits[:len(probes) - cell.directions])
+                # every fold's (and control's) logits of every text in one product, then each fold's rows read off it
+                outputs = logits(x, fits[:len(probes) - cell.directions])
             elif cell.directions:
                 raise ValueError("a non-linear probe has no directions: its grid cells must not ask for them")
             else:
                 fits = fit_mlp(x, probes, **mlp, seed=seed, device=device)
-                labels = predict_mlp(x, fits)
+                outputs = mlp_logits(x, fits)
+            labels = outputs.argmax(axis=2)
             accuracy = []
             for f, (train, test) in enumerate(splits):
                 predicted[i, test] = labels[f, test]
+                log2_probability[i, test] = log2_probability_of(outputs[f, test], y[test])
                 accuracy.append(np.mean(labels[f, train] == y[train]))
                 if cell.control:
                     control_predicted[i, test] = labels[len(splits) + f, test]
@@ -262,6 +288,7 @@ def probe_layer(states: np.ndarray, positions: Sequence[int], problems: Sequence
             majority[test] = np.bincount(y[train], minlength=k).argmax()
         cv = {"tested": tested, "predicted": predicted[:, tested], "control_predicted": control_predicted[:, tested],
               "shuffled": shuffled, "majority": majority[tested], "train_accuracy": np.asarray(train_accuracy),
+              "log2_probability": log2_probability[:, tested], "prior_log2": prior_log2(y, splits, k)[tested],
               "n_train": len(splits[0][0]), "n_test": len(splits[0][1]), "folds": len(splits), "n_iter": n_iter,
               "converged": converged}
         table, predictions = cross_validated_table(problem, y, cv, wanted)

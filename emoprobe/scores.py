@@ -37,7 +37,8 @@ INTERVAL = "pooled out-of-fold; accuracy: Wilson; balanced accuracy: Price-Bonet
 # The columns of a score table after its keys (the tables of :mod:`emoprobe.probes` and :mod:`emoprobe.baselines`).
 INTEGER_COLUMNS = ["n_texts", "n_labels", "folds", "n_train", "n_test", "n_iter"]
 SCORE_COLUMNS = ["n_texts", "n_labels", "balanced_accuracy", "balanced_low", "balanced_high", "accuracy",
-                 "accuracy_low", "accuracy_high", "kappa", "macro_f1", "control_balanced_accuracy", "control_accuracy",
+                 "accuracy_low", "accuracy_high", "kappa", "macro_f1", "cross_entropy", "label_entropy",
+                 "usable_information", "usable_low", "usable_high", "control_balanced_accuracy", "control_accuracy",
                  "selectivity", "balanced_chance", "majority_accuracy", "train_accuracy", "folds", "n_train", "n_test",
                  "n_iter", "converged", "interval", "note"]
 
@@ -138,6 +139,48 @@ def score_predictions(y: np.ndarray, predicted: np.ndarray, labels: Sequence[int
         "kappa": float(kappa),
         "macro_f1": float(f1_score(y, predicted, labels=labels, average="macro", zero_division=0)),
     }
+
+
+def log2_probability_of(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``log2 softmax(logits)[y]``: float64 ``[..., n]`` from logits ``[..., n, k]`` and labels ``0..k-1`` ``[n]``;
+    -inf where a class's logit is -inf (a probe that cannot give it)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    top = logits.max(axis=-1, keepdims=True)
+    normaliser = np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]
+    true = np.take_along_axis(logits, np.broadcast_to(y[:, None], (*logits.shape[:-1], 1)), axis=-1)[..., 0]
+    return (true - normaliser) / np.log(2)
+
+
+# The bootstrap of the usable information's interval: a fixed number of seeded replicates over texts.
+INFORMATION_REPLICATES, INFORMATION_SEED = 1000, 0
+
+
+def information_scores(log2_probability: np.ndarray, prior_log2: np.ndarray) -> dict[str, float]:
+    """Held-out cross-entropy and usable information of one probe's pooled out-of-fold predictions, in bits.
+
+    Parameters
+    ----------
+    log2_probability : float [n], ``log2`` of the probability each text's own fold's probe gave its label
+    prior_log2 : float [n], ``log2`` of that label's frequency among the fold's training texts (with one text of
+        each label added, so that a label absent from a fold's training texts does not get 0)
+
+    Returns
+    -------
+    dict with ``cross_entropy`` (``-mean log2_probability``), ``label_entropy`` (the same of the training priors:
+    what knowing nothing but the label frequencies costs) and ``usable_information`` = ``label_entropy -
+    cross_entropy`` (Xu et al. 2020's predictive V-information of this fitted probe: the bits of the label its
+    probabilities give beyond the frequencies; negative where the probe is confidently wrong more than it is
+    right), with the studentised bootstrap 95 % interval of the latter (``usable_low``, ``usable_high``) over texts,
+    the two cross-entropies paired on the same resampled texts (:func:`mean_interval`).
+    """
+    gain = np.asarray(log2_probability, dtype=np.float64) - np.asarray(prior_log2, dtype=np.float64)
+    cross_entropy, label_entropy = -float(np.mean(log2_probability)), -float(np.mean(prior_log2))
+    if np.isfinite(gain).all():
+        low, high = mean_interval(gain, INFORMATION_REPLICATES, INFORMATION_SEED, support=(-np.inf, np.inf))
+    else:  # a text whose label its probe gave probability 0: an unbounded cross-entropy
+        low = high = -np.inf
+    return {"cross_entropy": cross_entropy, "label_entropy": label_entropy,
+            "usable_information": label_entropy - cross_entropy, "usable_low": low, "usable_high": high}
 
 
 def landmarks(scores: np.ndarray, peak_margin: float | np.ndarray) -> np.ndarray:

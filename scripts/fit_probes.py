@@ -8,7 +8,7 @@ import torch
 from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.grid import Cell, positions_of
-from emoprobe.h5io import read_layer, write_directions, write_predictions
+from emoprobe.h5io import STACKED, read_layer, write_directions, write_predictions
 from emoprobe.io import write_tsv
 from emoprobe.probes import probe_layer, probe_targets
 from emoprobe.progress import Progress, layer_range
@@ -55,9 +55,9 @@ for layer in layers:
             predicted = result.predictions
             kept = predictions.setdefault(name, {
                 "positions": list(cells[name]), "row_id": meta["row_id"][predicted["rows"]],
-                "label_id": predicted["label_id"], "control_label_id": predicted["control_label_id"],
-                "predicted": [], "control_predicted": []})
-            for key in ("predicted", "control_predicted"):
+                **{key: predicted[key] for key in ("label_id", "control_label_id", "prior_log2")},
+                **{key: [] for key in STACKED}})
+            for key in STACKED:
                 kept[key].append(predicted[key])
         if result.directions is not None:
             fitted_on_all = directions.setdefault(name, {key: result.directions[key] for key in ("classes", "positions")}
@@ -77,7 +77,7 @@ progress.close()
 write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)
 attrs = predictions_provenance(snakemake.wildcards.model, location, labels)
 write_predictions(snakemake.output.predictions,
-                  {name: {**arrays, **{key: np.stack(arrays[key]) for key in ("predicted", "control_predicted")}}
+                  {name: {**arrays, **{key: np.stack(arrays[key]) for key in STACKED}}
                    for name, arrays in predictions.items()}, layers=layers, attrs=attrs)
 write_directions(snakemake.output.directions,
                  {name: {**arrays, **{key: np.stack(arrays[key]) for key in ("weights", "intercepts")}}

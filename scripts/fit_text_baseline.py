@@ -6,7 +6,7 @@ import pandas as pd
 from emoprobe.baselines import text_probe
 from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
-from emoprobe.h5io import write_predictions
+from emoprobe.h5io import STACKED, write_predictions
 from emoprobe.io import write_tsv
 from emoprobe.probes import probe_targets
 from emoprobe.provenance import predictions as predictions_provenance
@@ -27,8 +27,8 @@ for subset, target, rows, label_id in probe_targets(settings["subsets"], setting
     if predicted is not None:  # kept for the paired comparisons with the probes of the same texts (localise)
         predictions[f"{subset}/{target}"] = {
             "positions": [-1], "row_id": prompts["row_id"].to_numpy()[rows][predicted["rows"]],
-            **{key: predicted[key] for key in ("label_id", "control_label_id")},
-            **{key: predicted[key][None] for key in ("predicted", "control_predicted")}}
+            **{key: predicted[key] for key in ("label_id", "control_label_id", "prior_log2")},
+            **{key: predicted[key][None] for key in STACKED}}
     log.info("%s / %s (%d texts): balanced accuracy %.3f, accuracy %.3f; %s", subset, target, len(rows),
              table["balanced_accuracy"].iloc[0], table["accuracy"].iloc[0], table["note"].iloc[0] or "")
 write_tsv(pd.concat(tables, ignore_index=True), snakemake.output.table)

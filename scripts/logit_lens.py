@@ -29,7 +29,7 @@ with reported_as_message():
     for layer in layers:
         path = snakemake.input.states[snakemake.params.chunk_index[layer]]
         states, meta = read_layer(path, layer, "residual", positions=[-1], provenance=snakemake.params.provenance)
-        readout.append(answer_logits(model, states[:, 0], token_ids).argmax(axis=1))
+        readout.append(answer_logits(model, states[:, 0], token_ids))
 readout = np.stack(readout)
 tables, predictions = [], {}
 for subset, target, rows, label_id in probe_targets(settings["subsets"], True, meta["row_id"], meta["label_id"],

@@ -27,8 +27,10 @@ def hidden_states(path):
 def predictions(path):
     predicted = np.zeros((2, 1, 6), np.int8)
     write_predictions(path, {"all/label": {"positions": [-1], "row_id": range(6), "label_id": [0, 1, 2] * 2,
-                                           "control_label_id": [1, 2, 0] * 2, "predicted": predicted,
-                                           "control_predicted": predicted}}, layers=[1, 2], attrs=LABELS)
+                                           "control_label_id": [1, 2, 0] * 2, "prior_log2": np.full(6, -1.58),
+                                           "predicted": predicted, "control_predicted": predicted,
+                                           "log2_probability": np.full((2, 1, 6), -0.5)}}, layers=[1, 2],
+                     attrs=LABELS)
     return lambda: read_predictions([path], provenance=LABELS)
 
 

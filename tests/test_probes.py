@@ -265,12 +265,19 @@ def test_every_probe_of_a_layer_reaches_scikit_learns_scores():
         for p in range(2):
             x = states[rows, p]
             for column, target in (("accuracy", labels), ("control_accuracy", shuffled)):
-                predicted = np.empty(len(rows), dtype=np.int64)
+                predicted, log2_probability = np.empty(len(rows), dtype=np.int64), np.empty(len(rows))
                 for train, test in splits:
                     z, _, _ = standardised(x, train)
                     reference = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(z[train], target[train])
                     predicted[test] = reference.predict(z[test])
+                    log2_probability[test] = reference.predict_log_proba(z[test])[
+                        np.arange(len(test)), np.searchsorted(reference.classes_, target[test])] / np.log(2)
                 assert abs(table[column].iloc[p] - (predicted == target).mean()) <= 3 / len(rows), column
+                if column == "accuracy":  # the held-out cross-entropy, each text's probability of its own label
+                    assert table["cross_entropy"].iloc[p] == pytest.approx(-log2_probability.mean(), abs=2e-3)
+                    stored = result.predictions["log2_probability"][p]  # each text's own, in the probes' rows
+                    gap = np.abs(2 ** stored - 2 ** log2_probability)  # the tolerance's spread, a text or two
+                    assert np.quantile(gap, 0.95) < 0.01 and gap.max() < 0.05
 
 
 def test_the_probe_fitted_on_all_texts_is_kept_in_the_raw_space():
@@ -281,12 +288,12 @@ def test_the_probe_fitted_on_all_texts_is_kept_in_the_raw_space():
     y = rng.choice(4, size=400, p=[0.4, 0.3, 0.2, 0.1])
     states = (rng.normal(size=(400, 2, 30)) * np.linspace(0.1, 20, 30) + 3).astype(np.float32)
     states[:, 0, :4] += np.eye(4)[y] * 1.5
-    rows = np.flatnonzero(y != 3)  # a problem without label 3
+    rows = np.flatnonzero(y != 1)  # a problem without label 1: its probes' rows are classes 0, 2, 3
     settings = dict(folds=5, test_size=0.2, seed=42, stratify=False, **SETTINGS)
     [result] = probes.probe_layer(states, [-1, -2], [(rows, y[rows])], [{-1: Cell(True, True), -2: Cell(False, False)}],
                                   **settings)
     directions = result.directions
-    assert directions["classes"].tolist() == [0, 1, 2] and directions["positions"] == [-1]
+    assert directions["classes"].tolist() == [0, 2, 3] and directions["positions"] == [-1]
     assert directions["weights"].shape == (1, 3, 30) and directions["weights"].dtype == np.float32
     assert directions["intercepts"].shape == (1, 3)
     x = states[rows, 0].astype(np.float64)

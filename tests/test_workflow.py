@@ -111,6 +111,15 @@ def test_accuracy_table_shape_and_ranges(e2e_run):
     residual = every[(every["location"] == "residual") & (every["position"] == -1)]
     assert residual["balanced_accuracy"].max() > 1 / 13 + 0.08 and residual["selectivity"].max() > 0.08
     assert residual.set_index("layer").loc[0, "balanced_accuracy"] <= 1 / 13 + 1e-9
+    # every probe and baseline's held-out bits: usable information = label entropy - cross-entropy, its interval
+    # around it; the label entropy the same for every probe of the same texts and folds (one subset, one set of folds)
+    assert scored[["cross_entropy", "label_entropy", "usable_information"]].notna().all().all()
+    assert np.allclose(scored["usable_information"], scored["label_entropy"] - scored["cross_entropy"])
+    assert ((scored["usable_low"] <= scored["usable_information"] + 1e-9)
+            & (scored["usable_information"] <= scored["usable_high"] + 1e-9)).all()
+    folded = scored[scored["location"] != "logit_lens"].groupby(["subset", "target"])["label_entropy"]
+    assert (folded.max() - folded.min()).max() < 1e-9
+    assert (every["label_entropy"].between(3.0, np.log2(13))).all()  # 13 labels, nearly balanced
     text = (e2e_run / "results/tables/smollm2-135m_accuracy_by_layer.txt").read_text()
     assert "token -1" in text and text.count("peak layer") == 4 * 3 and "text baseline" in text
     assert text.startswith("probes fitted (probe.grid") and "residual all/label: token -1, -2, -3, -4, -5" in text
