@@ -98,8 +98,9 @@ def logit_lens_table(label_id: np.ndarray, readout: np.ndarray, layers: Sequence
     logits = readout[:, problem.rows]
     predicted = logits.argmax(axis=2)
     log2_probability = log2_probability_of(logits, problem.label_id)
-    counts = np.bincount(problem.label_id, minlength=len(label_names))[problem.label_id] + 1.0
-    prior = np.log2(counts / (len(problem.rows) + len(problem.labels)))
+    everything = np.arange(len(problem.rows))
+    prior = prior_log2(np.searchsorted(problem.labels, problem.label_id), [(everything, everything)],
+                       len(problem.labels))
     rows = scored_rows(problem.label_id, predicted, problem.labels, log2_probability=log2_probability,
                        prior_log2=prior)
     table = score_table(pd.DataFrame(rows).assign(note=problem.note), [-1] * len(layers))

@@ -307,10 +307,11 @@ def write_predictions(path, problems: dict[str, dict], *, layers: Sequence[int],
     Layout: ``/layers`` (what the leading axis of every ``predicted`` is) and a group per problem
     (``{subset}/{target}``) holding ``positions`` (int64 [n_positions]: the grid's positions of that problem),
     ``row_id``, ``label_id`` and ``control_label_id`` (int64 [m]), ``prior_log2`` (float64 [m]: log2 of each
-    text's label frequency among its fold's training texts, :func:`emoprobe.probes.prior_log2`), ``predicted``,
-    ``control_predicted`` (int8 [n_layers, n_positions, m], label ids, -1 where there is no control) and
-    ``log2_probability`` (float32 [n_layers, n_positions, m]: log2 of the probability the text's fold's probe gave
-    its label; NaN where the predictions come with no probabilities). Problems with nothing scored are left out.
+    text's label frequency among its fold's training texts, :func:`emoprobe.probes.prior_log2`; for the logit lens,
+    fitted on nothing, among all the problem's texts), ``predicted``, ``control_predicted`` (int8 [n_layers,
+    n_positions, m], label ids, -1 where there is no control) and ``log2_probability`` (float32 [n_layers,
+    n_positions, m]: log2 of the probability the text's fold's probe gave its label). Problems with nothing scored
+    are left out.
 
     Parameters
     ----------
@@ -337,7 +338,8 @@ def read_predictions(paths: Sequence, *, provenance: dict | None = None) -> dict
     layers in layer order: ``{problem: {"row_id", "label_id", "control_label_id", "prior_log2", "predicted",
     "control_predicted", "log2_probability", "layers", "positions"}}`` (the labels and predictions int64, the
     log2-probabilities float64). Raises :class:`ResultFileError` when the jobs disagree on
-    a problem's texts or positions, or a file's attributes differ from ``provenance`` (:func:`check_provenance`)."""
+    a problem's texts, labels, priors or positions, or a file's attributes differ from ``provenance``
+    (:func:`check_provenance`)."""
     joined: dict[str, dict] = {}
     for path in paths:
         with open_file(path) as f:
@@ -352,9 +354,10 @@ def read_predictions(paths: Sequence, *, provenance: dict | None = None) -> dict
                                     **{key: [part[key]] for key in STACKED}}
                     continue
                 seen = joined[name]
-                if not np.array_equal(seen["row_id"], part["row_id"]) or seen["positions"] != positions:
-                    raise ResultFileError(f"{path}: problem {name!r} holds other texts or positions than the "
-                                          f"other prediction files of its model and location")
+                if not all(np.array_equal(seen[key], part[key], equal_nan=key == "prior_log2")
+                           for key in ("row_id", "label_id", "prior_log2")) or seen["positions"] != positions:
+                    raise ResultFileError(f"{path}: problem {name!r} holds other texts, labels, priors or positions "
+                                          f"than the other prediction files of its model and location")
                 seen["layers"].append(layers)
                 for key in STACKED:
                     seen[key].append(part[key])

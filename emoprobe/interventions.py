@@ -175,8 +175,9 @@ def clustered_share(hits: np.ndarray, clusters: np.ndarray) -> tuple[float, floa
     never below Kish's effective number of clusters ``K = n^2 / sum_c n_c^2``, the least the pairs can be worth
     (every cluster's outcomes alike). That variance rests on the clusters, and on few of them when one is large, so
     the critical value is Student's t with ``K - 1`` degrees of freedom. Where the design effect cannot be estimated
-    (``K < 2``: one cluster, or one holding nearly every pair; or every outcome alike) the effective size is ``K``
-    at the normal critical value: one source serving every pair gives the interval of a single outcome.
+    the effective size is ``K``: at that t where every outcome is alike, at the normal critical value where ``K <
+    2`` (one cluster, or one holding nearly every pair): one source serving every pair gives the interval of a
+    single outcome.
     ``tests/test_interventions.py`` checks its coverage by simulation with source effects, from one source to one per
     pair."""
     n = len(hits)
@@ -187,11 +188,12 @@ def clustered_share(hits: np.ndarray, clusters: np.ndarray) -> tuple[float, floa
         return share, low, high
     kish = n ** 2 / float(np.sum(np.bincount(members).astype(np.float64) ** 2))
     effective, z = kish, Z95
-    if 0 < share < 1 and kish >= 2:
-        residual = np.bincount(members, weights=hits - share)
-        robust = len(ids) / (len(ids) - 1) * np.sum(residual ** 2) / n ** 2
-        effective = max(n / max(robust / (share * (1 - share) / n), 1.0), kish)
+    if kish >= 2:
         z = float(stats.t.ppf(0.975, kish - 1))
+        if 0 < share < 1:
+            residual = np.bincount(members, weights=hits - share)
+            robust = len(ids) / (len(ids) - 1) * np.sum(residual ** 2) / n ** 2
+            effective = max(n / max(robust / (share * (1 - share) / n), 1.0), kish)
     low, high = wilson(share * effective, effective, z)
     return share, low, high
 
@@ -329,7 +331,7 @@ def promotion_rows(logits: np.ndarray, clean: np.ndarray, described: Sequence[di
         emotion = description["emotion"]
         change = normalised_change(p_clean[:, emotion], softmax(after)[:, emotion])
         promoted = after.argmax(-1) == emotion
-        change_low, change_high = mean_interval(change, replicates, seed)
+        change_low, change_high = mean_interval(change, replicates, seed, support=(-1.0, 1.0))
         low, high = wilson(int(promoted.sum()), len(promoted))
         rows.append({**description, "n_texts": len(change), "change": change.mean(), "change_low": change_low,
                      "change_high": change_high, "promoted": promoted.mean(), "promoted_low": low,

@@ -97,8 +97,9 @@ def whitening(x: np.ndarray | torch.Tensor, shrinkage: float = PRECONDITIONER_SH
     """``Q = L^-1`` ``[d, d]`` in ``x``'s dtype, with ``L L^T`` the correlation matrix of ``x`` ``[n, d]`` plus
     ``shrinkage I`` (the covariance of the features standardised over all rows).
 
-    Any such ``Q`` gives the probes their optimum; one computed from the rows they are fitted on (or from a
-    superset, shared by several solves) makes L-BFGS converge in tens of steps instead of thousands."""
+    Any such ``Q`` gives the logistic probes their optimum (a convex objective's; the non-linear probes' is not
+    convex, :mod:`emoprobe.mlp`); one computed from the rows they are fitted on (or from a superset, shared by
+    several solves) makes L-BFGS converge in tens of steps instead of thousands."""
     x = torch.as_tensor(x)
     centred = x - x.mean(dim=0)
     cov = (centred.T @ centred).double() / len(x)

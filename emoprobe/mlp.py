@@ -60,8 +60,9 @@ def fit_mlp(x: np.ndarray, probes: Sequence[Probe], *, hidden: int, alpha: float
             device: str | torch.device = "cpu") -> list[MLPFit]:
     """Fit every probe of ``probes`` on the rows of ``x`` ``[n, d]`` (float32, raw) in one batched L-BFGS, in float64
     (a non-convex objective's last steps need its precision), until its objective falls by less than ``tol`` over
-    :data:`N_ITER_NO_CHANGE` iterations or it has had ``max_iter``. Each probe's fit depends on its training rows
-    and ``seed`` alone (its standardisation and whitening are its own rows'), not on the rows it is tested on."""
+    :data:`N_ITER_NO_CHANGE` iterations or it has had ``max_iter``. Each probe's fit depends on its training rows,
+    ``seed`` and its index alone (its standardisation and whitening are its own rows'), not on the rows it is
+    tested on."""
     features = torch.as_tensor(np.ascontiguousarray(x)).to(device=device, dtype=torch.float64)
     problem = _MLP(features, probes, hidden=hidden, alpha=alpha)
     minimise(problem, problem.start(seed), max_iter=max_iter, tol=0.0, stall=(N_ITER_NO_CHANGE, tol))

@@ -31,6 +31,6 @@ def predictions(model: str, location: str, labels: list[str]) -> dict:
 
 
 def appraisal_directions(model: str, appraisals: list[str]) -> dict:
-    """The attributes of an appraisal-directions file: the model and the rated appraisals, in the order of the
-    probes' rows."""
+    """The attributes of an appraisal-directions file: the model and the rated appraisals, which the probes' stored
+    classes index (:func:`emoprobe.h5io.read_appraisal_directions`)."""
     return {"model": model, "appraisals": list(appraisals)}

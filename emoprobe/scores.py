@@ -10,6 +10,8 @@ a t-interval over folds instead treats the folds' overlapping training sets as i
 - accuracy: the Wilson score interval of the pooled outcomes (:func:`wilson`);
 - balanced accuracy (the mean recall over the labels of the subset): Price and Bonett's adjusted Wald interval
   (:func:`balanced_interval`);
+- usable information (bits of the label a probe's held-out probabilities give beyond the label frequencies,
+  :func:`information_scores`): a studentised bootstrap over texts (:func:`mean_interval`);
 - where along the layers a score forms (:func:`localise`): peak, onset and plateau layers with percentile
   intervals from a bootstrap over texts, the same replicates for every layer, position and location of a subset
   (:func:`bootstrap_counts`), so that layers are compared on paired resamples; the peak's score with an interval
@@ -33,7 +35,8 @@ from scipy import stats
 from sklearn.metrics import cohen_kappa_score, f1_score
 
 Z95 = float(stats.norm.ppf(0.975))
-INTERVAL = "pooled out-of-fold; accuracy: Wilson; balanced accuracy: Price-Bonett"
+INTERVAL = ("pooled out-of-fold; accuracy: Wilson; balanced accuracy: Price-Bonett; usable information: studentised "
+            "bootstrap")
 # The columns of a score table after its keys (the tables of :mod:`emoprobe.probes` and :mod:`emoprobe.baselines`).
 INTEGER_COLUMNS = ["n_texts", "n_labels", "folds", "n_train", "n_test", "n_iter"]
 SCORE_COLUMNS = ["n_texts", "n_labels", "balanced_accuracy", "balanced_low", "balanced_high", "accuracy",
@@ -63,6 +66,14 @@ def bootstrap_counts(n: int, replicates: int, seed: int) -> np.ndarray:
     each row summing to ``n``; the same for the same ``(n, replicates, seed)`` (cached: read only)."""
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=replicates).astype(np.float32)
+    counts.flags.writeable = False
+    return counts
+
+
+@functools.lru_cache(maxsize=4)
+def _float64_counts(n: int, replicates: int, seed: int) -> np.ndarray:
+    """:func:`bootstrap_counts` in float64, for sums of float64 values (cached: read only)."""
+    counts = bootstrap_counts(n, replicates, seed).astype(np.float64)
     counts.flags.writeable = False
     return counts
 
@@ -175,10 +186,12 @@ def information_scores(log2_probability: np.ndarray, prior_log2: np.ndarray) -> 
     """
     gain = np.asarray(log2_probability, dtype=np.float64) - np.asarray(prior_log2, dtype=np.float64)
     cross_entropy, label_entropy = -float(np.mean(log2_probability)), -float(np.mean(prior_log2))
-    if np.isfinite(gain).all():
-        low, high = mean_interval(gain, INFORMATION_REPLICATES, INFORMATION_SEED, support=(-np.inf, np.inf))
-    else:  # a text whose label its probe gave probability 0: an unbounded cross-entropy
+    if np.isnan(gain).any():  # no probability (a fit that failed): nothing to say
+        low = high = np.nan
+    elif np.isinf(gain).any():  # a text whose label its probe gave probability 0: an unbounded cross-entropy
         low = high = -np.inf
+    else:
+        low, high = mean_interval(gain, INFORMATION_REPLICATES, INFORMATION_SEED)
     return {"cross_entropy": cross_entropy, "label_entropy": label_entropy,
             "usable_information": label_entropy - cross_entropy, "usable_low": low, "usable_high": high}
 
@@ -237,8 +250,8 @@ def selected_peak_interval(observed: np.ndarray, replicates: np.ndarray, alpha: 
     return max(float(low), 0.0), min(float(high), 1.0)
 
 
-def mean_interval(values: np.ndarray, replicates: int, seed: int, support: tuple[float, float] = (-1.0, 1.0)
-                  ) -> tuple[float, float]:
+def mean_interval(values: np.ndarray, replicates: int, seed: int,
+                  support: tuple[float, float] = (-np.inf, np.inf)) -> tuple[float, float]:
     """Studentised (bootstrap-t) 95 % interval of the mean of ``values`` (``[n]``, within ``support``) over texts.
 
     Each replicate of :func:`bootstrap_counts` gives ``t = (mean* - mean) / se*`` with its own standard error;
@@ -254,10 +267,11 @@ def mean_interval(values: np.ndarray, replicates: int, seed: int, support: tuple
     se = float(values.std(ddof=1)) / np.sqrt(n) if n > 1 else 0.0
     if se == 0:
         return mean, mean
-    counts = bootstrap_counts(n, replicates, seed).astype(np.float64)
-    means = counts @ values / n
-    spread = np.sqrt(np.maximum(counts @ (values * values) / n - means * means, 0.0) / (n - 1))  # se of each
-    t = (means - mean) / np.where(spread > 0, spread, se)
+    counts = _float64_counts(n, replicates, seed)
+    centred = values - mean  # so that a replicate of alike texts leaves no rounding residue in its spread
+    shift = counts @ centred / n  # each replicate's mean minus the sample's
+    spread = np.sqrt(np.maximum(counts @ (centred * centred) / n - shift * shift, 0.0) / (n - 1))  # se of each
+    t = shift / np.where(spread > 1e-9 * se, spread, se)
     upper_t, lower_t = np.quantile(t, [0.975, 0.025])
     return max(mean - float(upper_t) * se, support[0]), min(mean - float(lower_t) * se, support[1])
 

@@ -119,3 +119,21 @@ def test_hidden_states_written_across_chunks_in_any_batch_order_read_back_in_cor
     read, meta = read_layer(path, 3)
     np.testing.assert_array_equal(read, states.astype(np.float32))
     assert meta["row_id"].tolist() == list(range(100, 100 + n))
+
+
+def test_prediction_files_of_one_problem_must_agree_on_its_texts_labels_and_priors(tmp_path):
+    """Two jobs' predictions of one problem are joined along the layers only where they hold the same texts, labels
+    and folds' priors: a job whose priors differ (other folds) is refused by name, not paired with the other's."""
+    def job(path, layer, prior):
+        write_predictions(path, {"all/label": {
+            "positions": [-1], "row_id": range(4), "label_id": [0, 1, 0, 1], "control_label_id": [-1] * 4,
+            "prior_log2": prior, "predicted": np.zeros((1, 1, 4)), "control_predicted": np.full((1, 1, 4), -1),
+            "log2_probability": np.full((1, 1, 4), -0.5)}}, layers=[layer], attrs=LABELS)
+
+    job(tmp_path / "a.h5", 1, np.full(4, -1.0))
+    job(tmp_path / "b.h5", 2, np.full(4, -1.0))
+    joined = read_predictions([tmp_path / "b.h5", tmp_path / "a.h5"], provenance=LABELS)["all/label"]
+    assert joined["layers"].tolist() == [1, 2] and joined["log2_probability"].shape == (2, 1, 4)
+    job(tmp_path / "c.h5", 3, np.array([-1.0, -1.0, -2.0, -1.0]))
+    with pytest.raises(ResultFileError, match="c.h5: problem 'all/label' holds other texts, labels, priors"):
+        read_predictions([tmp_path / "a.h5", tmp_path / "c.h5"], provenance=LABELS)

@@ -197,6 +197,11 @@ def test_usable_information_of_a_worked_example():
     assert sure["cross_entropy"] == pytest.approx(np.log2(8 / 7))
     assert sure["usable_information"] == pytest.approx(1 - np.log2(8 / 7))
     assert wrong["usable_information"] == pytest.approx(1 - 3.0)
+    # no probability at all (a failed fit) says nothing; a probability of 0 costs unbounded bits
+    failed = scores.information_scores(np.r_[np.nan, np.full(99, -1.0)], prior)
+    assert np.isnan([failed["usable_information"], failed["usable_low"], failed["usable_high"]]).all()
+    never = scores.information_scores(np.r_[-np.inf, np.full(99, -1.0)], prior)
+    assert never["usable_information"] == never["usable_high"] == -np.inf
     assert scores.log2_probability_of(np.log([[1.0, 7.0], [3.0, 1.0]]), np.array([1, 1])) == pytest.approx(
         np.log2([7 / 8, 1 / 4]))
 
