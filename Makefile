@@ -28,6 +28,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/probes.py --hidden results/hidden/gemma3-270m/layers01-18.h5 --answers results/answers/gemma3-270m.tsv --layers 1,6,12,18 --converged-layers 6,18
 	$(BIN)/python benchmarks/scaling.py --config configs/paper.yaml
 	$(BIN)/python benchmarks/checksums.py --model resources/models/smollm2-135m --n-prompts 600
+	$(BIN)/python benchmarks/conditional.py --model smollm2-135m --layers 15
 
 # On a machine with a CUDA device, after `make run`: CUDA tests and GPU benchmarks.
 bench-gpu: $(VENV)/.installed

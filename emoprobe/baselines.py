@@ -23,12 +23,19 @@ from emoprobe.probes import (cross_validated_table, fold_indices, prior_log2, pr
 from emoprobe.scores import log2_probability_of
 
 
+def tfidf_vectoriser():
+    """The bag-of-words features: TF-IDF of word uni- and bigrams in at least two of the texts it is fitted on,
+    sublinear term frequencies."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+
+
 def text_out_of_fold(texts: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, max_iter: int, tol: float,
                      folds: int, test_size: float, seed: int, stratify: bool, control: bool) -> dict:
     """The bag-of-words probe's out-of-fold predictions over the probes' folds (:func:`emoprobe.probes.fold_indices`),
     as :func:`emoprobe.probes.cross_validated_table` takes them (one position); with ``control``, also fitted on
     ``y`` shuffled once with ``seed``. The TF-IDF vocabulary and weights are fitted on each fold's training texts."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
     splits = fold_indices(y, folds=folds, test_size=test_size, seed=seed, stratify=stratify)
@@ -38,7 +45,7 @@ def text_out_of_fold(texts: np.ndarray, y: np.ndarray, n_classes: int, *, C: flo
     majority = np.full(len(y), -1, dtype=np.int64)
     train_accuracy, n_iters = [], []
     for train, test in splits:
-        vectoriser = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+        vectoriser = tfidf_vectoriser()
         x_train, x_test = vectoriser.fit_transform(texts[train]), vectoriser.transform(texts[test])
         for labels, into in [(y, predicted)] + ([(shuffled, control_predicted)] if control else []):
             model = LogisticRegression(C=C, max_iter=max_iter, tol=tol).fit(x_train, labels[train])

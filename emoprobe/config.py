@@ -309,6 +309,7 @@ def check_config(config: dict, workdir: Path) -> None:
                 raise ConfigError(f"{key}: {size} is not between 1 and the {model['n_layers']} layers of {name}")
     try:
         cells = grid.cells(config)
+        grid.conditional_cells(config)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     nonlinear = config["probe"]["nonlinear"]

@@ -104,3 +104,26 @@ def describe(grid_cells: dict[str, dict[str, dict[int, Cell]]]) -> str:
                                            ", ".join(map(str, control)))
             lines.append(line)
     return "\n".join(lines)
+
+
+def conditional_cells(config: dict) -> dict[str, dict[str, list[int]]]:
+    """``{location: {problem: [positions]}}`` of the conditional probes (``probe.conditional``), in the config's
+    order; empty where ``locations`` is ``[]``. Names the key and the values the config does not define
+    (``ValueError``)."""
+    settings = config["probe"]["conditional"]
+    picked = {}
+    for key, defined in (("locations", config["locations"]), ("positions", config["positions"]),
+                         ("problems", problems(config["probe"]))):
+        value = settings[key]
+        picked[key] = list(defined) if value == "all" else value
+        stray = [v for v in picked[key] if v not in defined]
+        if stray:
+            raise ValueError(f"probe.conditional.{key}: {stray} are not among the configured {key} {list(defined)}"
+                             + (" (probe.subsets and probe.answer_probe define them; name those to fit, or set "
+                                "probe.conditional.locations: [] for none)" if key == "problems" else ""))
+    if settings["selection_folds"] > settings["inner_folds"]:
+        raise ValueError(f"probe.conditional.selection_folds: {settings['selection_folds']} is more than "
+                         f"inner_folds ({settings['inner_folds']})")
+    return {location: {problem: [p for p in config["positions"] if p in picked["positions"]]
+                       for problem in problems(config["probe"]) if problem in picked["problems"]}
+            for location in config["locations"] if location in picked["locations"]}

@@ -401,6 +401,14 @@ def write_problems(path, problems: dict[str, dict], dtypes: dict, *, layers: Seq
         write_attrs(f, attrs)
 
 
+def read_problems(path, *, provenance: dict | None = None) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
+    """``(layers, {problem: {array name: array}})`` of a file :func:`write_problems` wrote, every array verified;
+    raises :class:`ResultFileError` naming the file when its attributes differ from ``provenance``."""
+    with open_file(path) as f:
+        check_provenance(path, dict(f.attrs), provenance)
+        return read(f["layers"]), {name: {key: read(f[name][key]) for key in f[name]} for name in _problem_groups(f)}
+
+
 def read_directions(path, name: str, layer: int, position: int = -1, *, provenance: dict | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(classes, weights [k, hidden], intercepts [k])`` of problem ``name``'s probe at ``layer`` and
@@ -455,6 +463,29 @@ def read_appraisal_directions(paths: Sequence, layers: Sequence[int], position: 
     names = list(provenance["appraisals"])
     return {layer: {names[int(c)]: row for c, row in zip(classes, weights)} for layer, (classes, weights) in
             read_directions_of_layers(paths, "appraisal", layers, position, provenance=provenance).items()}
+
+
+def write_word_embeddings(path, row_id: np.ndarray, embeddings: np.ndarray, *, attrs: dict) -> None:
+    """Store each text's mean word embedding (:func:`emoprobe.words.mean_word_embeddings`) atomically: ``row_id``
+    int64 [n] and ``embeddings`` float32 [n, hidden], the file attributes ``attrs``."""
+    with atomic_path(path) as partial, create_file(partial) as f:
+        create_dataset(f, "row_id", np.asarray(row_id, dtype=np.int64))
+        create_dataset(f, "embeddings", np.asarray(embeddings, dtype=np.float32))
+        write_attrs(f, attrs)
+
+
+def read_word_embeddings(path, row_id: np.ndarray, *, provenance: dict | None = None) -> np.ndarray:
+    """The stored word embeddings (:func:`write_word_embeddings`) of the texts ``row_id``, in that order, float32
+    [len(row_id), hidden]; raises :class:`ResultFileError` naming the file when it lacks a text or its attributes
+    differ from ``provenance``."""
+    with open_file(path) as f:
+        check_provenance(path, dict(f.attrs), provenance)
+        stored, embeddings = read(f["row_id"]), read(f["embeddings"])
+    where = {int(r): i for i, r in enumerate(stored)}
+    missing = [int(r) for r in row_id if int(r) not in where]
+    if missing:
+        raise ResultFileError(f"{path}: no word embeddings of texts {missing[:5]} ({len(missing)} missing): {REBUILD}")
+    return embeddings[[where[int(r)] for r in row_id]]
 
 
 def write_attention(path, row_id: np.ndarray, shares: np.ndarray, kept: dict[int, tuple[Sequence[str], np.ndarray]],

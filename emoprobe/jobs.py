@@ -9,7 +9,7 @@ workflow writes; it decides how the work is split and scheduled.
 from __future__ import annotations
 
 from emoprobe.experiments import EXPERIMENTS
-from emoprobe.grid import cells as grid_cells, fits_per_layer, nonlinear_cells
+from emoprobe.grid import cells as grid_cells, conditional_cells, fits_per_layer, nonlinear_cells
 
 # Tokens per prompt for the runtime requests: the two-shot prompts average 58 with SmolLM2's tokenizer
 # (benchmarks/scaling.py), the zero-shot ones fewer.
@@ -125,6 +125,25 @@ def nonlinear_runtime(config: dict, model: str, location: str, n_texts: int, att
     layers = sum(last - first + 1 for first, last in probe_groups(config, model, location))
     values = n_texts * config["models"][model]["hidden_size"] * settings["hidden"] / 1e6
     return int(10 + NONLINEAR_SECONDS * settings["max_iter"] * fits * values * layers / 60) * attempt
+
+
+def conditional_runtime(config: dict, model: str, location: str, n_texts: int, attempt: int) -> int:
+    """Minutes for the conditional probes of ``location`` (every layer): per layer, cell (problem and position) and
+    baseline, each fold's fits (the penalties fitted, on ``selection_folds`` inner folds, and the chosen one) at
+    :data:`PROBE_SECONDS` per million values of the layer, as :func:`probe_seconds` scales them; plus ten minutes for
+    loading and five per problem for the baselines' own fits (the text probe's on the CPU)."""
+    settings = config["probe"]["conditional"]
+    cells = conditional_cells(config).get(location, {})
+    fitted = sum(C != 0 for C in settings["C"])
+    folds = max(config["probe"]["folds"], 1)
+    fits = sum(map(len, cells.values())) * (1 + len(settings["baselines"])) * folds * (
+        fitted * settings["selection_folds"] + 1)
+    width = config["models"][model]["hidden_size"]
+    n_train = max(n_texts * (1 - 1 / max(folds, 2)), 1)
+    scale = (1 + width / n_train) / (1 + 576 / 5280)
+    layers = sum(last - first + 1 for first, last in probe_groups(config, model, location))
+    seconds = PROBE_SECONDS * fits * n_texts * width / 1e6 * scale * layers
+    return int(10 + 5 * len(cells) + seconds / 60) * attempt
 
 
 def appraisal_mem_mb(config: dict, model: str, n_texts: int, attempt: int) -> int:

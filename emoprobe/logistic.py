@@ -55,13 +55,16 @@ CLASS_DAMPING = 1e-2
 
 
 class Probe(NamedTuple):
-    """One probe to fit: its training rows (indices into the features), their labels ``0..n_classes-1``, and
-    where to start (raw-space weights ``[n_classes, d]`` and intercepts ``[n_classes]``; None: from zero)."""
+    """One probe to fit: its training rows (indices into the features), their labels ``0..n_classes-1``, where to
+    start (raw-space weights ``[n_classes, d]`` and intercepts ``[n_classes]``; None: from zero), its own ``C``
+    (None: the solve's), and which of the solve's ``offsets`` its logits add (None: none)."""
 
     train: np.ndarray
     labels: np.ndarray
     n_classes: int
     start: tuple[np.ndarray, np.ndarray] | None = None
+    C: float | None = None
+    offset: int | None = None
 
 
 class Fit(NamedTuple):
@@ -139,10 +142,15 @@ def _layout(probes: Sequence[Probe], n_rows: int) -> _Layout:
 
 
 def fit_logistic(x: np.ndarray | torch.Tensor, probes: Sequence[Probe], *, C: float, max_iter: int, tol: float,
-                 q: torch.Tensor | None = None, device: str | torch.device = "cpu") -> list[Fit]:
+                 q: torch.Tensor | None = None, device: str | torch.device = "cpu",
+                 offsets: np.ndarray | None = None) -> list[Fit]:
     """Fit every probe of ``probes`` on the rows of ``x`` ``[n, d]`` (float32, raw: each probe is standardised
     with its own training rows) in one batched L-BFGS; see the module docstring. ``q``: the :func:`whitening` to use
     (e.g. one of all texts, shared by the solves of a position); default: that of the rows the probes train on.
+    ``C``: the penalty of every probe that gives none of its own. ``offsets``: float ``[G, n, K]`` (``K`` the most
+    classes of any probe), fixed logits that a probe with ``offset`` ``g`` adds to its own on every row,
+    ``softmax(offsets[g, i] + W z_i + b)``: a probe of what the features add to another model's log-probabilities
+    (:mod:`emoprobe.conditional`); its :class:`Fit` holds its own weights only.
 
     Returns one :class:`Fit` per probe, in order: raw-space weights and intercepts, the probe's iterations and
     whether its gradient met ``tol``.
@@ -158,16 +166,20 @@ def fit_logistic(x: np.ndarray | torch.Tensor, probes: Sequence[Probe], *, C: fl
     ordered = ordered - shift
     shift = shift.double()
     q = whitening(ordered) if q is None else q.to(device=features.device, dtype=features.dtype)
-    fits = _Solve(ordered, q, layout, [_shifted(p, shift) for p in probes], C=C, shift=shift).run(
-        max_iter=max_iter, tol=tol)
+    fixed = None if offsets is None else torch.as_tensor(
+        np.ascontiguousarray(np.asarray(offsets)[:, layout.order].transpose(0, 2, 1)), device=features.device)
+    fits = _Solve(ordered, q, layout, [_shifted(p, shift) for p in probes], C=C, shift=shift,
+                  offsets=None if fixed is None else fixed.to(ordered.dtype)).run(max_iter=max_iter, tol=tol)
     stalled = [i for i, fit in enumerate(fits) if not fit.converged and fit.n_iter < max_iter]
     if stalled and ordered.dtype != torch.float64:
         again = [probes[i]._replace(start=(fits[i].weights, fits[i].intercepts)) for i in stalled]
         again = [_shifted(p, shift) for p in again]
         more_layout = _layout(again, len(features))
         rows = torch.as_tensor(more_layout.order, device=features.device)
-        more = _Solve(features[rows].double() - shift, q.double(), more_layout, again, C=C, shift=shift).run(
-            max_iter=max_iter, tol=tol, used=[fits[i].n_iter for i in stalled])
+        more_fixed = None if offsets is None else torch.as_tensor(np.ascontiguousarray(
+            np.asarray(offsets, dtype=np.float64)[:, more_layout.order].transpose(0, 2, 1)), device=features.device)
+        more = _Solve(features[rows].double() - shift, q.double(), more_layout, again, C=C, shift=shift,
+                      offsets=more_fixed).run(max_iter=max_iter, tol=tol, used=[fits[i].n_iter for i in stalled])
         for i, fit in zip(stalled, more):
             fits[i] = fit
     return fits
@@ -190,7 +202,7 @@ class _Solve:
     """
 
     def __init__(self, features: torch.Tensor, q: torch.Tensor, layout: _Layout, probes: Sequence[Probe], *,
-                 C: float, shift: torch.Tensor):
+                 C: float, shift: torch.Tensor, offsets: torch.Tensor | None = None):
         self.features, self.q = features, q
         self.shift = shift  # the features are x - shift of the raw x
         self.dtype, self.device = features.dtype, features.device
@@ -215,7 +227,13 @@ class _Solve:
         for b, probe in enumerate(probes):
             self.absent[b, probe.n_classes:] = float("-inf")
         self.n_train = n_train
-        self.penalty = 1.0 / (C * n_train)
+        strength = torch.as_tensor([C if p.C is None else p.C for p in probes], dtype=self.dtype, device=self.device)
+        self.penalty = 1.0 / (strength * n_train)
+        # each probe's fixed logits [K, n_used] (offsets[g], in the layout's row order), or none
+        self.offsets = offsets
+        if offsets is None and any(p.offset is not None for p in probes):
+            raise ValueError("a probe asks for offsets, but the solve has none")
+        self.group = torch.as_tensor([-1 if p.offset is None else p.offset for p in probes], device=self.device)
         self.labels = torch.as_tensor(layout.labels, device=self.device)
         self.ids = torch.arange(B, device=self.device)  # which probe each active row is
         self._blocks()
@@ -261,6 +279,11 @@ class _Solve:
             m = len(at)
             logits = (raw_rows[at].view(m * K, d) @ rows.T).view(m, K, stop - start)
             logits += intercept[at][:, :, None]
+            if self.offsets is not None:
+                group = self.group[at]
+                with_offset = group >= 0
+                if with_offset.any():
+                    logits[with_offset] += self.offsets[group[with_offset], :, start:stop]
             top = logits.amax(dim=1)
             true = logits.gather(1, labels)[:, 0]
             p = logits.sub_(top[:, None]).exp_()
@@ -317,8 +340,8 @@ class _Solve:
     def keep(self, keep: torch.Tensor) -> None:
         """Drop the probes not in ``keep`` (a mask over the active ones) from the per-probe tensors."""
         self.ids = self.ids[keep]
-        self.mean, self.std, self.absent, self.n_train, self.penalty = (
-            t[keep] for t in (self.mean, self.std, self.absent, self.n_train, self.penalty))
+        self.mean, self.std, self.absent, self.n_train, self.penalty, self.group = (
+            t[keep] for t in (self.mean, self.std, self.absent, self.n_train, self.penalty, self.group))
         self._blocks()
 
     def precondition(self, inverse: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

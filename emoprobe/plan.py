@@ -29,6 +29,9 @@ NONLINEAR = "results/probes/{model}/{location}/nonlinear.tsv"
 APPRAISAL = "results/appraisal/{model}"  # + .tsv, .directions.h5
 BASELINE = "results/baselines/{model}/{baseline}"  # + .tsv, .predictions.h5
 LOCALISATION = "results/localisation/{model}.tsv"
+WORDS = "results/baselines/{model}/words.h5"  # each text's mean word embedding
+CONDITIONAL = "results/conditional/{model}/{location}"  # + .tsv, .h5
+CONDITIONAL_LOCALISATION = "results/conditional/{model}.localisation.tsv"
 INTERVENTION = "results/interventions/{model}/{experiment}.tsv"
 ATTENTION = "results/attention/{model}"  # + .tsv, .h5
 TEXT_TABLE = "results/tables/{model}_accuracy_by_layer.txt"
@@ -36,6 +39,8 @@ FIGURE = "results/figures/{figure}.{suffix}"
 # the tables of every model
 ACCURACY = "results/accuracy.tsv"
 LOCALISATIONS = "results/localisation.tsv"
+CONDITIONAL_TABLE = "results/conditional.tsv"
+CONDITIONAL_LOCALISATIONS = "results/conditional_localisation.tsv"
 INTERVENTIONS = "results/interventions.tsv"
 SUBSETS = "results/subsets.tsv"
 ANSWER_SUMMARY = "results/answers.tsv"
@@ -214,8 +219,8 @@ def uses_answers(config: dict) -> bool:
 
 def probe_settings(config: dict) -> dict:
     """The probe settings that decide a linear probe's fit and scores: not the grid (a job's cells are its own
-    param), the non-linear probes, the job layout or the localisation's bootstrap."""
-    decided_elsewhere = ("grid", "nonlinear", "bootstrap")
+    param), the non-linear or conditional probes, the job layout or the localisation's bootstrap."""
+    decided_elsewhere = ("grid", "nonlinear", "conditional", "bootstrap")
     return {k: v for k, v in without_scheduling("probe", config["probe"]).items() if k not in decided_elsewhere}
 
 
@@ -428,6 +433,49 @@ def recorded_config(config: dict) -> dict:
     return recorded
 
 
+def words_provenance(config: dict, model: str) -> dict:
+    """The attributes of ``model``'s word-embeddings file (:func:`emoprobe.provenance.word_embeddings`)."""
+    return provenance.word_embeddings(model_identity(config, model), sample(config))
+
+
+def conditional_settings(config: dict) -> dict:
+    """What decides the conditional probes' fits and scores (where they are fitted is each job's own param): their
+    penalties and inner folds, the probes' folds and trainer settings."""
+    where = ("locations", "positions", "problems")
+    return {**{k: v for k, v in config["probe"]["conditional"].items() if k not in where},
+            **split_settings(config), **{key: config["probe"][key] for key in ("max_iter", "tol", "device")}}
+
+
+def conditional_uses_answers(config: dict) -> bool:
+    """Whether a conditional probe's problem needs the models' answers (a subset of them, or the answer target)."""
+    return any(problem != "all/label" for cells in grid.conditional_cells(config).values() for problem in cells)
+
+
+def conditional_baselines(config: dict) -> list[str]:
+    """The conditional probes' baselines in the order of their files' axis: the label frequencies, then the
+    configured ones."""
+    return ["frequencies", *config["probe"]["conditional"]["baselines"]]
+
+
+def conditional_cells(config: dict, location: str) -> dict[str, list[int]]:
+    """``{problem: [positions]}`` of the conditional probes at ``location`` (:func:`emoprobe.grid.conditional_cells`)."""
+    return grid.conditional_cells(config)[location]
+
+
+def conditional_jobs(config: dict, model: str) -> list[dict]:
+    """``model``'s conditional probe jobs, as its localisation reads them: the location, the job's index into the
+    lists of files (:func:`conditional_files`), and the provenance of its file."""
+    return [{"index": i, "location": location,
+             "provenance": provenance.conditional(model, location, labels(config), conditional_baselines(config))}
+            for i, location in enumerate(grid.conditional_cells(config))]
+
+
+def conditional_files(config: dict, model: str, suffix: str) -> list[str]:
+    """``model``'s conditional probe jobs' files (``tsv`` or ``h5``), in the order of :func:`conditional_jobs`."""
+    return [f"{path(CONDITIONAL, model=model, location=location)}.{suffix}"
+            for location in grid.conditional_cells(config)]
+
+
 def all_targets(config: dict) -> list[str]:
     """Every table and figure of the configured run."""
     models = list(config["models"])
@@ -435,6 +483,9 @@ def all_targets(config: dict) -> list[str]:
     figures += [f"{kind}/{model}" for kind in ("layer_position", "confusion") for model in models]
     tables = [ACCURACY, LOCALISATIONS, SUBSETS, ANSWER_SUMMARY, RECORDED_CONFIG]
     tables += [path(TEXT_TABLE, model=model) for model in models]
+    if grid.conditional_cells(config):
+        tables += [CONDITIONAL_TABLE, CONDITIONAL_LOCALISATIONS]
+        figures += [f"conditional/{model}" for model in models]
     if config["dataset"]["appraisal_columns"]:
         figures += [f"appraisal_r2/{model}" for model in models]
         tables.append(APPRAISAL_R2)

@@ -34,3 +34,17 @@ def appraisal_directions(model: str, appraisals: list[str]) -> dict:
     """The attributes of an appraisal-directions file: the model and the rated appraisals, which the probes' stored
     classes index (:func:`emoprobe.h5io.read_appraisal_directions`)."""
     return {"model": model, "appraisals": list(appraisals)}
+
+
+def word_embeddings(identity: dict, sample: dict) -> dict:
+    """The attributes of a word-embeddings file (:func:`emoprobe.h5io.write_word_embeddings`): the model
+    (``identity``, as :func:`hidden_states` takes it) and the sample of texts."""
+    source = identity["source"]
+    return {"model": identity["name"], "source": {source: identity[source]}, "dataset_limit": int(sample["limit"]),
+            "dataset_seed": int(sample["seed"])}
+
+
+def conditional(model: str, location: str, labels: list[str], baselines: list[str]) -> dict:
+    """The attributes of a conditional probes' file (:data:`emoprobe.conditional.PROBABILITY_DTYPES`): as
+    :func:`predictions`', and the baselines in the order their axis indexes them."""
+    return {**predictions(model, location, labels), "baselines": list(baselines)}

@@ -518,6 +518,55 @@ def plot_interventions_by_depth(accuracy: pd.DataFrame, interventions: pd.DataFr
     save(figure, png, pdf)
 
 
+CONDITIONAL_NAMES = {"frequencies": ("alone (beyond the label frequencies)", None),
+                     "text": ("beyond the text's words (TF-IDF probe)", "the TF-IDF probe alone"),
+                     "words": ("beyond the words' mean input embedding", "the words' embedding alone")}
+
+
+def plot_conditional(table: pd.DataFrame, localisation: pd.DataFrame, model: str, png: str, pdf: str) -> None:
+    """What each layer of ``model`` adds in bits (results/conditional.tsv): a panel per location, problem and token
+    position, a line per baseline with its 95 % band and its peak (results/conditional_localisation.tsv), and
+    each baseline's own usable information as a dashed line of its colour: a layer can add to the words only what
+    they leave open, so the two read together."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    rows = table[table["model"] == model]
+    panels = list(rows.groupby(["location", "subset", "target", "position"], sort=False))
+    if not panels:
+        plot_note("no conditional probe could be scored: each of its problems has fewer than two labels with as many "
+                  "texts as folds (results/subsets.tsv)", f"{model}: usable information by layer", png, pdf)
+        return
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.8 * len(panels), 3.8), squeeze=False)
+    for ax, ((location, subset, target, position), panel) in zip(axes[0], panels):
+        for baseline, lines in panel.groupby("baseline", sort=False):
+            lines = lines.sort_values("layer")
+            beyond, alone = CONDITIONAL_NAMES.get(baseline, (f"beyond {baseline}", f"{baseline} alone"))
+            [line] = ax.plot(lines["layer"], lines["information"], marker="o", markersize=2.5, label=beyond)
+            ax.fill_between(lines["layer"], lines["information_low"], lines["information_high"],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+            if alone is not None:
+                ax.axhline(lines["baseline_information"].iloc[0], color=line.get_color(), linestyle="--",
+                           linewidth=0.8, label=f"{alone}: {lines['baseline_information'].iloc[0]:.2f}")
+            peak = localisation[(localisation["location"] == location) & (localisation["subset"] == subset)
+                                & (localisation["target"] == target) & (localisation["position"] == position)
+                                & (localisation["baseline"] == baseline)]
+            if len(peak):
+                ax.plot(peak["peak_layer"], peak["peak_information"], marker=LANDMARKS["peak"], color=line.get_color(),
+                        markersize=7, markeredgecolor="black", linestyle="none")
+        ax.axhline(0, color="grey", linewidth=0.6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{model} {location}, {subset} / {target}, token {position} (label entropy "
+                     f"{panel['label_entropy'].iloc[0]:.2f} bits)", fontsize=9)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("usable information (bits)")
+        ax.legend(fontsize=7)
+    figure.text(0.5, 0.0, "bands: 95 % studentised bootstrap over texts; triangles: peak layers; dashed: each baseline "
+                "alone (recalibrated)", ha="center", va="bottom", fontsize=7)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    save(figure, png, pdf)
+
+
 def plot_attention(attention: pd.DataFrame, patching: pd.DataFrame | None, model: str, png: str, pdf: str) -> None:
     """Where the last token reads the event: the mean share of its attention on the event text, layer x head, and
     beside it, on the same layers, the share of answers that patching the attention output transfers (its windows'

@@ -220,8 +220,8 @@ def landmarks(scores: np.ndarray, peak_margin: float | np.ndarray) -> np.ndarray
     return np.stack([peak, onset, plateau], axis=-1)
 
 
-def selected_peak_interval(observed: np.ndarray, replicates: np.ndarray, alpha: float = 0.05, beta: float = 0.005
-                           ) -> tuple[float, float]:
+def selected_peak_interval(observed: np.ndarray, replicates: np.ndarray, alpha: float = 0.05, beta: float = 0.005,
+                           support: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
     """A ``1 - alpha`` interval of the best layer's true score, allowing for the best having been chosen among the
     layers on the same texts (the highest of many noisy scores overstates its layer: with 30 layers of one true score
     the pointwise interval of the highest covers that score in under half of the replicates).
@@ -236,6 +236,7 @@ def selected_peak_interval(observed: np.ndarray, replicates: np.ndarray, alpha: 
     side misses at most ``alpha / 2`` of the time, the upper side's share split between the screening and the bound.
     By the union of the layers' bounds the interval is conservative where several layers may be the best: in the
     simulations of ``tests/test_scores.py`` it covers in 95-99 % of replicates, from a single layer to 30 tied ones.
+    The interval is clipped to ``support`` (a balanced accuracy's [0, 1]; bits are unbounded).
     """
     if not 0 < beta < alpha / 2:
         raise ValueError(f"the screening's beta = {beta} must lie in (0, alpha / 2 = {alpha / 2})")
@@ -247,7 +248,7 @@ def selected_peak_interval(observed: np.ndarray, replicates: np.ndarray, alpha: 
     c = np.quantile(t[:, maybe].max(axis=1), 1 - alpha / 2)
     z = float(stats.norm.ppf(1 - (alpha / 2 - beta)))
     low, high = np.max((observed - c * se)[maybe]), np.max((observed + z * se)[maybe])
-    return max(float(low), 0.0), min(float(high), 1.0)
+    return max(float(low), support[0]), min(float(high), support[1])
 
 
 def mean_interval(values: np.ndarray, replicates: int, seed: int,
@@ -283,36 +284,30 @@ def paired_difference(first: np.ndarray, second: np.ndarray) -> tuple[float, flo
     return float(low), float(high)
 
 
-def localise(y: np.ndarray, predicted: np.ndarray, layers: Sequence[int], counts: np.ndarray,
-             baseline: np.ndarray | None = None) -> dict[str, float]:
-    """Where along the layers a probe's balanced accuracy forms, with bootstrap intervals over texts.
+def locate(observed: np.ndarray, replicates: np.ndarray, layers: Sequence[int],
+           support: tuple[float, float] = (0.0, 1.0)) -> dict[str, float]:
+    """Where along the layers a score forms, with bootstrap intervals over texts.
 
-    The peak's score comes with :func:`selected_peak_interval`; the plateau's margin is the peak's score minus that
-    interval's lower end, fixed from the full sample and reused in every replicate; each replicate recomputes the
-    peak, onset and plateau start on the same resampled texts for every layer.
+    The peak's score comes with :func:`selected_peak_interval` (clipped to ``support``); the plateau's margin is the
+    peak's score minus that interval's lower end, fixed from the full sample and reused in every replicate; each
+    replicate recomputes the peak, onset and plateau start on the same resampled texts for every layer.
 
     Parameters
     ----------
-    y : int array [n]
-    predicted : int array [n_layers, n], each layer's pooled out-of-fold predictions
-    layers : the layer number of each row of ``predicted``
-    counts : float32 [B, n], the bootstrap replicates (:func:`bootstrap_counts`)
-    baseline : int array [n], another probe's predictions of the same texts (the text probe), or None
+    observed : float [n_layers], each layer's score on all texts
+    replicates : float [B, n_layers], the scores of bootstrap replicates of the texts (the same for every layer)
+    layers : the layer number of each entry of ``observed``
 
     Returns
     -------
     dict with ``{peak, onset, plateau}_layer`` and their ``_low``/``_high`` (2.5 and 97.5 % quantiles of the
-    replicates' layers), ``peak_score, peak_score_low, peak_score_high, first_layer_score``, the paired differences
-    ``peak_minus_first`` (the peak layer's score minus the first layer's) and, with ``baseline``,
-    ``peak_minus_baseline``, each with ``_low``/``_high`` (paired percentile bootstrap, at the peak layer chosen on all
-    texts).
+    replicates' layers), ``peak_score, peak_score_low, peak_score_high, first_layer_score`` and ``peak_minus_first``
+    (the peak layer's score minus the first layer's, paired percentile bootstrap at the peak chosen on all texts)
+    with ``_low``/``_high``.
     """
     layers = np.asarray(layers)
-    correct = predicted == y
-    observed = np.array([balanced_accuracy(y, p) for p in predicted])
-    replicates = balanced_accuracy_replicates(y, correct, counts)  # [B, n_layers]
     peak = int(observed.argmax())
-    peak_low, peak_high = selected_peak_interval(observed, replicates)
+    peak_low, peak_high = selected_peak_interval(observed, replicates, support=support)
     margin = observed[peak] - peak_low
     point = landmarks(observed, margin)
     resampled = landmarks(replicates, margin)  # [B, 3]
@@ -325,7 +320,32 @@ def localise(y: np.ndarray, predicted: np.ndarray, layers: Sequence[int], counts
     low, high = paired_difference(replicates[:, peak], replicates[:, 0])
     row.update({"peak_minus_first": float(observed[peak] - observed[0]), "peak_minus_first_low": low,
                 "peak_minus_first_high": high})
+    return row
+
+
+def localise(y: np.ndarray, predicted: np.ndarray, layers: Sequence[int], counts: np.ndarray,
+             baseline: np.ndarray | None = None) -> dict[str, float]:
+    """Where along the layers a probe's balanced accuracy forms (:func:`locate`).
+
+    Parameters
+    ----------
+    y : int array [n]
+    predicted : int array [n_layers, n], each layer's pooled out-of-fold predictions
+    layers : the layer number of each row of ``predicted``
+    counts : float32 [B, n], the bootstrap replicates (:func:`bootstrap_counts`)
+    baseline : int array [n], another probe's predictions of the same texts (the text probe), or None
+
+    Returns
+    -------
+    :func:`locate`'s dict and, with ``baseline``, ``peak_minus_baseline`` with ``_low``/``_high`` (paired percentile
+    bootstrap, at the peak layer chosen on all texts).
+    """
+    correct = predicted == y
+    observed = np.array([balanced_accuracy(y, p) for p in predicted])
+    replicates = balanced_accuracy_replicates(y, correct, counts)  # [B, n_layers]
+    row = locate(observed, replicates, layers)
     if baseline is not None:
+        peak = int(observed.argmax())
         other = balanced_accuracy_replicates(y, (baseline == y)[None], counts)[:, 0]
         low, high = paired_difference(replicates[:, peak], other)
         row.update({"peak_minus_baseline": float(observed[peak] - balanced_accuracy(y, baseline)),

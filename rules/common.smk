@@ -128,6 +128,11 @@ def answers_input(wildcards):
     return {"answers": plan.path(plan.ANSWERS, model=wildcards.model)} if plan.uses_answers(config) else {}
 
 
+def conditional_answers_input(wildcards):
+    """The model's answers, where a conditional probe's problem needs them."""
+    return {"answers": plan.path(plan.ANSWERS, model=wildcards.model)} if plan.conditional_uses_answers(config) else {}
+
+
 def probe_inputs(wildcards):
     """A probe job's hidden states (one file) and the answers where needed."""
     states = plan.hidden_file_of_layer(config, wildcards.model, wildcards.first)

@@ -78,6 +78,7 @@ SETTINGS = {
     "probe": plan.probe_settings,
     "baseline": plan.baseline_settings,
     "nonlinear": lambda config: (plan.nonlinear_problem_settings(config), plan.nonlinear_settings(config)),
+    "conditional": plan.conditional_settings,
     "interventions": lambda config: {e: plan.intervention_settings(config, e)
                                      for e in plan.editing_experiments(config)},
     "batching": plan.batching,
@@ -101,8 +102,10 @@ def test_no_setting_of_any_rule_holds_a_scheduling_key(small, section, key):
     ({"dataset__seed": 7}, {"dataset", "hidden", "recorded"}),
     ({"extraction__storage_dtype": "float16"}, {"extraction", "hidden", "recorded"}),
     ({"probe__C": 2.0}, {"probe", "baseline", "recorded"}),
-    ({"probe__device": "cpu"}, {"probe", "nonlinear", "recorded"}),
-    ({"probe__folds": 3}, {"probe", "baseline", "nonlinear", "recorded"}),
+    ({"probe__device": "cpu"}, {"probe", "nonlinear", "conditional", "recorded"}),
+    ({"probe__folds": 3}, {"probe", "baseline", "nonlinear", "conditional", "recorded"}),
+    ({"probe__conditional__C": [0.0, 0.01]}, {"conditional", "recorded"}),
+    ({"probe__conditional__locations": []}, {"recorded"}),
     ({"interventions__batch_tokens": 512}, {"batching", "recorded"}),
     ({"interventions__seed": 1}, {"interventions", "attention", "recorded"}),
 ])

@@ -66,7 +66,8 @@ def test_a_cluster_whose_test_process_was_killed_is_cleared_and_a_live_one_is_no
 
 
 # the rules the profile sends to a GPU node: those that run the model or fit probes
-GPU_RULES = ("extract_hidden_states", "intervene", "attend", "fit_probes", "fit_nonlinear_probes")
+GPU_RULES = ("extract_hidden_states", "intervene", "attend", "fit_probes", "fit_nonlinear_probes",
+             "fit_conditional_probes")
 
 
 def test_profile_names_no_partition_status_command_or_gpu_type_by_default():
@@ -134,7 +135,8 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
     # everything but the local rules (all, the download, aggregating and plotting) ran as a SLURM job, once
     assert rules == {"prepare_prompts": 1, "extract_hidden_states": 2, "answer_emotions": 1,
                      "fit_probes": 6, "fit_appraisal_probes": 1, "fit_text_baseline": 1, "fit_ratings_baseline": 1, "logit_lens": 1,
-                     "localise": 1, "intervene": 5, "attend": 1, "fit_nonlinear_probes": 1}
+                     "localise": 1, "intervene": 5, "attend": 1, "fit_nonlinear_probes": 1, "embed_words": 1,
+                     "fit_conditional_probes": 1, "localise_conditional": 1}
     assert all("gpu" in gres for _, comment, gres in states.values()
                if any(rule in comment for rule in GPU_RULES))
     # the hub was asked once, by the snakemake process's parse, and the weights fetched once, by its download: no

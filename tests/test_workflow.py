@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import CORPUS, ROOT, run_snakemake, small_config, with_changes
+from emoprobe.conditional import CONDITIONAL_COLUMNS
 from emoprobe.h5io import FORMAT, attribute_value
 
 
@@ -148,6 +149,30 @@ def test_localisation_table(e2e_run):
     assert lens.loc[("all", "answer"), "peak_layer"] == 30 and lens.loc[("all", "answer"), "peak_score"] == 1.0
 
 
+def test_conditional_tables(e2e_run):
+    """A row per layer and baseline (the residual stream's all/label at token -1), in bits, the penalties among those
+    offered; the localisation's peak of each baseline is the table's best layer of that baseline: the file's axis of
+    baselines read back under the names the fits were made for."""
+    table = pd.read_csv(e2e_run / "results/conditional.tsv", sep="\t")
+    assert list(table.columns) == CONDITIONAL_COLUMNS and len(table) == 31 * 3
+    assert set(table["baseline"]) == {"frequencies", "text", "words"} and (table["n_texts"] == 144).all()
+    assert table["label_entropy"].between(3.5, 3.8).all()  # 13 labels of about 11 texts each
+    assert (table["information_low"] <= table["information"]).all()
+    assert (table["information"] <= table["information_high"]).all()
+    assert np.allclose(table["information"], table["baseline_cross_entropy"] - table["cross_entropy"], atol=2e-6)
+    # the frequencies recalibrated are the frequencies, give or take what an intercept learns on 115 texts
+    assert (table.loc[table["baseline"] == "frequencies", "baseline_information"].abs() < 0.05).all()
+    offered = set(small_config()["probe"]["conditional"]["C"])
+    assert all(float(C) in offered for key in ("C", "reference_C") for value in table[key] for C in value.split(","))
+    places = pd.read_csv(e2e_run / "results/conditional_localisation.tsv", sep="\t")
+    assert len(places) == 3 and (places["n_layers"] == 30).all() and (places["replicates"] == 1000).all()
+    for place in places.itertuples():
+        rows = table[(table["baseline"] == place.baseline) & (table["layer"] >= 1)]
+        assert place.peak_information == pytest.approx(rows["information"].max(), abs=2e-6), place.baseline
+        assert place.peak_layer == rows.loc[rows["information"].idxmax(), "layer"]
+        assert place.peak_information_low <= place.peak_information <= place.peak_information_high
+
+
 def test_a_subset_too_small_to_score_gets_rows_that_say_why(e2e_run, tmp_path):
     """26 texts: at most 3 of each label, fewer than the 5 folds: nothing can be scored, and every rule carries on."""
     shutil.copytree(e2e_run / "resources", tmp_path / "resources")  # the prepared model, not prepared again
@@ -262,7 +287,7 @@ def test_intervention_tables(e2e_run):
 def test_every_figure_is_drawn(e2e_run):
     figures = ["accuracy_by_layer", "accuracy_by_depth", "layer_position/smollm2-135m", "confusion/smollm2-135m",
                "appraisal_r2/smollm2-135m", "interventions/smollm2-135m", "promotion/smollm2-135m",
-               "surgery/smollm2-135m", "interventions_by_depth"]
+               "surgery/smollm2-135m", "interventions_by_depth", "conditional/smollm2-135m"]
     for figure in figures:
         for suffix in ("png", "pdf"):
             assert (e2e_run / f"results/figures/{figure}.{suffix}").stat().st_size > 10_000, figure
@@ -275,7 +300,7 @@ def test_report_holds_every_figure_and_table(e2e_run):
     for name in ("accuracy_by_layer.png", "accuracy_by_depth.png", "accuracy.tsv", "answers.tsv", "appraisal_r2.tsv",
                  "localisation.tsv", "subsets.tsv", "shuffled-label control", "normalised depth", "Price",
                  "interventions.tsv", "interventions_by_depth.png", "patched in", "Emotion promotion",
-                 "Appraisal surgery"):
+                 "Appraisal surgery", "conditional.tsv", "conditional_localisation.tsv", "beyond the text"):
         assert name in html, name
 
 
@@ -391,7 +416,7 @@ def test_new_probe_tolerance_reruns_the_fits_not_the_appraisal_or_the_answers(e2
     jobs, experiments = planned_experiments(e2e_run, with_changes(small_config(), probe__tol=1e-3))
     assert jobs == {"fit_probes": 6, "fit_text_baseline": 1, "fit_ratings_baseline": 1, "localise": 1, "aggregate_accuracy": 1,
                     "plot_accuracy": 1, "plot_layer_position": 1, "record_config": 1, "all": 1,
-                    **STEERING_READERS, **ACCURACY_READERS}
+                    **STEERING_READERS, **ACCURACY_READERS, **CONDITIONAL_JOBS}
     assert experiments == ["promotion"]
 
 
@@ -420,7 +445,8 @@ def test_no_answer_probe_reruns_the_probes_and_baselines_but_not_the_answers(e2e
 def test_new_bootstrap_count_reruns_the_localisation_only(e2e_run):
     jobs = dry_run(e2e_run, with_changes(small_config(), probe__bootstrap=500))
     assert jobs == {"localise": 1, "aggregate_accuracy": 1, "plot_accuracy": 1, "record_config": 1, "all": 1,
-                    **ACCURACY_READERS}
+                    **ACCURACY_READERS,
+                    **CONDITIONAL_LOCALISATION_JOBS}
 
 
 def test_new_appraisal_penalty_reruns_the_appraisal_probes_only(e2e_run):
@@ -438,6 +464,18 @@ def test_new_step_sizes_rerun_that_steering_experiment_only(e2e_run):
     jobs, experiments = planned_experiments(e2e_run, with_changes(config, interventions__surgery={
         **config["interventions"]["surgery"], "betas": [0.5]}))
     assert jobs == {**STEERING_READERS, "record_config": 1, "all": 1} and experiments == ["surgery"]
+
+
+# the conditional probes and what reads them (rules/conditional.smk)
+CONDITIONAL_LOCALISATION_JOBS = {"localise_conditional": 1, "aggregate_conditional": 1, "plot_conditional": 1}
+CONDITIONAL_JOBS = {"fit_conditional_probes": 1, **CONDITIONAL_LOCALISATION_JOBS}
+
+
+@pytest.mark.parametrize("key, value", [("C", [0.01, 0.1]), ("baselines", ["words"]), ("selection_folds", 2)])
+def test_a_conditional_probe_setting_reruns_the_conditional_probes_only(e2e_run, key, value):
+    config = small_config()
+    config["probe"]["conditional"][key] = value
+    assert dry_run(e2e_run, config) == {**CONDITIONAL_JOBS, "record_config": 1, "all": 1}
 
 
 HEATMAP_READERS = {"aggregate_interventions": 1, "plot_interventions": 1, "plot_interventions_by_depth": 1}
@@ -523,7 +561,8 @@ PROBE_CODE_RERUNS = {"fit_probes": 6, "fit_nonlinear_probes": 1, "fit_appraisal_
                      "count_subsets": 1, "localise": 1, "aggregate_accuracy": 1, "aggregate_appraisal": 1,
                      "plot_accuracy": 1, "plot_layer_position": 1, "plot_appraisal": 1, "all": 1,
                      # promotion and surgery read the new probes' directions (neither imports emoprobe.probes)
-                     "intervene": 2, "aggregate_interventions": 1, "plot_steering": 2, **ACCURACY_READERS}
+                     "intervene": 2, "aggregate_interventions": 1, "plot_steering": 2, **ACCURACY_READERS,
+                     **CONDITIONAL_JOBS}
 
 
 @pytest.mark.parametrize("module, reruns", [(None, {}), ("errors", {}), ("probes", PROBE_CODE_RERUNS)])
@@ -572,7 +611,8 @@ def test_paper_config_plans_every_job_with_sane_resources(paper_dry_run):
     # each hub model downloaded once, by a local rule (on the login node: tests/test_module.py, LOCAL_RULES), into the
     # folder every job that loads the model reads: no job on a (GPU) compute node fetches from the hub
     assert jobs["download_model"] == 10
-    for rule in ("extract_hidden_states", "answer_emotions", "intervene", "logit_lens", "attend"):
+    assert jobs["embed_words"] == jobs["fit_conditional_probes"] == jobs["localise_conditional"] == 10
+    for rule in ("extract_hidden_states", "answer_emotions", "intervene", "logit_lens", "attend", "embed_words"):
         blocks = re.findall(rf"^rule {rule}:\n(.*?)\n\n", result.stdout, flags=re.S | re.M)
         assert blocks and all(re.search(r"input: .*resources/models/", block) for block in blocks), rule
     assert jobs["intervene"] == 10 * 5 and jobs["plot_steering"] == 10 * 2
@@ -580,6 +620,8 @@ def test_paper_config_plans_every_job_with_sane_resources(paper_dry_run):
     assert len(memory) == 10 and 4_000 < min(memory) and max(memory) < 64_000
     runtime = [int(m) for m in re.findall(r"rule fit_probes:.*?runtime=(\d+)", result.stdout, flags=re.S)]
     assert len(runtime) == jobs["fit_probes"] and 10 < min(runtime) and max(runtime) < 6 * 60
+    runtime = [int(m) for m in re.findall(r"rule fit_conditional_probes:.*?runtime=(\d+)", result.stdout, flags=re.S)]
+    assert len(runtime) == 10 and 15 < min(runtime) and max(runtime) < 6 * 60
 
 
 def planned_models(result) -> dict[str, collections.Counter]:
@@ -634,7 +676,9 @@ def test_new_model_runs_only_that_models_jobs(e2e_run):
                     "aggregate_appraisal": 1, "plot_accuracy": 1, "plot_layer_position": 1, "plot_confusion": 1,
                     "plot_appraisal": 1, "record_config": 1, "all": 1, "intervene": 5, "aggregate_interventions": 1,
                     "plot_interventions": 2, "plot_steering": 2, "plot_interventions_by_depth": 1,
-                    "fit_nonlinear_probes": 1, "attend": 1, "plot_attention": 1}
+                    "fit_nonlinear_probes": 1, "attend": 1, "plot_attention": 1, "embed_words": 1,
+                    "fit_conditional_probes": 1, "localise_conditional": 1, "aggregate_conditional": 1,
+                    "plot_conditional": 1}
     assert "smollm2-135m/layers" not in result.stdout.split("rule aggregate_accuracy")[0].split("output:")[-1]
     planned_outputs = re.findall(r"output: (\S+)", result.stdout)
     assert not [o for o in planned_outputs if "smollm2" in o and o.endswith((".h5", ".tsv"))]
