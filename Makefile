@@ -8,7 +8,7 @@ VENV ?= .venv
 CORES ?= all
 BIN := $(VENV)/bin
 
-.PHONY: run report test install bench bench-gpu clean
+.PHONY: run report test install bench bench-gpu docs clean
 
 run: $(VENV)/.installed
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
@@ -33,6 +33,10 @@ bench: $(VENV)/.installed
 # On a machine with a CUDA device, after `make run`: CUDA tests and GPU benchmarks.
 bench-gpu: $(VENV)/.installed
 	PYTHON=$(BIN)/python bash benchmarks/gpu.sh resources/models
+
+# The rule graph in docs/pipeline.md, after a change of the rules (a test fails until it is current).
+docs: $(VENV)/.installed
+	$(BIN)/python tools/rulegraph.py
 
 install: $(VENV)/.installed
 

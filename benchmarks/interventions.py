@@ -43,11 +43,12 @@ def conditions(indices, clean: dict, sources, n_layers: int, span: int, every: i
     starts at one layer): zero and random ablation, and patching from each row's source (``clean``: every
     prompt's clean outputs, ``[n_prompts, hidden]``)."""
     from emoprobe import last_token
+    from emoprobe.windows import layer_window
 
     hidden = clean[("residual", 0)].shape[1]
     groups = []
     for centre in range(1, n_layers + 1, every):
-        window = last_token.layer_window(centre, span, n_layers)
+        window = layer_window(centre, span, n_layers)
         group = []
         for location in LOCATIONS:
             group.append((f"zero {location} {centre}", {(location, layer): last_token.zero for layer in window}))

@@ -93,7 +93,7 @@ def main() -> None:
               f"   ({seconds / ours:.1f}x)")
 
         start = time.perf_counter()
-        linear = fit_logistic(x, probes, C=1.0, max_iter=1000, tol=1e-4, q=q)
+        linear = fit_logistic(x, probes, C=1.0, max_iter=1000, tol=1e-4)
         seconds = time.perf_counter() - start
         labels = predict(x, linear)
         print(f"{layer:>5} {'linear probe (C = 1)':<34} {seconds:8.1f} "

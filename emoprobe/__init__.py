@@ -11,8 +11,10 @@ The logic of the Snakemake workflow, which its scripts call and tests import:
   :mod:`~emoprobe.memory` (huge pages for extraction);
 - the model: :mod:`~emoprobe.models` (loading), :mod:`~emoprobe.forward` (tokens, batches, the shared prefix),
   :mod:`~emoprobe.nethook` (hooks), :mod:`~emoprobe.extract` (hidden states), :mod:`~emoprobe.answers`,
-  :mod:`~emoprobe.last_token` (edits at the last token), :mod:`~emoprobe.interventions` (the experiments' tables),
-  :mod:`~emoprobe.attention`;
+  :mod:`~emoprobe.last_token` (edits at the last token), :mod:`~emoprobe.attention`;
+- the experiments: :mod:`~emoprobe.experiments` (the registry, one entry each), :mod:`~emoprobe.windows` (which
+  layers), :mod:`~emoprobe.edits` (the engine), :mod:`~emoprobe.ablation` (ablation, patching),
+  :mod:`~emoprobe.steering` (promotion, surgery);
 - the probes: :mod:`~emoprobe.probes` (protocol), :mod:`~emoprobe.logistic` and :mod:`~emoprobe.mlp` (trainers,
   on :mod:`~emoprobe.lbfgs`), :mod:`~emoprobe.appraisal`, :mod:`~emoprobe.baselines`;
 - the numbers and pictures: :mod:`~emoprobe.scores`, :mod:`~emoprobe.report`.

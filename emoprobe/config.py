@@ -12,7 +12,7 @@ import string
 from pathlib import Path
 
 from emoprobe import experiments, grid
-from emoprobe.architecture import describe_models, model_source
+from emoprobe.architecture import describe_models
 from emoprobe.errors import ConfigError
 
 
@@ -91,7 +91,7 @@ def prepare_config(config: dict, configfiles: list, schema_path: str | Path, wor
         raise ConfigError("\n  " + "\n  ".join(errors))
     validate(config, schema=str(schema_path))  # fills in the defaults
     describe_models(config, workdir, ask_hub)
-    check_config(config, workdir)
+    check_config(config)
     canonical = canonical_config(config, schema)
     config.clear()
     config.update(canonical)
@@ -199,9 +199,10 @@ def count_records(path: str | Path) -> int | None:
 NEUTRAL_MODULES = frozenset({"errors", "config", "memory", "architecture", "progress", "hub"})
 
 
-def code_sha256(script: str | Path, package: str | Path) -> str:
+def code_sha256(script: str | Path, package: str | Path, modules: tuple[str, ...] = ()) -> str:
     """sha256 of the code of the modules of ``package`` that ``script`` imports, directly or through
-    one another, but :data:`NEUTRAL_MODULES` and the package's ``__init__``.
+    one another, and of ``modules`` (those it runs by name, as an experiment's runner) and what they import, but
+    :data:`NEUTRAL_MODULES` and the package's ``__init__``.
 
     A param of the script's rule, it reruns the rule when that code changes; Snakemake's own code
     trigger watches the script only. What is hashed is each module's syntax tree without its
@@ -209,7 +210,8 @@ def code_sha256(script: str | Path, package: str | Path) -> str:
     version, whose trees may differ, reruns everything once).
     """
     package = Path(package)
-    trees, pending = {}, [ast.parse(Path(script).read_text())]
+    trees = {name: ast.parse((package / f"{name}.py").read_text()) for name in modules}
+    pending = [ast.parse(Path(script).read_text()), *trees.values()]
     while pending:
         for node in ast.walk(pending.pop()):
             if isinstance(node, ast.ImportFrom) and node.module == package.name:
@@ -264,12 +266,15 @@ def prompt_template(prompt: dict) -> str:
     return template
 
 
-def check_config(config: dict, workdir: Path) -> None:
-    """Raise :class:`ConfigError` on what the schema cannot express.
+def check_config(config: dict) -> None:
+    """Raise :class:`ConfigError` on what the schema cannot express, once each model is described (its source and
+    files are checked there, :func:`emoprobe.architecture.describe_models`).
 
-    Checks the prompt template, one source per model, local model paths, the
-    layer chunk sizes against each model's depth, the label renaming and answer
-    words, and that the model's answer can be read (position -1).
+    Checks the prompt template; that the model's answer can be read (position -1); the label renaming, the appraisal
+    positions and the answer words against the labels and positions; ``dataset.limit`` against the labels; model
+    names as file names; the layer chunk sizes against each model's depth; the probe grid and the conditional
+    probes' cells (:mod:`emoprobe.grid`); the non-linear probes' locations; and the experiments
+    (:func:`check_interventions`).
     """
     prompt_template(config["prompt"])
     if -1 not in config["positions"]:
@@ -295,14 +300,6 @@ def check_config(config: dict, workdir: Path) -> None:
     for name, model in config["models"].items():
         if name in (".", "..") or "/" in name:
             raise ConfigError(f"models: name {name!r} is not a safe file name")
-        source = model_source(name, model)
-        if source == "local":
-            path = (workdir / model["local"]).resolve()
-            if not (path / "config.json").is_file():
-                raise ConfigError(
-                    f"models.{name}.local: {model['local']!r} is not a transformers model directory "
-                    f"(no {path / 'config.json'})"
-                )
         for key, size in (("models." + name + ".layer_chunk_size", model.get("layer_chunk_size")),
                           ("extraction.layer_chunk_size", global_size if "layer_chunk_size" not in model else None)):
             if size is not None and not 1 <= size <= model["n_layers"]:
@@ -326,8 +323,9 @@ def check_config(config: dict, workdir: Path) -> None:
 
 def check_interventions(config: dict) -> None:
     """Raise :class:`ConfigError` on intervention settings the schema cannot judge: a window wider than a
-    model, emotions that are not labels, recipes naming appraisals that are not rated, and experiments whose
-    probe directions the configured probes do not fit."""
+    model, and what each configured experiment's own check refuses (:attr:`emoprobe.experiments.Experiment.check`:
+    emotions that are not labels, recipes naming appraisals that are not rated, probe directions the configured
+    probes do not fit)."""
     settings = config["interventions"]
     configured = settings["experiments"]
     for experiment in experiments.editing(configured):  # the others edit no window
@@ -336,30 +334,5 @@ def check_interventions(config: dict) -> None:
             if span > model["n_layers"]:
                 raise ConfigError(f"interventions.{experiment}.span: {span} is more than the {model['n_layers']} "
                                   f"layers of {name}")
-    labels = config["dataset"]["labels"]
-    stray = [e for e in settings["promotion"]["emotions"] if e not in labels]
-    if stray:
-        raise ConfigError(f"interventions.promotion.emotions: {stray} are not in dataset.labels {labels}")
-    columns = config["dataset"]["appraisal_columns"]
-    if "surgery" in configured and not columns:
-        raise ConfigError("interventions.experiments: surgery pushes along the appraisal probes, and "
-                          "dataset.appraisal_columns names none")
-    for recipe, parts in settings["surgery"]["recipes"].items() if "surgery" in configured else ():
-        stray = [a for a in [*parts["push"], *parts["hold"]] if a not in columns]
-        if stray:
-            raise ConfigError(f"interventions.surgery.recipes.{recipe}: {stray} are not in dataset.appraisal_columns "
-                              f"{columns}")
-        both = sorted(set(parts["push"]) & set(parts["hold"]))
-        if both:
-            raise ConfigError(f"interventions.surgery.recipes.{recipe}: {both} are both pushed and held")
-    if "promotion" in configured:
-        probe = settings["promotion"]["probe"]
-        if probe not in grid.problems(config["probe"]):
-            raise ConfigError(f"interventions.promotion.probe: {probe} is not a probe the workflow fits "
-                              f"(probe.subsets and probe.answer_probe give {grid.problems(config['probe'])})")
-        cell = grid.cells(config)["residual"].get(probe, {}).get(-1)
-        if cell is None or not cell.directions:
-            raise ConfigError(f"interventions.promotion.probe: promotion steers along {probe}'s directions in the "
-                              f"residual stream at token -1, and probe.grid fits none there; add "
-                              f"{{locations: [residual], positions: [-1], problems: [{probe}], directions: true}} "
-                              f"to probe.grid")
+    for experiment in configured:
+        experiments.EXPERIMENTS[experiment].check(config)

@@ -219,3 +219,20 @@ def read_prompts(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(
         path, sep="\t", encoding="utf-8", keep_default_na=False, dtype={"text": str, "prompt": str, "label": str}
     )
+
+
+def sample_indices(n_texts: int, size: int, seed: int) -> np.ndarray:
+    """Sorted int64 indices of a seeded sample of ``size`` of ``n_texts`` texts; all of them when ``size`` is
+    0 or at least ``n_texts``."""
+    if size == 0 or size >= n_texts:
+        return np.arange(n_texts, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n_texts, size, replace=False)).astype(np.int64)
+
+
+def sample_of(prompts: pd.DataFrame, answers: pd.DataFrame | None, *, subset: str, texts: int, seed: int
+              ) -> pd.DataFrame:
+    """The texts every experiment runs on: the prompts of ``subset`` (``model_correct``: those whose ``answers`` row
+    is correct), then a seeded sample of ``texts`` of them (:func:`sample_indices`)."""
+    if subset == "model_correct":
+        prompts = prompts[prompts["row_id"].isin(answers.loc[answers["correct"].astype(bool), "row_id"])]
+    return prompts.iloc[sample_indices(len(prompts), texts, seed)]

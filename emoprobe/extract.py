@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from emoprobe.errors import ConfigError
-from emoprobe.forward import (LOCATION_MODULES, SharedPrefix, encode_prefix, left_pad, length_batches,
-                              max_padded_width, shared_prefix_length, state_module, tokenize)
+from emoprobe.forward import (SharedPrefix, encode_prefix, left_pad, length_batches, max_padded_width,
+                              shared_prefix_length, state_module, tokenize)
 from emoprobe.nethook import RetainOutputs
 from emoprobe.progress import Progress
 

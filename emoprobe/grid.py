@@ -18,6 +18,11 @@ from __future__ import annotations
 from typing import NamedTuple
 
 
+# The baselines every model's probes are compared with: the rows of accuracy.tsv that are not probes of a
+# hidden-state location, in the order they follow them (appraisal_ratings where the corpus has appraisal ratings).
+BASELINES = ("logit_lens", "text", "appraisal_ratings")
+
+
 class Cell(NamedTuple):
     """What is fitted at one (location, problem, position) of the grid."""
 

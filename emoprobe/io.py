@@ -36,6 +36,14 @@ def write_tsv(table, path: str | os.PathLike, float_format: str = "%.6f") -> Non
         table.to_csv(partial, sep="\t", index=False, float_format=float_format)
 
 
+def read_optional_tsv(inputs, name: str):
+    """The table of a job's input ``name`` (``snakemake.input``), a TSV file, where its rule has that input, else
+    ``None`` (the model's answers, which a rule reads only where a subset or probe needs them)."""
+    import pandas as pd  # here: the workflow's plan imports this module when Snakemake parses it
+
+    return pd.read_csv(getattr(inputs, name), sep="\t") if name in inputs.keys() else None
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a new temporary directory beside ``path`` to fill; on a clean exit it takes the place of ``path``

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from emoprobe.experiments import EXPERIMENTS
 from emoprobe.grid import cells as grid_cells, conditional_cells, fits_per_layer, nonlinear_cells
+from emoprobe.windows import centre_layers
 
 # Tokens per prompt for the runtime requests: the two-shot prompts average 58 with SmolLM2's tokenizer
 # (benchmarks/scaling.py), the zero-shot ones fewer.
@@ -73,6 +74,24 @@ def extraction_runtime(config: dict, model: str, last: int, n_texts: int, attemp
     params = entry.get("compute_params_m", entry["params_m"]) * 1e6 * last / entry["n_layers"]
     seconds = 2 * params * n_texts * TOKENS_PER_TEXT / FLOP_RATE[config["extraction"]["dtype"]]
     return int(15 + seconds / 60) * attempt
+
+
+def forward_runtime(config: dict, model: str, n_texts: int, attempt: int) -> int:
+    """Minutes for a job that runs ``n_texts`` prompts once through the whole model (the answers, the attention
+    weights): :func:`extraction_runtime` through the last layer."""
+    return extraction_runtime(config, model, config["models"][model]["n_layers"], n_texts, attempt)
+
+
+# Minutes of the jobs whose work is small beside loading their libraries, model or inputs at any corpus size: the
+# baselines' and appraisal probes' fits on the CPU, the localisations' bootstraps, the logit lens over stored states,
+# the words' input embeddings.
+FIXED_MINUTES = {"fit_text_baseline": 30, "fit_appraisal_probes": 30, "fit_ratings_baseline": 15, "logit_lens": 15,
+                 "localise": 15, "localise_conditional": 15, "embed_words": 10}
+
+
+def fixed_runtime(rule: str, attempt: int) -> int:
+    """Minutes for a job of ``rule`` (:data:`FIXED_MINUTES`), growing with the attempt."""
+    return FIXED_MINUTES[rule] * attempt
 
 
 def extraction_mem_mb(config: dict, model: str, attempt: int) -> int:
@@ -153,20 +172,11 @@ def appraisal_mem_mb(config: dict, model: str, n_texts: int, attempt: int) -> in
 
 
 def intervention_conditions(config: dict, model: str, experiment: str) -> int:
-    """Conditions (edited runs of every text) of one experiment: windows x what each window is run with."""
+    """Conditions (edited runs of every text) of one experiment: windows x what each window is run with (its
+    registry entry's ``conditions``)."""
     settings = config["interventions"]
-    windows = len(range(config["models"][model]["n_layers"], 0, -settings[experiment]["every"]))
-    if experiment == "promotion":
-        promotion = settings["promotion"]
-        per_window = len(promotion["emotions"] or config["dataset"]["labels"]) * len(promotion["betas"])
-    elif experiment == "surgery":
-        surgery = settings["surgery"]
-        per_window = (len(surgery["recipes"]) + surgery["random_controls"]) * len(surgery["betas"])
-    elif EXPERIMENTS[experiment].per_location:
-        per_window = len(settings["locations"])
-    else:
-        raise ValueError(f"experiment {experiment!r}: no count of its conditions (emoprobe.experiments)")
-    return windows * per_window
+    windows = len(centre_layers(config["models"][model]["n_layers"], settings[experiment]["every"]))
+    return windows * EXPERIMENTS[experiment].conditions(settings, config["dataset"]["labels"])
 
 
 def intervention_texts(config: dict, n_texts: int) -> int:

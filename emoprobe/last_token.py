@@ -31,13 +31,6 @@ from emoprobe.nethook import EditLastToken, RetainOutputs
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
 
-def layer_window(centre: int, span: int, n_layers: int) -> list[int]:
-    """The 1-based layers ``centre - span // 2 .. centre + span // 2``, clipped to ``1 .. n_layers``."""
-    if not 1 <= centre <= n_layers:
-        raise ValueError(f"layer {centre} is not between 1 and {n_layers}")
-    return list(range(max(1, centre - span // 2), min(n_layers, centre + span // 2) + 1))
-
-
 class _Skipped(torch.nn.Module):
     """Stands in for a decoder block that a run does not need: returns the hidden states it is given."""
 
@@ -129,18 +122,15 @@ class LastTokenBatch:
         The last token is run once more against the cache with the model's eager attention, which returns its
         weights (the fused kernels do not); padding is masked as in any run, and tokens a sliding-window layer no
         longer sees get 0 there."""
-        captured: dict[int, torch.Tensor] = {}
-        hooks = [location_module(block, "attention").register_forward_hook(
-            lambda module, args, output, layer=layer: captured.__setitem__(layer, output[1][:, :, -1].float()))
-            for layer, block in enumerate(self.blocks, 1)]
+        attention = {layer: location_module(block, "attention") for layer, block in enumerate(self.blocks, 1)}
         implementation = self.model.config._attn_implementation
         self.model.set_attn_implementation("eager")
         try:
-            self._forward(input_ids=self.last_ids)
+            with RetainOutputs(attention, select=lambda w: w[:, :, -1].float(), element=1) as trace:
+                self._forward(input_ids=self.last_ids)
         finally:
             self.model.set_attn_implementation(implementation)
-            for hook in hooks:
-                hook.remove()
+        captured = trace.retained
         # a sliding-window layer caches only the last keys of the window: the earlier ones get no weight there
         n_keys = max(w.shape[-1] for w in captured.values())
         weights = torch.zeros(len(self), len(self.blocks), captured[1].shape[1], n_keys)

@@ -47,9 +47,12 @@ class RetainOutputs(_ForwardHooks):
     modules : mapping of key -> torch.nn.Module
         The modules to hook, under the keys their outputs are retained by.
     select : callable, optional
-        Applied to each module's output tensor (the first element when the module
+        Applied to each module's output tensor (element ``element`` when the module
         returns a tuple) before it is retained; e.g. a slice of the last tokens, so
         the full ``[batch, seq, hidden]`` activation is never copied.
+    element : int
+        Which element of a tuple output is retained: 0, the module's output proper;
+        1 for an attention module's weights (when its implementation returns them).
     stop : bool
         When true, the forward pass is ended (by raising :class:`StopForward`, which
         the context swallows) right after the last of ``modules`` in call order has
@@ -66,15 +69,17 @@ class RetainOutputs(_ForwardHooks):
         modules: Mapping[object, torch.nn.Module],
         select: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
         stop: bool = False,
+        element: int = 0,
     ):
         super().__init__(modules)
         self.select = select
         self.stop = stop
+        self.element = element
         self.retained: dict[object, torch.Tensor] = {}
 
     def _hook(self, key):
         def hook(module, args, output):
-            tensor = output[0] if isinstance(output, tuple) else output
+            tensor = output[self.element] if isinstance(output, tuple) else output
             self.retained[key] = self.select(tensor).detach()
             if self.stop and len(self.retained) == len(self.modules):
                 raise StopForward

@@ -20,6 +20,7 @@ from emoprobe.config import count_records, prompt_template
 from emoprobe.io import sha256_of
 
 # Output paths, as Snakemake wildcard patterns (the rules' outputs); :func:`path` fills them in.
+CORPUS_DOWNLOAD = "resources/corpus/{filename}"  # where dataset.url is downloaded, when dataset.path is missing
 PROMPTS = "results/corpus/prompts.tsv"
 MODEL_DIR = f"{hub.DOWNLOADS}/{{model}}"  # a hub model's download, a GGUF model's dequantised weights
 HIDDEN = "results/hidden/{model}/layers{first}-{last}.h5"
@@ -58,6 +59,11 @@ SCHEDULING = {
 }
 # Where the corpus lies or comes from: its sha256 (:func:`corpus_sha256`) stands for its bytes.
 CORPUS_LOCATION = ("path", "url", "sha256")
+
+
+def layer_range(first: str | int, last: str | int) -> list[int]:
+    """The layers ``first .. last`` of a job's wildcards, ascending."""
+    return list(range(int(first), int(last) + 1))
 
 
 def path(template: str, **values) -> str:
@@ -308,8 +314,8 @@ def appraisal_files(config: dict) -> list[str]:
 
 
 def baselines(config: dict) -> list[str]:
-    """The baselines every model's probes are compared with."""
-    return ["text", "logit_lens"] + (["appraisal_ratings"] if config["dataset"]["appraisal_columns"] else [])
+    """The baselines every model's probes are compared with (:data:`emoprobe.grid.BASELINES`)."""
+    return [name for name in grid.BASELINES if name != "appraisal_ratings" or config["dataset"]["appraisal_columns"]]
 
 
 def predictions_provenance(config: dict, model: str, location: str) -> dict:
@@ -495,7 +501,7 @@ def all_targets(config: dict) -> list[str]:
         figures += [f"attention/{model}" for model in models]
     if editing_experiments(config):
         tables.append(INTERVENTIONS)
-        kinds = (["interventions"] if heatmap_experiments(config) else []) + experiments.steering(configured)
+        kinds = (["interventions"] if heatmap_experiments(config) else []) + experiments.with_figure(configured)
         figures += [f"{kind}/{model}" for kind in kinds for model in models]
         figures += ["interventions_by_depth"] if heatmap_experiments(config) else []
     return tables + [figure(name, suffix) for name in figures for suffix in ("png", "pdf")]

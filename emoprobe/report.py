@@ -9,12 +9,12 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from emoprobe.experiments import EXPERIMENTS, per_location
+from emoprobe.grid import BASELINES
 from emoprobe.scores import INTEGER_COLUMNS, SCORE_COLUMNS
 
 KEYS = ["model", "location", "subset", "target", "layer", "position"]
 COLUMNS = KEYS + SCORE_COLUMNS
-# Rows of accuracy.tsv that are not probes of a hidden-state location, in the order they follow them.
-BASELINES = ["logit_lens", "text", "appraisal_ratings"]
 TARGETS = ["label", "answer"]
 # The model's own readout (logit lens) giving its final answer on at least this share of texts marks the layers at
 # which a linear probe on model_correct can score by recovering the LM head (label = answer there).
@@ -338,13 +338,6 @@ def plot_confusion(answers: pd.DataFrame, labels: Sequence[str], model: str, png
     save(figure, png, pdf)
 
 
-# The combined heatmap's panels: (experiment, column of its table, what the colour shows). Ablation shows the
-# share of answers *changed*, so that in every panel a bright cell is a location that matters.
-HEATMAP_PANELS = [("zero", "unchanged", "answers changed by zero ablation"),
-                  ("random", "unchanged", "answers changed by random ablation"),
-                  ("patching", "transfer", "patching: source's answer transferred")]
-
-
 class Panel(NamedTuple):
     """One panel of the intervention figures: location x layer tables of a score and its 95 % interval's ends."""
 
@@ -358,8 +351,10 @@ class Panel(NamedTuple):
 def intervention_panels(accuracy: pd.DataFrame, interventions: pd.DataFrame, model: str, locations: Sequence[str],
                         subset: str = "all", position: int = -1) -> list[Panel]:
     """The combined heatmap's panels for one model: the probes' balanced accuracy (``subset``'s texts, true label,
-    token ``position``), then each experiment of :data:`HEATMAP_PANELS` in ``interventions`` (ablation as
-    ``1 - unchanged``, its interval's ends swapped), over the centre layers; each with its 95 % interval."""
+    token ``position``), then each experiment in ``interventions`` that edits each location in turn, in the
+    registry's order, its entry's column (:attr:`emoprobe.experiments.Experiment.heatmap`; ablation shown as ``1 -
+    unchanged``, its interval's ends swapped, so that in every panel a bright cell is a location that matters), over
+    the centre layers; each with its 95 % interval."""
     probes = accuracy[(accuracy["model"] == model) & accuracy["location"].isin(locations)
                       & (accuracy["subset"] == subset) & (accuracy["target"] == "label")
                       & (accuracy["position"] == position) & (accuracy["layer"] >= 1)]
@@ -367,7 +362,8 @@ def intervention_panels(accuracy: pd.DataFrame, interventions: pd.DataFrame, mod
               for column in ("balanced_accuracy", "balanced_low", "balanced_high")]
     panels = [Panel(f"probe balanced accuracy ({subset} texts, token {position})", *tables, share=False)]
     rows = interventions[interventions["model"] == model]
-    for experiment, column, title in HEATMAP_PANELS:
+    for experiment in per_location():
+        column, title = EXPERIMENTS[experiment].heatmap
         # not a row of a note saying why there are no conditions
         part = rows[rows["experiment"] == experiment].dropna(subset=["layer"]).astype({"layer": int})
         if part.empty:

@@ -60,6 +60,39 @@ def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
     return low, high
 
 
+def clustered_share(hits: np.ndarray, clusters: np.ndarray) -> tuple[float, float, float]:
+    """The share of ``hits`` (bool ``[n]``) and its 95 % interval when outcomes of the same cluster (``clusters``
+    ``[n]``: each pair's source) may be alike: Wilson's interval at an effective sample size.
+
+    With every cluster of one pair this is Wilson's interval. Otherwise the effective size is ``n / deff``, the
+    design effect ``deff`` (at least 1) the ratio of the cluster-robust variance of the share, ``C / (C - 1) *
+    sum_c (sum_{i in c} (hit_i - share))^2 / n^2`` over ``C`` clusters, to the binomial ``share (1 - share) / n``;
+    never below Kish's effective number of clusters ``K = n^2 / sum_c n_c^2``, the least the pairs can be worth
+    (every cluster's outcomes alike). That variance rests on the clusters, and on few of them when one is large, so
+    the critical value is Student's t with ``K - 1`` degrees of freedom. Where the design effect cannot be estimated
+    the effective size is ``K``: at that t where every outcome is alike, at the normal critical value where ``K <
+    2`` (one cluster, or one holding nearly every pair): one source serving every pair gives the interval of a
+    single outcome.
+    ``tests/test_interventions.py`` checks its coverage by simulation with source effects, from one source to one per
+    pair."""
+    n = len(hits)
+    share = float(np.mean(hits))
+    ids, members = np.unique(clusters, return_inverse=True)
+    if len(ids) == n:
+        low, high = wilson(share * n, n)
+        return share, low, high
+    kish = n ** 2 / float(np.sum(np.bincount(members).astype(np.float64) ** 2))
+    effective, z = kish, Z95
+    if kish >= 2:
+        z = float(stats.t.ppf(0.975, kish - 1))
+        if 0 < share < 1:
+            residual = np.bincount(members, weights=hits - share)
+            robust = len(ids) / (len(ids) - 1) * np.sum(residual ** 2) / n ** 2
+            effective = max(n / max(robust / (share * (1 - share) / n), 1.0), kish)
+    low, high = wilson(share * effective, effective, z)
+    return share, low, high
+
+
 @functools.lru_cache(maxsize=8)
 def bootstrap_counts(n: int, replicates: int, seed: int) -> np.ndarray:
     """How often each of ``n`` texts is drawn in each bootstrap replicate: float32 ``[replicates, n]``,

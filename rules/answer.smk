@@ -13,7 +13,7 @@ rule answer_emotions:
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: jobs.extraction_mem_mb(config, wc.model, attempt),
-        runtime=lambda wc, attempt: 15 * attempt,
+        runtime=lambda wc, attempt: jobs.forward_runtime(config, wc.model, N_TEXTS, attempt),
     params:
         code=script_code("answer_emotions"),
         model=lambda wc: plan.model_identity(config, wc.model),

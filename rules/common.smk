@@ -85,14 +85,14 @@ wildcard_constraints:
     location="|".join(config["locations"]),
 
 
-def script_code(name):
-    """sha256 of the emoprobe code that scripts/{name}.py runs (see emoprobe.config.code_sha256): a param
-    of its rule, so that a change of that code reruns the rule."""
+def script_code(name, modules=()):
+    """sha256 of the emoprobe code that scripts/{name}.py runs, with the package ``modules`` it runs by name (see
+    emoprobe.config.code_sha256): a param of its rule, so that a change of that code reruns the rule."""
     if WORKFLOW_DIR:
         script = os.path.join(WORKFLOW_DIR, "scripts", f"{name}.py")
     else:
         script = workflow.source_path(f"../scripts/{name}.py")  # a local copy, relative to this file
-    return code_sha256(script, PACKAGE_DIR)
+    return code_sha256(script, PACKAGE_DIR, modules)
 
 
 def corpus_csv():
@@ -107,7 +107,7 @@ def corpus_csv():
         return ancient(path)
     if not config["dataset"]["url"]:
         raise WorkflowError(f"dataset.path: {path!r} does not exist and dataset.url is not set")
-    return f"resources/corpus/{os.path.basename(path)}"
+    return plan.path(plan.CORPUS_DOWNLOAD, filename=os.path.basename(path))
 
 
 def model_inputs(wildcards):

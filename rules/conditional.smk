@@ -16,7 +16,7 @@ rule embed_words:
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: jobs.extraction_mem_mb(config, wc.model, attempt),
-        runtime=lambda wc, attempt: 10 * attempt,
+        runtime=lambda wc, attempt: jobs.fixed_runtime("embed_words", attempt),
     params:
         code=script_code("embed_words"),
         model=lambda wc: plan.model_identity(config, wc.model),
@@ -75,7 +75,7 @@ rule localise_conditional:
     threads: 1
     resources:
         mem_mb=2048,
-        runtime=lambda wc, attempt: 15 * attempt,
+        runtime=lambda wc, attempt: jobs.fixed_runtime("localise_conditional", attempt),
     params:
         code=script_code("localise_conditional"),
         probe={key: config["probe"][key] for key in ("bootstrap", "seed")},

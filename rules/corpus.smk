@@ -1,6 +1,6 @@
 rule download_corpus:
     output:
-        "resources/corpus/{filename}",
+        plan.CORPUS_DOWNLOAD,
     log:
         "logs/download_corpus/{filename}.log",
     benchmark:

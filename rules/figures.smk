@@ -151,7 +151,7 @@ rule plot_interventions:
         "../scripts/plot_interventions.py"
 
 
-rule plot_steering:
+rule plot_experiment:
     input:
         plan.INTERVENTION,
     output:
@@ -163,11 +163,11 @@ rule plot_steering:
         ),
         pdf=plan.figure("{experiment}/{model}", "pdf"),
     log:
-        "logs/plot_steering/{experiment}/{model}.log",
+        "logs/plot_experiment/{experiment}/{model}.log",
     benchmark:
-        "logs/benchmarks/plot_steering/{experiment}/{model}.tsv"
+        "logs/benchmarks/plot_experiment/{experiment}/{model}.tsv"
     wildcard_constraints:
-        experiment="|".join(experiments.steering()),
+        experiment="|".join(experiments.with_figure()),
     localrule: True
     conda:
         "../envs/plot-seaborn.yaml"
@@ -175,9 +175,9 @@ rule plot_steering:
         mem_mb=1024,
         runtime=5,
     params:
-        code=script_code("plot_steering"),
+        code=script_code("plot_experiment"),
     script:
-        "../scripts/plot_steering.py"
+        "../scripts/plot_experiment.py"
 
 
 rule plot_interventions_by_depth:

@@ -14,7 +14,7 @@ rule intervene:
         mem_mb=lambda wc, attempt: jobs.intervention_mem_mb(config, wc.model, N_TEXTS, attempt),
         runtime=lambda wc, attempt: jobs.intervention_runtime(config, wc.model, wc.experiment, N_TEXTS, attempt),
     params:
-        code=script_code("run_intervention"),
+        code=lambda wc: script_code("run_intervention", experiments.modules(wc.experiment)),
         model=lambda wc: plan.model_identity(config, wc.model),
         labels=plan.labels(config),
         words=config["answer"]["words"],
@@ -38,11 +38,13 @@ rule attend:
     benchmark:
         "logs/benchmarks/attend/{model}.tsv"
     conda:
-        "../envs/interventions.yaml"
+        "../envs/attention.yaml"
     threads: config["interventions"]["threads"]
     resources:
         mem_mb=lambda wc, attempt: jobs.intervention_mem_mb(config, wc.model, N_TEXTS, attempt),
-        runtime=lambda wc, attempt: 15 * attempt,
+        runtime=lambda wc, attempt: jobs.forward_runtime(
+            config, wc.model, jobs.intervention_texts(config, N_TEXTS), attempt
+        ),
     params:
         code=script_code("attend"),
         model=lambda wc: plan.model_identity(config, wc.model),

@@ -23,7 +23,7 @@ rule fit_probes:
         cells=lambda wc: plan.grid_cells(config, wc.location),
         labels=plan.labels(config),
         location=lambda wc: wc.location,
-        layers=lambda wc: list(range(int(wc.first), int(wc.last) + 1)),
+        layers=lambda wc: plan.layer_range(wc.first, wc.last),
         provenance=lambda wc: plan.hidden_provenance(config, wc.model),
     script:
         "../scripts/fit_probes.py"
@@ -75,7 +75,7 @@ rule fit_appraisal_probes:
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: jobs.appraisal_mem_mb(config, wc.model, N_TEXTS, attempt),
-        runtime=lambda wc, attempt: 30 * attempt,
+        runtime=lambda wc, attempt: jobs.fixed_runtime("fit_appraisal_probes", attempt),
     params:
         code=script_code("fit_appraisal_probes"),
         appraisal=config["appraisal"],
@@ -105,7 +105,7 @@ rule fit_text_baseline:
     threads: 1
     resources:
         mem_mb=2048,
-        runtime=lambda wc, attempt: 30 * attempt,
+        runtime=lambda wc, attempt: jobs.fixed_runtime("fit_text_baseline", attempt),
     params:
         code=script_code("fit_text_baseline"),
         probe={**plan.baseline_settings(config), "control": plan.text_control(config)},
@@ -129,7 +129,7 @@ rule fit_ratings_baseline:
     threads: 1
     resources:
         mem_mb=2048,
-        runtime=lambda wc, attempt: 15 * attempt,
+        runtime=lambda wc, attempt: jobs.fixed_runtime("fit_ratings_baseline", attempt),
     params:
         code=script_code("fit_ratings_baseline"),
         probe=plan.baseline_settings(config),
@@ -157,7 +157,7 @@ rule logit_lens:
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: jobs.extraction_mem_mb(config, wc.model, attempt),
-        runtime=lambda wc, attempt: 15 * attempt,
+        runtime=lambda wc, attempt: jobs.fixed_runtime("logit_lens", attempt),
     params:
         code=script_code("logit_lens"),
         model=lambda wc: plan.model_identity(config, wc.model),
@@ -189,7 +189,7 @@ rule localise:
     threads: 1
     resources:
         mem_mb=4096,
-        runtime=lambda wc, attempt: 15 * attempt,
+        runtime=lambda wc, attempt: jobs.fixed_runtime("localise", attempt),
     params:
         code=script_code("localise"),
         probe={key: config["probe"][key] for key in ("bootstrap", "seed")},

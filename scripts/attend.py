@@ -3,17 +3,15 @@ its attention on the start, the template's opening, the event text and the templ
 over every token of a few of the texts."""
 
 import numpy as np
-import pandas as pd
 import torch
 
 from emoprobe.attention import segment_shares, share_table, token_segments
-from emoprobe.corpus import read_prompts
+from emoprobe.corpus import read_prompts, sample_of
 from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.forward import tokenize
 from emoprobe.h5io import write_attention
-from emoprobe.interventions import sample_of
-from emoprobe.io import write_tsv
+from emoprobe.io import read_optional_tsv, write_tsv
 from emoprobe.last_token import iter_last_token_batches
 from emoprobe.models import decoder_layers, load_configured_model
 from emoprobe.progress import Progress
@@ -23,7 +21,7 @@ torch.set_num_threads(snakemake.threads)
 name, model_cfg, settings = snakemake.wildcards.model, snakemake.params.model, snakemake.params.settings
 device = pick_device(snakemake.params.device)
 with reported_as_message():
-    answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
+    answers = read_optional_tsv(snakemake.input, "answers")
     prompts = sample_of(read_prompts(snakemake.input.prompts), answers, subset=settings["subset"],
                         texts=settings["texts"], seed=settings["seed"])
 # the first line of the log: what this job does (its progress follows, in texts, emoprobe.progress)

@@ -11,7 +11,7 @@ from emoprobe.corpus import read_prompts
 from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import ResultFileError, read_layer, read_word_embeddings, write_problems
-from emoprobe.io import write_tsv
+from emoprobe.io import read_optional_tsv, write_tsv
 from emoprobe.probes import fold_indices, probe_problem, probe_targets
 from emoprobe.progress import layer_range
 from emoprobe.provenance import conditional as conditional_provenance
@@ -31,7 +31,7 @@ log.info("fit_conditional_probes: model %s, location %s, layers %s, %s; beyond %
          ", ".join(baseline_names), device)
 with reported_as_message():
     prompts = read_prompts(snakemake.input.prompts).set_index("row_id")
-    answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
+    answers = read_optional_tsv(snakemake.input, "answers")
     _, meta = read_layer(snakemake.input.states[snakemake.params.chunk_index[layers[0]]], layers[0], location,
                          positions=positions, provenance=snakemake.params.provenance)
     row_id = meta["row_id"]

@@ -8,7 +8,7 @@ from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.grid import Cell
 from emoprobe.h5io import read_layer
-from emoprobe.io import write_tsv
+from emoprobe.io import read_optional_tsv, write_tsv
 from emoprobe.probes import probe_layer, probe_targets
 from emoprobe.progress import Progress, layer_range
 
@@ -28,7 +28,7 @@ log.info("fit_nonlinear_probes: model %s, location %s, MLP probes at token -1 of
          "one train/test split", snakemake.params.nonlinear, device)
 progress = Progress(log, len(layers) * len(cells), "cells", what=f"fit_nonlinear_probes {location}")
 with reported_as_message():
-    answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
+    answers = read_optional_tsv(snakemake.input, "answers")
 tables = []
 for layer in layers:
     path = snakemake.input.states[snakemake.params.chunk_index[layer]]

@@ -9,7 +9,7 @@ from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.grid import Cell, positions_of
 from emoprobe.h5io import STACKED, read_layer, write_directions, write_predictions
-from emoprobe.io import write_tsv
+from emoprobe.io import read_optional_tsv, write_tsv
 from emoprobe.probes import probe_layer, probe_targets
 from emoprobe.progress import Progress, layer_range
 from emoprobe.provenance import predictions as predictions_provenance
@@ -35,7 +35,7 @@ log.info("fit_probes: model %s, location %s, layers %s x %d cell(s) each (%s) = 
          fit["device"], torch.get_num_threads())
 progress = Progress(log, len(layers) * per_layer, "cells", what=f"fit_probes {location}")
 with reported_as_message():
-    answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
+    answers = read_optional_tsv(snakemake.input, "answers")
 tables, predictions, directions = [], {}, {}
 for layer in layers:
     with reported_as_message():

@@ -7,7 +7,7 @@ import pandas as pd
 from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.grid import Cell
-from emoprobe.io import write_tsv
+from emoprobe.io import read_optional_tsv, write_tsv
 from emoprobe.probes import probe_layer, probe_targets
 
 log = log_to(snakemake.log[0])
@@ -15,7 +15,7 @@ settings, labels, columns = snakemake.params.probe, snakemake.params.labels, sna
 fit = {key: settings[key] for key in ("C", "max_iter", "tol", "folds", "test_size", "seed", "stratify")}
 with reported_as_message():
     prompts = read_prompts(snakemake.input.prompts)
-    answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
+    answers = read_optional_tsv(snakemake.input, "answers")
 ratings = prompts[columns].to_numpy(dtype="float32")[:, None, :]  # one "position": the ratings
 tables = []
 for subset, target, rows, label_id in probe_targets(settings["subsets"], settings["answer_probe"],

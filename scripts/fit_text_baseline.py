@@ -7,7 +7,7 @@ from emoprobe.baselines import text_probe
 from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import STACKED, write_predictions
-from emoprobe.io import write_tsv
+from emoprobe.io import read_optional_tsv, write_tsv
 from emoprobe.probes import probe_targets
 from emoprobe.provenance import predictions as predictions_provenance
 
@@ -16,7 +16,7 @@ settings, labels = snakemake.params.probe, snakemake.params.labels
 fit = {key: settings[key] for key in ("C", "max_iter", "tol", "folds", "test_size", "seed", "stratify", "control")}
 with reported_as_message():
     prompts = read_prompts(snakemake.input.prompts)
-    answers = pd.read_csv(snakemake.input.answers, sep="\t") if "answers" in snakemake.input.keys() else None
+    answers = read_optional_tsv(snakemake.input, "answers")
 tables, predictions = [], {}
 for subset, target, rows, label_id in probe_targets(settings["subsets"], settings["answer_probe"],
                                                     prompts["row_id"].to_numpy(), prompts["label_id"].to_numpy(),

@@ -21,7 +21,7 @@ def problems(config) -> str:
     validate(config, str(ROOT / "schemas/config.schema.yaml"))  # the defaults, as prepare_config fills them in
     try:
         describe_models(config, ROOT)  # as the workflow does between the schema and check_config
-        check_config(config, ROOT)
+        check_config(config)
     except ConfigError as err:
         return str(err)
     return ""

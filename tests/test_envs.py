@@ -213,10 +213,18 @@ def distribution_of(module: str) -> str:
     return distributions[0]
 
 
+def registered_functions() -> list[str]:
+    """Every ``"module:function"`` the experiment registry names (runners, directions readers)."""
+    from emoprobe.experiments import EXPERIMENTS
+
+    return [spec for entry in EXPERIMENTS.values() for spec in (entry.runner, entry.read_directions) if spec]
+
+
 def script_needs(script: Path) -> Needs:
     """Everything the script can run, followed through emoprobe: the whole script, the import-time code of
     every emoprobe module imported on the way, and every function or class of emoprobe that reached code
-    names (a module used other than as ``module.attribute``: all of its functions)."""
+    names (a module used other than as ``module.attribute``: all of its functions), and, where it reaches the
+    engine's import by name (:func:`emoprobe.edits.implementation`), every function the experiment registry names."""
     needs = Needs()
     scripts = {"__main__": Source("__main__", script)}
     get = lambda name: scripts.get(name) or source(name)
@@ -236,6 +244,8 @@ def script_needs(script: Path) -> Needs:
             needs.reached.add(f"{module}.{name}")
             nodes = list(ast.walk(code.defs[name]))
             queue.append((module, None))
+            if f"{module}.{name}" == "emoprobe.edits.implementation":  # imports by name what the registry names
+                queue.extend(tuple(spec.split(":")) for spec in registered_functions())
         for node in nodes:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 imported = [code.absolute(node)] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]

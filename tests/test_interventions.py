@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from emoprobe import interventions, last_token
+from emoprobe import ablation, edits, last_token, scores, steering, windows
 from emoprobe.answers import answer_token_ids, label_readout
 from emoprobe.forward import tokenize
 from emoprobe.models import decoder_layers
@@ -70,7 +70,7 @@ def test_the_cached_last_token_path_is_the_full_prompt_run_with_the_same_hook(sm
         assert relative(readout(batch.clean[("residual", 30)]), clean) <= 1e-4
         for location in LOCATIONS:
             for centre, span in ((1, 3), (15, 5), (30, 3)):
-                window = last_token.layer_window(centre, span, 30)
+                window = windows.layer_window(centre, span, 30)
                 for kind in ("zero", "random", "patch", "steer"):
                     edits = edits_of(kind, location, window, batch, indices)
                     cached, plain = readout(batch.run(edits)), readout(
@@ -84,7 +84,7 @@ def test_edits_that_change_nothing_give_the_clean_logits(smollm2_parts):
         clean = readout(batch.clean[("residual", 30)])
         assert relative(readout(batch.run({})), clean) <= 1e-5  # zero ablation of nothing, from block 1
         for location in LOCATIONS:
-            window = last_token.layer_window(12, 3, 30)
+            window = windows.layer_window(12, 3, 30)
             write_back = {(location, layer): last_token.replace_with(batch.clean[(location, layer)]) for layer in window}
             assert relative(readout(batch.run(write_back)), clean) <= 1e-5
             no_step = {(location, layer): last_token.add(torch.zeros(576)) for layer in window}
@@ -103,11 +103,11 @@ def test_the_last_residual_stream_is_the_answer(smollm2_parts):
 
 
 def test_the_window_is_clipped_to_the_model():
-    assert last_token.layer_window(1, 3, 30) == [1, 2]
-    assert last_token.layer_window(15, 5, 30) == [13, 14, 15, 16, 17]
-    assert last_token.layer_window(30, 5, 30) == [28, 29, 30]
+    assert windows.layer_window(1, 3, 30) == [1, 2]
+    assert windows.layer_window(15, 5, 30) == [13, 14, 15, 16, 17]
+    assert windows.layer_window(30, 5, 30) == [28, 29, 30]
     with pytest.raises(ValueError, match="layer 31 is not between 1 and 30"):
-        last_token.layer_window(31, 3, 30)
+        windows.layer_window(31, 3, 30)
 
 
 @pytest.mark.parametrize("share_prefix", [True, False])
@@ -156,17 +156,17 @@ def run_plan(parts, token_ids, plan, max_batch_size):
     base, blocks, readout, _, pad_id = parts
     found = last_token.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id, batch_tokens=1 << 16,
                                                   max_batch_size=max_batch_size, max_padding=0.5, locations=LOCATIONS)
-    return interventions.condition_logits(found, plan, readout, len(token_ids), max_rows=64)
+    return edits.condition_logits(found, plan, readout, len(token_ids), max_rows=64)
 
 
 def test_ablation_tables_do_not_depend_on_the_batching(smollm2_parts, answered_prompts):
     token_ids, row_ids = answered_prompts
-    plan, described = interventions.ablation_plan("random", LOCATIONS, [5, 30], 3, 30, seed=1, row_ids=row_ids)
+    plan, described = ablation.ablation_plan("random", LOCATIONS, [5, 30], 3, 30, seed=1, row_ids=row_ids)
     small, clean_small = run_plan(smollm2_parts, token_ids, plan, max_batch_size=7)
     large, clean_large = run_plan(smollm2_parts, token_ids, plan, max_batch_size=64)
     scale = np.abs(clean_large).max()
     assert np.abs(small - large).max() <= 1e-4 * scale and np.abs(clean_small - clean_large).max() <= 1e-4 * scale
-    table = interventions.unchanged_rows(large, clean_large, described)
+    table = ablation.unchanged_rows(large, clean_large, described)
     # the residual stream one layer at a time; attention and MLP in a window of 3, none at 30 (it would leave the model)
     assert table[["location", "layer", "span"]].values.tolist() == [["residual", 5, 1], ["attention", 5, 3], ["mlp", 5, 3],
                                                                     ["residual", 30, 1]]
@@ -178,10 +178,10 @@ def test_patching_the_last_residual_stream_transfers_every_pair(smollm2_parts, a
     token_ids, row_ids = answered_prompts
     keys = [(location, layer) for location in LOCATIONS for layer in range(1, 31)]
     none, clean = run_plan(smollm2_parts, token_ids, lambda indices, batch: [[{}]], max_batch_size=64)
-    targets, sources = interventions.patching_pairs(clean.argmax(1), n_pairs=12, seed=0)
+    targets, sources = ablation.patching_pairs(clean.argmax(1), n_pairs=12, seed=0)
     assert len(targets) == 12 and len(set(targets)) == 12
     assert (clean.argmax(1)[targets] != clean.argmax(1)[sources]).all()
-    assert np.array_equal(interventions.patching_pairs(clean.argmax(1), n_pairs=12, seed=0)[1], sources)
+    assert np.array_equal(ablation.patching_pairs(clean.argmax(1), n_pairs=12, seed=0)[1], sources)
     states = {}  # every text's clean outputs, then the sources' in target order
     base, blocks, readout, _, pad_id = smollm2_parts
     for indices, batch in last_token.iter_last_token_batches(base, blocks, token_ids, pad_id=pad_id,
@@ -190,9 +190,9 @@ def test_patching_the_last_residual_stream_transfers_every_pair(smollm2_parts, a
         for key in keys:
             states.setdefault(key, torch.empty(len(token_ids), 576))[torch.as_tensor(indices)] = batch.clean[key]
     source_states = {key: value[torch.as_tensor(sources)] for key, value in states.items()}
-    plan, described = interventions.patching_plan(LOCATIONS, [16, 30], 5, 30, source_states)
+    plan, described = ablation.patching_plan(LOCATIONS, [16, 30], 5, 30, source_states)
     logits, target_clean = run_plan(smollm2_parts, [token_ids[t] for t in targets], plan, max_batch_size=64)
-    table = interventions.patching_rows(logits, target_clean, clean.argmax(1)[sources], sources, described)
+    table = ablation.patching_rows(logits, target_clean, clean.argmax(1)[sources], sources, described)
     last = table[(table["location"] == "residual") & (table["layer"] == 30)].iloc[0]
     assert last["transfer"] == 1.0 and last["kept"] == 0.0 and last["n_pairs"] == 12
     assert (last["first_layer"], last["last_layer"], last["span"]) == (30, 30, 1)  # the residual stream: one layer
@@ -224,13 +224,13 @@ def test_a_residual_window_acts_as_its_top_layer_alone(smollm2_parts, answered_p
 
 
 def test_windows_that_would_leave_the_model_are_dropped_or_clipped_and_named():
-    assert interventions.windows("attention", [1, 2, 15, 30], 3, 30, replaces=True, clip=False) == {2: [1, 2, 3],
+    assert windows.windows("attention", [1, 2, 15, 30], 3, 30, replaces=True, clip=False) == {2: [1, 2, 3],
                                                                                           15: [14, 15, 16]}
-    assert interventions.windows("attention", [1, 30], 3, 30, replaces=True, clip=True) == {1: [1, 2], 30: [29, 30]}
-    assert interventions.windows("residual", [1, 30], 5, 30, replaces=True, clip=False) == {1: [1], 30: [30]}
-    assert interventions.windows("residual", [1, 30], 3, 30, replaces=False, clip=False) == {}  # steering adds: windows stay
-    assert interventions.windows("mlp", [10], 4, 30, replaces=True, clip=False) == {10: [8, 9, 10, 11, 12]}
-    plan, described = interventions.ablation_plan("zero", LOCATIONS, [1, 2, 30], 3, 30, seed=0, row_ids=np.arange(3),
+    assert windows.windows("attention", [1, 30], 3, 30, replaces=True, clip=True) == {1: [1, 2], 30: [29, 30]}
+    assert windows.windows("residual", [1, 30], 5, 30, replaces=True, clip=False) == {1: [1], 30: [30]}
+    assert windows.windows("residual", [1, 30], 3, 30, replaces=False, clip=False) == {}  # steering adds: windows stay
+    assert windows.windows("mlp", [10], 4, 30, replaces=True, clip=False) == {10: [8, 9, 10, 11, 12]}
+    plan, described = ablation.ablation_plan("zero", LOCATIONS, [1, 2, 30], 3, 30, seed=0, row_ids=np.arange(3),
                                            clip=True)
     rows = {(d["location"], d["layer"]): (d["first_layer"], d["last_layer"], d["span"]) for d in described}
     assert rows[("attention", 1)] == (1, 2, 2) and rows[("mlp", 30)] == (29, 30, 2) and rows[("mlp", 2)] == (1, 3, 3)
@@ -246,7 +246,7 @@ def test_steps_along_a_window_add_up_and_the_rows_say_how_far():
     orthogonal = {layer: np.eye(hidden, dtype=np.float32)[[layer % hidden, (layer + 1) % hidden]] for layer in range(1, 11)}
     norms = {layer: 10.0 for layer in range(1, 11)}
     for directions, factor in ((same, 3.0), (orthogonal, np.sqrt(3.0))):
-        _, described = interventions.promotion_plan([0], [0.5], [5], 3, 10, directions, norms)
+        _, described = steering.promotion_plan([0], [0.5], [5], 3, 10, directions, norms)
         [row] = described
         assert (row["first_layer"], row["last_layer"], row["span"]) == (4, 6, 3)
         assert row["beta_absolute"] == 5.0 and np.isclose(row["displacement"], 0.5 * factor)
@@ -256,11 +256,11 @@ def test_patching_sources_are_drawn_without_replacement_while_they_last():
     """70 texts of one answer, 30 of another: every target of the 70 needs a source among the 30, so sources repeat,
     but only once all 30 serve; with answers split evenly every source is a text of its own."""
     skewed = np.r_[np.zeros(70, dtype=np.int64), np.ones(30, dtype=np.int64)]
-    targets, sources = interventions.patching_pairs(skewed, 100, seed=0)
+    targets, sources = ablation.patching_pairs(skewed, 100, seed=0)
     assert (skewed[targets] != skewed[sources]).all() and len(set(targets)) == len(targets) == 100
     assert len(set(sources[skewed[targets] == 0])) == 30  # every text of the other answer serves before any twice
     even = np.r_[np.zeros(50, dtype=np.int64), np.ones(50, dtype=np.int64)]
-    targets, sources = interventions.patching_pairs(even, 100, seed=0)
+    targets, sources = ablation.patching_pairs(even, 100, seed=0)
     assert len(set(sources)) == 100
 
 
@@ -287,7 +287,7 @@ def test_patching_intervals_cover_when_pairs_share_a_source(shape, sources_of):
         sources = sources_of(rng)
         propensity = rng.beta(truth * 2, (1 - truth) * 2, size=sources.max() + 1)
         hits = rng.random(len(sources)) < propensity[sources]
-        _, low, high = interventions.clustered_share(hits, sources)
+        _, low, high = scores.clustered_share(hits, sources)
         covered.append(low <= truth <= high)
         low, high = wilson(int(hits.sum()), len(hits))
         naive.append(low <= truth <= high)
@@ -318,7 +318,7 @@ def test_promotion_pushes_along_the_promoted_emotions_own_direction(smollm2_part
     rows = {layer: rng.standard_normal((13, 576)).astype(np.float32) for layer in range(1, 31)}
     units = {layer: r / np.linalg.norm(r, axis=1, keepdims=True) for layer, r in rows.items()}
     norms = {layer: float(layer) for layer in range(1, 31)}
-    plan, described = interventions.promotion_plan([3, 7], [0.5], [10], 3, 30, units, norms)
+    plan, described = steering.promotion_plan([3, 7], [0.5], [10], 3, 30, units, norms)
     indices, batch = next(iter(last_token.iter_last_token_batches(base, blocks, token_ids[:4], pad_id=pad_id,
                                                                      batch_tokens=1 << 16, max_batch_size=4,
                                                                      max_padding=0.5)))
@@ -334,21 +334,21 @@ def test_promotion_pushes_along_the_promoted_emotions_own_direction(smollm2_part
 
 def test_zero_ablation_of_the_last_residual_stream_gives_every_text_one_answer(smollm2_parts, answered_prompts):
     token_ids, row_ids = answered_prompts
-    plan, described = interventions.ablation_plan("zero", ["residual"], [30], 1, 30, seed=0, row_ids=row_ids)
+    plan, described = ablation.ablation_plan("zero", ["residual"], [30], 1, 30, seed=0, row_ids=row_ids)
     logits, clean = run_plan(smollm2_parts, token_ids, plan, max_batch_size=64)
     assert len(set(logits[0].argmax(1).tolist())) == 1
-    table = interventions.unchanged_rows(logits, clean, described)
+    table = ablation.unchanged_rows(logits, clean, described)
     assert table["unchanged"].iloc[0] == (clean.argmax(1) == logits[0, 0].argmax()).mean()
 
 
 def test_the_promotion_metric_is_the_papers():
     p_clean = np.array([0.2, 0.2, 0.5, 0.0, 1.0])
     p_after = np.array([0.6, 0.1, 0.5, 0.3, 0.4])
-    assert np.allclose(interventions.normalised_change(p_clean, p_after), [0.4 / 0.8, -0.1 / 0.2, 0.0, 0.3, -0.6])
-    assert np.allclose(interventions.softmax(np.array([[0.0, np.log(3.0)]])), [[0.25, 0.75]])
-    assert np.allclose(np.linalg.norm(interventions.raw_direction(np.array([3.0, 4.0]))), 1.0)
+    assert np.allclose(steering.normalised_change(p_clean, p_after), [0.4 / 0.8, -0.1 / 0.2, 0.0, 0.3, -0.6])
+    assert np.allclose(steering.softmax(np.array([[0.0, np.log(3.0)]])), [[0.25, 0.75]])
+    assert np.allclose(np.linalg.norm(steering.raw_direction(np.array([3.0, 4.0]))), 1.0)
     with pytest.raises(ValueError, match="no direction"):
-        interventions.raw_direction(np.zeros(4))
+        steering.raw_direction(np.zeros(4))
 
 
 @pytest.mark.parametrize("shape, draw", [
@@ -371,7 +371,7 @@ def test_the_promotion_change_interval_covers_the_mean_change(shape, draw):
     p_after = np.where(change > 0, 0.2 + change * 0.8, 0.2 + change * 0.2)
     logits = np.log(np.stack([p_after, 1 - p_after], axis=-1))
     clean = np.log(np.tile([0.2, 0.8], (100, 1)))
-    table = interventions.promotion_rows(logits, clean, [{"emotion": 0}] * 1000, replicates=1000, seed=0)
+    table = steering.promotion_rows(logits, clean, [{"emotion": 0}] * 1000, replicates=1000, seed=0)
     assert np.allclose(table["change"], change.mean(axis=1))
     covered = np.mean((table["change_low"] <= truth) & (truth <= table["change_high"]))
     assert 0.93 <= covered <= 0.985, covered
@@ -392,7 +392,7 @@ def test_the_cached_path_is_the_full_prompt_run_on_gemma3(gemma3_lm, share_prefi
         clean = readout(batch.clean[("residual", 18)])
         for location in LOCATIONS:
             for centre in (3, 6, 12, 18):
-                window = last_token.layer_window(centre, 3, 18)
+                window = windows.layer_window(centre, 3, 18)
                 for kind in ("zero", "random", "patch", "steer"):
                     edits = edits_of(kind, location, window, batch, indices)
                     plain = readout(last_token.full_prompt_outputs(base, blocks, prompts, tokenizer.pad_token_id,
@@ -407,7 +407,7 @@ def test_promotion_along_the_readout_of_an_emotion_makes_it_the_answer(smollm2_p
     model, tokenizer = smollm2_lm
     rows = model.get_output_embeddings().weight[answer_token_ids(tokenizer, LABELS, {})]
     readout_directions = (rows * model.get_decoder().norm.weight).detach().numpy()
-    directions = {30: np.stack([interventions.raw_direction(row) for row in readout_directions])}
+    directions = {30: np.stack([steering.raw_direction(row) for row in readout_directions])}
     _, clean = run_plan(smollm2_parts, token_ids, lambda indices, batch: [[{}]], max_batch_size=64)
     base, blocks, _, _, pad_id = smollm2_parts
     norms = {30: float(np.mean([batch.clean[("residual", 30)].norm(dim=-1).mean().item() for _, batch in
@@ -415,9 +415,9 @@ def test_promotion_along_the_readout_of_an_emotion_makes_it_the_answer(smollm2_p
                                                                       batch_tokens=1 << 16, max_batch_size=64,
                                                                       max_padding=0.5)]))}
     emotions = [LABELS.index("joy"), LABELS.index("fear")]
-    plan, described = interventions.promotion_plan(emotions, [0.0, 4.0], [30], 1, 30, directions, norms)
+    plan, described = steering.promotion_plan(emotions, [0.0, 4.0], [30], 1, 30, directions, norms)
     logits, clean_again = run_plan(smollm2_parts, token_ids, plan, max_batch_size=64)
-    table = interventions.promotion_rows(logits, clean_again, described, replicates=200)
+    table = steering.promotion_rows(logits, clean_again, described, replicates=200)
     assert table[["emotion", "beta"]].values.tolist() == [[emotions[0], 0.0], [emotions[0], 4.0],
                                                            [emotions[1], 0.0], [emotions[1], 4.0]]
     still = table[table["beta"] == 0.0]
@@ -428,10 +428,10 @@ def test_promotion_along_the_readout_of_an_emotion_makes_it_the_answer(smollm2_p
     assert np.allclose(pushed["beta_absolute"], 4.0 * norms[30])
     # the same step as a surgery recipe: the same answers, counted per label
     recipe = {"joy readout": {30: directions[30][emotions[0]]}}
-    plan, described = interventions.surgery_plan(recipe, [4.0], [30], 1, 30, norms)
+    plan, described = steering.surgery_plan(recipe, [4.0], [30], 1, 30, norms)
     surgery, _ = run_plan(smollm2_parts, token_ids, plan, max_batch_size=64)
     assert np.array_equal(surgery[0].argmax(1), logits[1].argmax(1))
-    counts = interventions.answer_distribution_rows(surgery, clean_again, described, LABELS).set_index("label")
+    counts = steering.answer_distribution_rows(surgery, clean_again, described, LABELS).set_index("label")
     assert counts["count"].sum() == 40 and counts.loc["joy", "count"] == round(pushed["promoted"].iloc[0] * 40)
 
 
@@ -450,7 +450,7 @@ def test_the_promotion_runner_pushes_each_emotion_along_its_own_row_of_the_probe
     directions = {30: (classes, readout_directions[classes])}
     settings = {"span": 1, "every": 30, "seed": 0, "betas": [4.0], "emotions": ["joy", "fear", "trust"],
                 "bootstrap": 200, "clip_windows": False}
-    table = interventions.run_experiment(
+    table = edits.run_experiment(
         "promotion", settings, batches=lambda ids: batches(base, blocks, ids, pad_id, True), readout=readout,
         token_ids=token_ids, row_ids=row_ids, n_layers=30, labels=LABELS, directions=directions)
     assert table["emotion"].tolist() == ["joy", "fear", "trust"] and (table["layer"] == 30).all()
@@ -474,7 +474,7 @@ def test_the_surgery_runner_pushes_each_recipe_along_its_own_appraisals(smollm2_
     recipes = {f"{appraisal} up": {"push": {appraisal: 1}, "hold": []} for appraisal in carries}
     settings = {"span": 1, "every": 30, "seed": 0, "betas": [4.0], "recipes": recipes, "orthogonalise": False,
                 "random_controls": 0, "clip_windows": False}
-    table = interventions.run_experiment(
+    table = edits.run_experiment(
         "surgery", settings, batches=lambda ids: batches(base, blocks, ids, pad_id, True), readout=readout,
         token_ids=token_ids, row_ids=row_ids, n_layers=30, labels=LABELS, directions=directions)
     for appraisal, label in carries.items():
@@ -487,32 +487,32 @@ def test_the_surgery_runner_pushes_each_recipe_along_its_own_appraisals(smollm2_
 def test_a_surgery_direction_leaves_the_appraisals_held_fixed_alone():
     rng = np.random.default_rng(0)
     weights = {name: rng.standard_normal(16) for name in ("pleasantness", "self_control", "urgency", "effort")}
-    plain = interventions.surgery_direction(weights, {"pleasantness": 1, "self_control": -1})
+    plain = steering.surgery_direction(weights, {"pleasantness": 1, "self_control": -1})
     expected = weights["pleasantness"] / np.linalg.norm(weights["pleasantness"]) - weights["self_control"] / \
         np.linalg.norm(weights["self_control"])
     assert np.allclose(plain, expected / np.linalg.norm(expected), atol=1e-6)
-    held = interventions.surgery_direction(weights, {"pleasantness": 1}, held_fixed=["urgency", "effort"])
+    held = steering.surgery_direction(weights, {"pleasantness": 1}, held_fixed=["urgency", "effort"])
     assert np.isclose(np.linalg.norm(held), 1.0) and abs(held @ weights["urgency"]) < 1e-5 and \
         abs(held @ weights["effort"]) < 1e-5 and held @ weights["pleasantness"] > 0
     # a recipe holds its own list, as the paper's set does; without orthogonalise, the plain signed sum (its code)
     recipes = {"p+held": {"push": {"pleasantness": 1}, "hold": ["urgency", "effort"]},
                "p+s-": {"push": {"pleasantness": 1, "self_control": -1}, "hold": []}}
-    found = interventions.recipe_directions({7: weights}, recipes, orthogonalise=True)
+    found = steering.recipe_directions({7: weights}, recipes, orthogonalise=True)
     assert np.allclose(found["p+held"][7], held, atol=1e-6) and np.allclose(found["p+s-"][7], plain, atol=1e-6)
-    unheld = interventions.recipe_directions({7: weights}, recipes, orthogonalise=False)["p+held"][7]
+    unheld = steering.recipe_directions({7: weights}, recipes, orthogonalise=False)["p+held"][7]
     assert np.allclose(unheld, weights["pleasantness"] / np.linalg.norm(weights["pleasantness"]), atol=1e-6)
 
 
 def test_answer_distributions_count_every_text_once():
     clean = np.eye(3, dtype=np.float32)[[0, 0, 1, 2, 0]]
     after = np.eye(3, dtype=np.float32)[[[1, 1, 1, 2, 0]]]
-    table = interventions.answer_distribution_rows(after, clean, [{"recipe": "pleasantness+", "beta": 1.0}], ["a", "b", "c"])
+    table = steering.answer_distribution_rows(after, clean, [{"recipe": "pleasantness+", "beta": 1.0}], ["a", "b", "c"])
     assert table["clean_count"].tolist() == [3, 1, 1] and table["count"].tolist() == [1, 3, 1]
     assert table["shift"].tolist() == [-2, 2, 0]
     # texts 0 and 1 moved from a to b, text 2 stayed: a share of 2/5 changed, which the shifts alone (2) bound below
     assert (table["changed"] == 0.4).all() and (table["n_texts"] == 5).all()
     assert (table["changed_low"] < 0.4).all() and (table["changed_high"] > 0.4).all()
-    swapped = interventions.answer_distribution_rows(np.eye(3, dtype=np.float32)[[[1, 0, 0, 2, 0]]], clean,
+    swapped = steering.answer_distribution_rows(np.eye(3, dtype=np.float32)[[[1, 0, 0, 2, 0]]], clean,
                                                      [{"recipe": "x", "beta": 1.0}], ["a", "b", "c"])
     assert (swapped["shift"] == 0).all() and (swapped["changed"] == 0.4).all()  # a and b traded one text each
 
@@ -528,12 +528,76 @@ def test_promotion_pushes_only_the_emotions_its_probe_has_a_row_of(smollm2_parts
                 "clip_windows": False}
     kwargs = dict(batches=lambda ids: batches(base, blocks, ids, pad_id, True), readout=readout, token_ids=token_ids,
                   row_ids=np.arange(len(token_ids)), n_layers=30, labels=LABELS, directions=directions)
-    table = interventions.run_experiment("promotion", settings, **kwargs)
+    table = edits.run_experiment("promotion", settings, **kwargs)
     # centres 15 and 30; the window at 30 would leave the model
     assert table["emotion"].tolist() == ["joy", "sadness"] and table["layer"].tolist() == [15, 15]
     assert (table["n_texts"] == len(TEXTS)).all() and (table["beta_absolute"] > 0).all()
-    none = interventions.run_experiment("promotion", {**settings, "emotions": ["fear"]}, **kwargs)
-    assert list(none.columns) == ["note"] and "no row of any of the emotions ['fear']" in none["note"][0]
+    with pytest.raises(edits.NothingToRun, match=r"no row of any of the emotions \['fear'\]: nothing to push along"):
+        edits.run_experiment("promotion", {**settings, "emotions": ["fear"]}, **kwargs)
+
+
+def run_toy(run: edits.ExperimentInputs):
+    """A toy experiment's runner: each location's output scaled by ``factor`` in each window, the share of answers
+    it leaves unchanged (with ``factor`` 0, zero ablation by another route)."""
+    settings = run.settings
+    plan, described = ablation.each_location_plan(settings["locations"], run.centres, settings["span"], run.n_layers,
+                                                  settings["clip_windows"],
+                                                  lambda indices, batch, key: lambda h: h * settings["factor"])
+    return ablation.unchanged_rows(*run.conditions(plan, len(described), "toy scaling"), described)
+
+
+def test_a_toy_experiment_is_one_entry_planned_run_and_tabled(monkeypatch, smollm2_parts, answered_prompts):
+    """An experiment added as one registry entry (and its settings, which a real one declares in the schema) is
+    checked, planned (its table, job estimates, settings, the heatmap), run by the engine the generic script calls,
+    and drawn as a heatmap panel, with no other file touched."""
+    import pandas as pd
+
+    from conftest import small_config
+    from emoprobe import experiments, jobs, plan, report
+    from emoprobe.config import check_interventions
+    from emoprobe.errors import ConfigError
+    from test_plan import prepared
+
+    toy = experiments.Experiment(runner="test_interventions:run_toy", per_location=True,
+                                 heatmap=("unchanged", "answers changed by scaling"),
+                                 conditions=lambda section, labels: len(section["locations"]),
+                                 summary=lambda settings, labels: f"outputs x {settings['factor']}")
+    monkeypatch.setitem(experiments.EXPERIMENTS, "toy", toy)
+    config = prepared(small_config())
+    config["interventions"].update(experiments=["zero", "toy"], toy={"span": 3, "every": 10, "factor": 0.0})
+    check_interventions(config)
+    with pytest.raises(ConfigError, match="interventions.toy.span: 31 is more than the 30 layers of smollm2-135m"):
+        check_interventions({**config, "interventions": {**config["interventions"], "toy": {"span": 31, "every": 10}}})
+    model = "smollm2-135m"
+    assert plan.intervention_files(config, model) == [f"results/interventions/{model}/zero.tsv",
+                                                      f"results/interventions/{model}/toy.tsv"]
+    assert f"results/figures/interventions/{model}.png" in plan.all_targets(config)
+    settings = plan.intervention_settings(config, "toy")
+    assert settings["factor"] == 0.0 and settings["locations"] == LOCATIONS == config["locations"]
+    assert jobs.intervention_conditions(config, model, "toy") == 3 * 3  # centres 10, 20, 30 x 3 locations
+    assert jobs.intervention_runtime(config, model, "toy", 144, 1) >= 15
+    assert toy.summary(settings, LABELS) == "outputs x 0.0" and experiments.modules("toy") == ()
+
+    token_ids, row_ids = answered_prompts
+    base, blocks, readout, _, pad_id = smollm2_parts
+    common = dict(batches=lambda ids: batches(base, blocks, ids, pad_id, True), readout=readout, token_ids=token_ids,
+                  row_ids=row_ids, n_layers=30, labels=LABELS)
+    table = edits.run_experiment("toy", settings, **common)
+    zero = edits.run_experiment("zero", {**plan.intervention_settings(config, "zero"), "span": 3, "every": 10}, **common)
+    assert table[["location", "layer", "span"]].equals(zero[["location", "layer", "span"]])
+    assert np.allclose(table["unchanged"], zero["unchanged"], atol=1.5 / len(token_ids))
+    assert table["unchanged"].min() < 1  # the edits do change answers
+
+    both = pd.concat([t.assign(model=model, experiment=e, subset="all") for e, t in (("zero", zero), ("toy", table))])
+    accuracy = pd.DataFrame([{"model": model, "location": location, "subset": "all", "target": "label",
+                              "position": -1, "layer": layer, "balanced_accuracy": 0.5, "balanced_low": 0.4,
+                              "balanced_high": 0.6} for location in LOCATIONS for layer in range(1, 31)])
+    panels = report.intervention_panels(accuracy, both, model, LOCATIONS)
+    assert [panel.title.split(" (")[0] for panel in panels] == [
+        "probe balanced accuracy", "answers changed by zero ablation", "answers changed by scaling"]
+    toy_panel = panels[-1].value
+    assert toy_panel.loc["mlp", 20] == pytest.approx(1 - table.set_index(["location", "layer"]).loc[("mlp", 20),
+                                                                                                  "unchanged"])
 
 
 def test_what_the_experiments_cannot_do_they_refuse(smollm2_parts):
@@ -543,9 +607,9 @@ def test_what_the_experiments_cannot_do_they_refuse(smollm2_parts):
     found = list(last_token.iter_last_token_batches(base, blocks, token_ids[:3], pad_id=pad_id, batch_tokens=4096,
                                                        max_batch_size=4, max_padding=0.9))
     with pytest.raises(ValueError, match="the batches do not cover all 4 texts"):
-        interventions.condition_logits(found, lambda indices, batch: [[{}]], readout, n_texts=4)
+        edits.condition_logits(found, lambda indices, batch: [[{}]], readout, n_texts=4)
     with pytest.raises(ValueError, match="the batches do not cover all 4 texts"):
-        interventions.clean_outputs(found, [("residual", 3)], readout, n_texts=4)
+        edits.clean_outputs(found, [("residual", 3)], readout, n_texts=4)
     _, batch = found[0]
     with pytest.raises(ValueError, match="start 5 is not between 1 and the first edited layer, 3"):
         batch.run_many([{("residual", 3): last_token.zero}], start=5)
@@ -554,11 +618,11 @@ def test_what_the_experiments_cannot_do_they_refuse(smollm2_parts):
     with pytest.raises(ValueError, match="every prompt needs its last token outside the shared prefix"):
         last_token.LastTokenBatch(base, blocks, [[]], pad_id)
     with pytest.raises(ValueError, match="a probe weight row of zeros has no direction"):
-        interventions.raw_direction(np.zeros(8))
+        steering.raw_direction(np.zeros(8))
     with pytest.raises(ValueError, match="ablation kind 'mean' is neither 'zero' nor 'random'"):
-        interventions.ablation_plan("mean", LOCATIONS, [5], 3, 30, seed=0, row_ids=np.arange(3))
+        ablation.ablation_plan("mean", LOCATIONS, [5], 3, 30, seed=0, row_ids=np.arange(3))
     with pytest.raises(ValueError, match="experiment 'steering' is not one of"):
-        interventions.run_experiment("steering", {"every": 5, "span": 3, "seed": 0, "clip_windows": False}, batches=None,
+        edits.run_experiment("steering", {"every": 5, "span": 3, "seed": 0, "clip_windows": False}, batches=None,
                               readout=readout, token_ids=token_ids, row_ids=np.arange(len(token_ids)), n_layers=30,
                               labels=LABELS)
 

@@ -80,7 +80,7 @@ def declared_local_rules() -> set[str]:
 # never as a cluster job
 LOCAL_RULES = {"all", "download_model", "aggregate_accuracy", "count_subsets", "record_config", "summarise_answers",
                "aggregate_appraisal", "plot_accuracy", "plot_layer_position", "plot_appraisal", "plot_confusion",
-               "aggregate_interventions", "plot_interventions", "plot_steering", "plot_interventions_by_depth",
+               "aggregate_interventions", "plot_interventions", "plot_experiment", "plot_interventions_by_depth",
                "plot_attention"}
 # Snakemake's `localrules:` directive keeps the names it is given, which a module's `as emoprobe_*` changes: each
 # local rule says `localrule: True` itself. Printed by the workflow Snakemake parses (no public API lists them).

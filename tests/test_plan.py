@@ -138,11 +138,15 @@ def test_the_experiment_registry_is_what_the_schema_allows():
     schema = yaml.safe_load(SCHEMA.read_text())
     allowed = schema["properties"]["interventions"]["properties"]["experiments"]["items"]["enum"]
     assert sorted(allowed) == sorted(experiments.EXPERIMENTS)
-    assert "attention" not in experiments.editing() and set(experiments.steering()) == {"promotion", "surgery"}
+    assert "attention" not in experiments.editing() and set(experiments.with_figure()) == {"promotion", "surgery"}
     assert experiments.per_location() == ["zero", "random", "patching"]
-    from emoprobe.interventions import RUNNERS
+    from emoprobe import report
+    from emoprobe.edits import implementation
 
-    assert sorted(RUNNERS) == sorted(experiments.editing())  # each experiment that edits the model has its runner
+    for name, entry in experiments.EXPERIMENTS.items():  # each names a runner, reader and figure that exist
+        assert all(callable(implementation(spec)) for spec in (entry.runner, entry.read_directions) if spec), name
+        assert entry.figure is None or callable(getattr(report, entry.figure)), name
+        assert entry.per_location == (entry.heatmap is not None) and entry.edits == (entry.conditions is not None)
 
 
 def test_each_experiment_reads_the_directions_it_pushes_along(small):

@@ -163,7 +163,7 @@ def test_probes_count_their_cells(caplog):
 
 
 class FakeBatch:
-    """What :func:`emoprobe.interventions.condition_logits` asks of a batch: its clean output and edited runs."""
+    """What :func:`emoprobe.edits.condition_logits` asks of a batch: its clean output and edited runs."""
 
     blocks = [None]
 
@@ -179,7 +179,7 @@ class FakeBatch:
 
 
 def test_interventions_count_their_runs(caplog):
-    from emoprobe.interventions import condition_logits
+    from emoprobe.edits import condition_logits
 
     batches = [(np.array([0, 1, 2]), FakeBatch(3)), (np.array([3, 4]), FakeBatch(2))]
     caplog.set_level(logging.INFO)
@@ -194,7 +194,7 @@ def test_an_experiment_logs_its_conditions_then_its_runs(caplog):
     """run_experiment as scripts/run_intervention.py calls it, on a tiny model: the count of its edited runs, then
     their progress; patching first runs the clean prompts, counted in texts."""
     from emoprobe.forward import tokenize
-    from emoprobe.interventions import run_experiment
+    from emoprobe.edits import run_experiment
     from emoprobe.last_token import iter_last_token_batches
     from emoprobe.models import decoder_layers
 

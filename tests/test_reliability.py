@@ -1,6 +1,7 @@
 """A run killed with SIGKILL mid-extraction resumes to exactly the result of an uninterrupted run."""
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,7 +22,11 @@ def wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(e2e_run, tmp_path):
-    command, env = snakemake_command(tmp_path, small_config(), "--cores", "2")
+    """The extraction of both layer chunks (every later job is a function of those bytes, as the rebuild test below
+    shows) killed while it writes, then resumed by the same command: the same bytes as the uninterrupted run's."""
+    chunks = [f"results/hidden/smollm2-135m/{chunk}.h5" for chunk in ("layers01-15", "layers16-30")]
+    shutil.copytree(e2e_run / "resources", tmp_path / "resources")  # the prepared model, not prepared again
+    command, env = snakemake_command(tmp_path, small_config(), *chunks, "--cores", "2")
     log = tmp_path / "logs/extract_hidden_states/smollm2-135m/layers01-15.log"
     with open(tmp_path / "killed.out", "w") as out:
         # its own session, so the kill takes Snakemake and its running jobs at once, like a lost node
@@ -38,14 +43,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(e2e_run, tmp_path):
         read_layer(finished, 30)  # anything under a final name is whole
 
     # SIGKILL leaves Snakemake's lock behind; the user is told to unlock, then reruns the same command
-    locked = run_snakemake(tmp_path, small_config(), "--cores", "2")
+    locked = run_snakemake(tmp_path, small_config(), *chunks, "--cores", "2")
     assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
     assert run_snakemake(tmp_path, small_config(), "--unlock").returncode == 0
-    resumed = run_snakemake(tmp_path, small_config(), "--cores", "2")
+    resumed = run_snakemake(tmp_path, small_config(), *chunks, "--cores", "2")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
-    # same config, same machine: byte-identical results, the interruption left no trace
-    for name in ("results/accuracy.tsv", "results/tables/smollm2-135m_accuracy_by_layer.txt"):
+    # same config, same machine: byte-identical states, the interruption left no trace
+    for name in chunks:
         assert (tmp_path / name).read_bytes() == (e2e_run / name).read_bytes(), name
     assert not list(hidden.glob(".*.partial"))
 
@@ -53,8 +58,6 @@ def test_killed_run_resumes_to_the_uninterrupted_result(e2e_run, tmp_path):
 def test_a_byte_changed_in_a_finished_run_is_refused_by_name_and_the_rebuild_is_byte_identical(e2e_run, tmp_path):
     """Silent corruption, as a disk or a copy makes it: the bytes change, the modification times do not, so
     Snakemake sees nothing to redo; every job that reads the changed file refuses it, naming it."""
-    import shutil
-
     run, config = tmp_path / "run", small_config()
     shutil.copytree(e2e_run, run, symlinks=True)  # modification times kept: Snakemake's view of the finished run
     model = run / "resources/models/smollm2-135m/model.safetensors"
@@ -124,7 +127,8 @@ def test_a_byte_changed_in_a_finished_run_is_refused_by_name_and_the_rebuild_is_
 
 
 def test_batching_sorting_and_chunking_do_not_change_the_results(e2e_run, tmp_path):
-    """One prompt per batch, no shared prefix, ten 3-layer chunks: the same states and probe accuracies."""
+    """One prompt per batch, no shared prefix, three 10-layer chunks (their bounds not the 15-layer run's): the same
+    states and probe accuracies."""
     import numpy as np
     import pandas as pd
 
@@ -132,12 +136,13 @@ def test_batching_sorting_and_chunking_do_not_change_the_results(e2e_run, tmp_pa
 
     config = with_changes(small_config(), extraction__max_batch_size=1, extraction__share_prefix=False,
                           locations=["residual"], probe__subsets=["all"])
-    config["models"]["smollm2-135m"]["layer_chunk_size"] = 3
-    result = run_snakemake(tmp_path, config, "--cores", "2")
+    config["models"]["smollm2-135m"]["layer_chunk_size"] = 10
+    shutil.copytree(e2e_run / "resources", tmp_path / "resources")  # the prepared model, not prepared again
+    result = run_snakemake(tmp_path, config, "results/accuracy.tsv", "--cores", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert len(list((tmp_path / "results/hidden/smollm2-135m").glob("*.h5"))) == 10
+    assert len(list((tmp_path / "results/hidden/smollm2-135m").glob("*.h5"))) == 3
 
-    for layer, chunk in ((1, "layers01-03"), (17, "layers16-18"), (30, "layers28-30")):
+    for layer, chunk in ((1, "layers01-10"), (11, "layers11-20"), (17, "layers11-20"), (30, "layers21-30")):
         ours, _ = read_layer(tmp_path / f"results/hidden/smollm2-135m/{chunk}.h5", layer)
         reference, _ = read_layer(e2e_run / f"results/hidden/smollm2-135m/layers{'01-15' if layer <= 15 else '16-30'}.h5",
                                   layer)

@@ -17,10 +17,10 @@ from transformers import LlamaConfig as EvilConfig
 
 
 @pytest.fixture
-def model_with_custom_code(e2e_run, tmp_path):
+def model_with_custom_code(smollm2_dir, tmp_path):
     """A copy of the prepared SmolLM2 whose config points the auto classes at code shipped beside it."""
     model_dir = tmp_path / "evil"
-    shutil.copytree(e2e_run / "resources/models/smollm2-135m", model_dir)
+    shutil.copytree(smollm2_dir, model_dir)
     config = json.loads((model_dir / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "modeling_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel"}
     (model_dir / "config.json").write_text(json.dumps(config))
@@ -47,9 +47,9 @@ def test_code_shipped_with_a_model_runs_when_trusted(model_with_custom_code):
     assert (model_with_custom_code.parent / "REMOTE_CODE_RAN").read_text() == "remote code ran"
 
 
-def test_pickled_weights_are_refused(e2e_run, tmp_path):
+def test_pickled_weights_are_refused(smollm2_dir, tmp_path):
     model_dir = tmp_path / "pickled"
-    shutil.copytree(e2e_run / "resources/models/smollm2-135m", model_dir)
+    shutil.copytree(smollm2_dir, model_dir)
     state = {k: torch.zeros(1) for k in ["x"]}
     torch.save(state, model_dir / "pytorch_model.bin")
     for weights in model_dir.glob("*.safetensors"):

@@ -105,6 +105,7 @@ def test_workflow_on_slurm_gives_the_local_result(e2e_run, tmp_path):
             profile["set-resources"][rule]["gpu_model"] = cluster.gpu_model
         profile["max-threads"] = os.cpu_count()  # extraction.threads (8) > the node's CPUs; the local run has 2 too
         profile["slurm-init-seconds-before-status-checks"] = 2  # not 40: the jobs here take seconds
+        profile["seconds-between-status-checks"] = 2  # not 10, for the same reason
         (tmp_path / "profile").mkdir()
         (tmp_path / "profile/config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
 

@@ -1,12 +1,13 @@
-"""Emotion promotion (emotion x layer) or appraisal surgery (answers per recipe) of one model."""
+"""The figure of one experiment's own (its registry entry's, emoprobe.experiments) for one model."""
 
 import pandas as pd
 
+from emoprobe import report
 from emoprobe.errors import log_to
-from emoprobe.report import plot_promotion, plot_surgery
+from emoprobe.experiments import EXPERIMENTS
 
 log = log_to(snakemake.log[0])
 table = pd.read_csv(snakemake.input[0], sep="\t")
-plot = {"promotion": plot_promotion, "surgery": plot_surgery}[snakemake.wildcards.experiment]
+plot = getattr(report, EXPERIMENTS[snakemake.wildcards.experiment].figure)
 plot(table, snakemake.wildcards.model, snakemake.output.png, snakemake.output.pdf)
 log.info("plotted %d rows", len(table))
