@@ -48,6 +48,7 @@ from emoprobe.device import pick_device  # noqa: E402
 from emoprobe.h5io import read_layer  # noqa: E402
 from emoprobe.logistic import Probe, fit_logistic  # noqa: E402
 from emoprobe.probes import fold_indices, probe_layer, probe_targets, split_indices  # noqa: E402
+from emoprobe.settings import Logistic, Split  # noqa: E402
 
 # The commit before this trainer (issue #25): the batched trainer of emoprobe/batched.py.
 BASELINE = "1ebbe1d"
@@ -118,7 +119,8 @@ def fit_cells(states, meta, answers, labels, location_cells, device):
         start = time.perf_counter()
         results = probe_layer(states[:, index], positions, [(rows, y) for _, rows, y in problems],
                               [location_cells[name] for name, _, _ in problems], label_names=labels, device=device,
-                              **PROTOCOL)
+                              split=Split(*(PROTOCOL[key] for key in Split._fields)),
+                              trainer=Logistic(*(PROTOCOL[key] for key in Logistic._fields)))
         seconds = time.perf_counter() - start
     finally:
         module.fit_logistic = original

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from emoprobe.probes import (cross_validated_table, fold_indices, prior_log2, probe_problem, score_table, scored_rows,
-                             unscored_table)
+from emoprobe.probes import OutOfFold, prior_log2, probe_problem, score_table, scored_rows, unscored_table
 from emoprobe.scores import log2_probability_of
+from emoprobe.settings import Logistic, Split
 
 
 def tfidf_vectoriser():
@@ -31,54 +31,46 @@ def tfidf_vectoriser():
     return TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
 
 
-def text_out_of_fold(texts: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, max_iter: int, tol: float,
-                     folds: int, test_size: float, seed: int, stratify: bool, control: bool) -> dict:
-    """The bag-of-words probe's out-of-fold predictions over the probes' folds (:func:`emoprobe.probes.fold_indices`),
-    as :func:`emoprobe.probes.cross_validated_table` takes them (one position); with ``control``, also fitted on
-    ``y`` shuffled once with ``seed``. The TF-IDF vocabulary and weights are fitted on each fold's training texts."""
+def text_out_of_fold(texts: np.ndarray, y: np.ndarray, n_classes: int, *, trainer: Logistic, split: Split,
+                     control: bool) -> OutOfFold:
+    """The bag-of-words probe's out-of-fold predictions over the probes' folds (``split``), as one position's
+    :class:`emoprobe.probes.OutOfFold`; with ``control``, also fitted on the control's shuffled labels. The TF-IDF
+    vocabulary and weights are fitted on each fold's training texts, the latter by scikit-learn's
+    ``LogisticRegression`` with the trainer's ``C``, ``max_iter`` and ``tol``."""
     from sklearn.linear_model import LogisticRegression
 
-    splits = fold_indices(y, folds=folds, test_size=test_size, seed=seed, stratify=stratify)
-    shuffled = np.random.default_rng(seed).permutation(y)
-    predicted, control_predicted = (np.full((1, len(y)), -1, dtype=np.int64) for _ in range(2))
-    log2_probability = np.full((1, len(y)), np.nan)
-    majority = np.full(len(y), -1, dtype=np.int64)
-    train_accuracy, n_iters = [], []
-    for train, test in splits:
+    record = OutOfFold(y, n_classes, 1, split)
+    n_iters = []
+    for f, (train, test) in enumerate(record.splits):
         vectoriser = tfidf_vectoriser()
         x_train, x_test = vectoriser.fit_transform(texts[train]), vectoriser.transform(texts[test])
-        for labels, into in [(y, predicted)] + ([(shuffled, control_predicted)] if control else []):
-            model = LogisticRegression(C=C, max_iter=max_iter, tol=tol).fit(x_train, labels[train])
-            into[0, test] = model.predict(x_test)
-            n_iters.append(int(np.max(model.n_iter_)))
-            if into is predicted:
-                train_accuracy.append(np.mean(model.predict(x_train) == y[train]))
-                # a class its training texts lack has no column: probability 0
-                logits = np.full((len(test), n_classes), -np.inf)
-                logits[:, model.classes_] = model.predict_log_proba(x_test)
-                log2_probability[0, test] = log2_probability_of(logits, y[test])
-        majority[test] = np.bincount(y[train], minlength=n_classes).argmax()
-    tested = np.sort(np.concatenate([test for _, test in splits]))
-    return {"tested": tested, "predicted": predicted[:, tested], "control_predicted": control_predicted[:, tested],
-            "shuffled": shuffled, "majority": majority[tested], "train_accuracy": np.array([np.mean(train_accuracy)]),
-            "log2_probability": log2_probability[:, tested], "prior_log2": prior_log2(y, splits, n_classes)[tested],
-            "n_train": len(splits[0][0]), "n_test": len(splits[0][1]), "folds": len(splits),
-            "n_iter": max(n_iters), "converged": max(n_iters) < max_iter}
+        fitted = []
+        for labels in [y] + ([record.shuffled] if control else []):
+            fitted.append(LogisticRegression(C=trainer.C, max_iter=trainer.max_iter, tol=trainer.tol)
+                          .fit(x_train, labels[train]))
+            n_iters.append(int(np.max(fitted[-1].n_iter_)))
+        model = fitted[0]
+        # a class its training texts lack has no column: probability 0
+        logits = np.full((len(test), n_classes), -np.inf)
+        logits[:, model.classes_] = model.predict_log_proba(x_test)
+        record.record_fold(0, f, model.predict(x_test), log2_probability_of(logits, y[test]),
+                           np.mean(model.predict(x_train) == y[train]),
+                           fitted[1].predict(x_test) if control else None)
+    record.record_fits(0, max(n_iters), max(n_iters) < trainer.max_iter)
+    return record
 
 
-def text_probe(texts: Sequence[str], label_id: np.ndarray, *, label_names: Sequence[str], C: float, max_iter: int,
-               tol: float, folds: int, test_size: float, seed: int, stratify: bool, control: bool
-               ) -> tuple[pd.DataFrame, dict | None]:
+def text_probe(texts: Sequence[str], label_id: np.ndarray, *, label_names: Sequence[str], trainer: Logistic,
+               split: Split, control: bool) -> tuple[pd.DataFrame, dict | None]:
     """The bag-of-words probe of one problem: one row of :data:`emoprobe.scores.SCORE_COLUMNS` (``position`` NaN)
-    and its predictions, as :func:`emoprobe.probes.cross_validated_table` gives them."""
-    problem = probe_problem(label_id, label_names, folds)
+    and its predictions, as :meth:`emoprobe.probes.OutOfFold.scored` gives them (``rows`` indexing ``texts``)."""
+    problem = probe_problem(label_id, label_names, split.folds)
     if not problem.scorable:
         return unscored_table(problem, [np.nan]), None
     y = np.searchsorted(problem.labels, problem.label_id)
-    cv = text_out_of_fold(np.asarray(texts, dtype=object)[problem.rows], y, len(problem.labels), C=C,
-                          max_iter=max_iter, tol=tol, folds=folds, test_size=test_size, seed=seed, stratify=stratify,
-                          control=control)
-    return cross_validated_table(problem, y, cv, [np.nan])
+    record = text_out_of_fold(np.asarray(texts, dtype=object)[problem.rows], y, len(problem.labels), trainer=trainer,
+                              split=split, control=control)
+    return record.scored(problem, [np.nan], problem.rows)
 
 
 def logit_lens_table(label_id: np.ndarray, readout: np.ndarray, layers: Sequence[int], *, label_names: Sequence[str],

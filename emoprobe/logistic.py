@@ -209,7 +209,7 @@ class _Solve:
         self.layout, self.probes = layout, probes
         self.d = features.shape[1]
         self.K = max(p.n_classes for p in probes)
-        B, K, d = len(probes), self.K, self.d
+        B, K = len(probes), self.K
         n_train = torch.as_tensor([len(p.train) for p in probes], dtype=self.dtype, device=self.device)
         # every probe's mean and standard deviation from float64 sums over the blocks it trains on
         sums = torch.stack([features[a:b].sum(dim=0, dtype=torch.float64) for a, b in layout.bounds])

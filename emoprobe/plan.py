@@ -18,6 +18,7 @@ from emoprobe import experiments, grid, hub, jobs, provenance
 from emoprobe.architecture import model_source
 from emoprobe.config import count_records, prompt_template
 from emoprobe.io import sha256_of
+from emoprobe.settings import MLP, Forward, Logistic, Probing, Problems, Split
 
 # Output paths, as Snakemake wildcard patterns (the rules' outputs); :func:`path` fills them in.
 CORPUS_DOWNLOAD = "resources/corpus/{filename}"  # where dataset.url is downloaded, when dataset.path is missing
@@ -180,6 +181,16 @@ def extraction_settings(config: dict, model: str) -> dict:
     return settings
 
 
+def forward_settings(config: dict) -> Forward:
+    """How the jobs other than the extraction run a model (:class:`emoprobe.settings.Forward`)."""
+    return Forward.from_config(config["extraction"])
+
+
+def answer_words(config: dict) -> dict[str, str]:
+    """The word each label is answered with where it is not the label itself (``answer.words``)."""
+    return config["answer"]["words"]
+
+
 def hidden_provenance(config: dict, model: str) -> dict:
     """The attributes the model's hidden-state files carry and their readers expect
     (:func:`emoprobe.provenance.hidden_states`)."""
@@ -223,22 +234,50 @@ def uses_answers(config: dict) -> bool:
     return "model_correct" in config["probe"]["subsets"] or config["probe"]["answer_probe"]
 
 
-def probe_settings(config: dict) -> dict:
-    """The probe settings that decide a linear probe's fit and scores: not the grid (a job's cells are its own
-    param), the non-linear or conditional probes, the job layout or the localisation's bootstrap."""
-    decided_elsewhere = ("grid", "nonlinear", "conditional", "bootstrap")
-    return {k: v for k, v in without_scheduling("probe", config["probe"]).items() if k not in decided_elsewhere}
+def probe_settings(config: dict) -> Probing:
+    """What decides a linear probe's fit and scores (:class:`emoprobe.settings.Probing`): not the grid (a job's
+    cells are its own param), the non-linear or conditional probes, the job layout or the localisation's
+    bootstrap."""
+    probe = config["probe"]
+    return Probing(Problems.from_config(probe), Split.from_config(probe), Logistic.from_config(probe),
+                   probe["device"])
 
 
-def baseline_settings(config: dict) -> dict:
-    """The probe settings that decide the text and appraisal-ratings baselines: a probe's less ``device``, since they
-    are fitted on the CPU."""
-    return {k: v for k, v in probe_settings(config).items() if k != "device"}
+def baseline_settings(config: dict) -> Probing:
+    """What decides the text and appraisal-ratings baselines: a linear probe's settings, on the CPU whatever
+    ``probe.device`` says."""
+    return probe_settings(config)._replace(device="cpu")
 
 
-def split_settings(config: dict) -> dict:
-    """The settings that decide the probes' folds, which the appraisal probes share."""
-    return {key: config["probe"][key] for key in ("folds", "test_size", "seed", "stratify")}
+def localise_settings(config: dict) -> dict:
+    """What decides a localisation besides its inputs: the bootstrap's replicates and seed."""
+    return {key: config["probe"][key] for key in ("bootstrap", "seed")}
+
+
+def appraisal_settings(config: dict) -> dict:
+    """What decides the appraisal probes besides their folds: the ridge penalty and the positions (``appraisal``)."""
+    return config["appraisal"]
+
+
+def appraisal_columns(config: dict) -> list[str]:
+    """The corpus's appraisal-rating columns, in the order the appraisal tables and directions keep them."""
+    return config["dataset"]["appraisal_columns"]
+
+
+def n_layers(config: dict, model: str) -> int:
+    """The model's decoder layers."""
+    return config["models"][model]["n_layers"]
+
+
+def chunk_layers(config: dict, model: str) -> list[list[int]]:
+    """The layers each of the model's hidden-state files stores (the embeddings aside), in :func:`hidden_files`'
+    order."""
+    return [list(range(first, last + 1)) for first, last in jobs.extraction_chunks(config, model)]
+
+
+def split_settings(config: dict) -> Split:
+    """The probes' folds, which the appraisal probes share."""
+    return Split.from_config(config["probe"])
 
 
 def problem_settings(config: dict) -> dict:
@@ -246,34 +285,22 @@ def problem_settings(config: dict) -> dict:
     return {key: config["probe"][key] for key in ("subsets", "answer_probe", "folds")}
 
 
-def nonlinear_problem_settings(config: dict) -> dict:
-    """The settings of the linear probes that decide a non-linear probe: the problems, folds and device, not the
-    linear probes' optimiser."""
-    keys = ("subsets", "answer_probe", "folds", "test_size", "seed", "stratify", "device")
-    return {key: config["probe"][key] for key in keys}
+def nonlinear_settings(config: dict) -> Probing:
+    """What decides a non-linear probe: the linear probes' problems, folds and device, its own trainer (not the
+    linear probes' optimiser, nor where it is fitted: a job's cells are its own param)."""
+    probe = config["probe"]
+    return Probing(Problems.from_config(probe), Split.from_config(probe), MLP.from_config(probe["nonlinear"]),
+                   probe["device"])
 
 
-def nonlinear_settings(config: dict) -> dict:
-    """The non-linear probes' own settings that decide them (not where they are fitted: a job's cells are its own
-    param)."""
-    return {key: config["probe"]["nonlinear"][key] for key in ("hidden", "alpha", "max_iter", "tol")}
+def grid_cells(config: dict, location: str) -> dict[str, dict[int, grid.Cell]]:
+    """The linear probes' cells at ``location`` (:func:`emoprobe.grid.cells`)."""
+    return grid.cells(config)[location]
 
 
-def plain_cells(location_cells: dict) -> dict:
-    """Cells (:class:`emoprobe.grid.Cell`) as plain data for a param: ``{problem: {position: {"control": bool,
-    "directions": bool}}}``."""
-    return {problem: {position: cell._asdict() for position, cell in by_position.items()}
-            for problem, by_position in location_cells.items()}
-
-
-def grid_cells(config: dict, location: str) -> dict:
-    """The linear probes' cells at ``location`` (:func:`emoprobe.grid.cells`), as plain data."""
-    return plain_cells(grid.cells(config)[location])
-
-
-def nonlinear_cells(config: dict, location: str) -> dict:
-    """The non-linear probes' cells at ``location`` (:func:`emoprobe.grid.nonlinear_cells`), as plain data."""
-    return plain_cells(grid.nonlinear_cells(grid.cells(config)[location]))
+def nonlinear_cells(config: dict, location: str) -> dict[str, dict[int, grid.Cell]]:
+    """The non-linear probes' cells at ``location`` (:func:`emoprobe.grid.nonlinear_cells`)."""
+    return grid.nonlinear_cells(grid.cells(config)[location])
 
 
 def nonlinear_locations(config: dict) -> list[str]:
@@ -449,7 +476,7 @@ def conditional_settings(config: dict) -> dict:
     penalties and inner folds, the probes' folds and trainer settings."""
     where = ("locations", "positions", "problems")
     return {**{k: v for k, v in config["probe"]["conditional"].items() if k not in where},
-            **split_settings(config), **{key: config["probe"][key] for key in ("max_iter", "tol", "device")}}
+            **split_settings(config)._asdict(), **{key: config["probe"][key] for key in ("max_iter", "tol", "device")}}
 
 
 def conditional_uses_answers(config: dict) -> bool:
@@ -464,7 +491,8 @@ def conditional_baselines(config: dict) -> list[str]:
 
 
 def conditional_cells(config: dict, location: str) -> dict[str, list[int]]:
-    """``{problem: [positions]}`` of the conditional probes at ``location`` (:func:`emoprobe.grid.conditional_cells`)."""
+    """``{problem: [positions]}`` of the conditional probes at ``location``
+    (:func:`emoprobe.grid.conditional_cells`)."""
     return grid.conditional_cells(config)[location]
 
 

@@ -20,8 +20,7 @@ rule answer_emotions:
         layer=lambda wc: plan.layers(config, wc.model)[-1],
         provenance=lambda wc: plan.hidden_provenance(config, wc.model),
         labels=plan.labels(config),
-        words=config["answer"]["words"],
-        dtype=config["extraction"]["dtype"],
-        device=config["extraction"]["device"],
+        words=plan.answer_words(config),
+        forward=plan.forward_settings(config),
     script:
         "../scripts/answer_emotions.py"

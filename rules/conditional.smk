@@ -21,8 +21,7 @@ rule embed_words:
         code=script_code("embed_words"),
         model=lambda wc: plan.model_identity(config, wc.model),
         sample=plan.sample(config),
-        dtype=config["extraction"]["dtype"],
-        device=config["extraction"]["device"],
+        forward=plan.forward_settings(config),
     script:
         "../scripts/embed_words.py"
 
@@ -78,9 +77,9 @@ rule localise_conditional:
         runtime=lambda wc, attempt: jobs.fixed_runtime("localise_conditional", attempt),
     params:
         code=script_code("localise_conditional"),
-        probe={key: config["probe"][key] for key in ("bootstrap", "seed")},
+        probe=plan.localise_settings(config),
         jobs=lambda wc: plan.conditional_jobs(config, wc.model),
-        n_layers=lambda wc: config["models"][wc.model]["n_layers"],
+        n_layers=lambda wc: plan.n_layers(config, wc.model),
     script:
         "../scripts/localise_conditional.py"
 

@@ -42,6 +42,6 @@ rule prepare_gguf_model:
     params:
         code=script_code("prepare_gguf_model"),
         gguf=lambda wc: config["models"][wc.model]["gguf"],
-        dtype=config["extraction"]["dtype"],
+        dtype=plan.forward_settings(config).dtype,
     script:
         "../scripts/prepare_gguf_model.py"

@@ -47,8 +47,7 @@ rule fit_nonlinear_probes:
         runtime=lambda wc, attempt: jobs.nonlinear_runtime(config, wc.model, wc.location, N_TEXTS, attempt),
     params:
         code=script_code("fit_nonlinear_probes"),
-        probe=plan.nonlinear_problem_settings(config),
-        nonlinear=plan.nonlinear_settings(config),
+        probe=plan.nonlinear_settings(config),
         cells=lambda wc: plan.nonlinear_cells(config, wc.location),
         labels=plan.labels(config),
         location=lambda wc: wc.location,
@@ -78,12 +77,12 @@ rule fit_appraisal_probes:
         runtime=lambda wc, attempt: jobs.fixed_runtime("fit_appraisal_probes", attempt),
     params:
         code=script_code("fit_appraisal_probes"),
-        appraisal=config["appraisal"],
-        columns=config["dataset"]["appraisal_columns"],
+        appraisal=plan.appraisal_settings(config),
+        columns=plan.appraisal_columns(config),
         # the emotion probes' folds, not their other settings, whose change need not rerun these
         split=plan.split_settings(config),
         # the layers of each chunk file, in the order of input.states
-        layers=lambda wc: [list(range(first, last + 1)) for first, last in jobs.extraction_chunks(config, wc.model)],
+        layers=lambda wc: plan.chunk_layers(config, wc.model),
         provenance=lambda wc: plan.hidden_provenance(config, wc.model),
     script:
         "../scripts/fit_appraisal_probes.py"
@@ -108,7 +107,8 @@ rule fit_text_baseline:
         runtime=lambda wc, attempt: jobs.fixed_runtime("fit_text_baseline", attempt),
     params:
         code=script_code("fit_text_baseline"),
-        probe={**plan.baseline_settings(config), "control": plan.text_control(config)},
+        probe=plan.baseline_settings(config),
+        control=plan.text_control(config),
         labels=plan.labels(config),
     script:
         "../scripts/fit_text_baseline.py"
@@ -135,7 +135,7 @@ rule fit_ratings_baseline:
         probe=plan.baseline_settings(config),
         control=plan.text_control(config),
         labels=plan.labels(config),
-        columns=config["dataset"]["appraisal_columns"],
+        columns=plan.appraisal_columns(config),
     script:
         "../scripts/fit_ratings_baseline.py"
 
@@ -162,9 +162,8 @@ rule logit_lens:
         code=script_code("logit_lens"),
         model=lambda wc: plan.model_identity(config, wc.model),
         labels=plan.labels(config),
-        words=config["answer"]["words"],
-        dtype=config["extraction"]["dtype"],
-        device=config["extraction"]["device"],
+        words=plan.answer_words(config),
+        forward=plan.forward_settings(config),
         probe=plan.problem_settings(config),
         layers=lambda wc: plan.lens_layers(config, wc.model),
         chunk_index=lambda wc: plan.chunk_index_of_layers(config, wc.model),
@@ -192,14 +191,14 @@ rule localise:
         runtime=lambda wc, attempt: jobs.fixed_runtime("localise", attempt),
     params:
         code=script_code("localise"),
-        probe={key: config["probe"][key] for key in ("bootstrap", "seed")},
+        probe=plan.localise_settings(config),
         locations=lambda wc: list(plan.localised(config, wc.model)),
         provenance=lambda wc: {
             location: plan.predictions_provenance(config, wc.model, location)
             for location in plan.localised(config, wc.model)
         },
         text_provenance=lambda wc: plan.predictions_provenance(config, wc.model, "text"),
-        n_layers=lambda wc: config["models"][wc.model]["n_layers"],
+        n_layers=lambda wc: plan.n_layers(config, wc.model),
     script:
         "../scripts/localise.py"
 

@@ -14,12 +14,12 @@ log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg = snakemake.wildcards.model, snakemake.params.model
 labels = snakemake.params.labels
-device = pick_device(snakemake.params.device)
+device = pick_device(snakemake.params.forward.device)
 with reported_as_message():
     states, meta = read_layer(snakemake.input.states, snakemake.params.layer, "residual", positions=[-1],
                               provenance=snakemake.params.provenance)
     model, tokenizer = load_configured_model(name, model_cfg, snakemake.input.model_dir,
-                                             dtype=snakemake.params.dtype, device=device, head=True)
+                                             dtype=snakemake.params.forward.dtype, device=device, head=True)
     token_ids = answer_token_ids(tokenizer, labels, snakemake.params.words)
 log.info("model %s on %s; answer tokens %s", name, device,
          dict(zip(labels, tokenizer.convert_ids_to_tokens(token_ids))))

@@ -19,7 +19,7 @@ from emoprobe.progress import Progress
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg, settings = snakemake.wildcards.model, snakemake.params.model, snakemake.params.settings
-device = pick_device(snakemake.params.device)
+device = pick_device(snakemake.params.forward.device)
 with reported_as_message():
     answers = read_optional_tsv(snakemake.input, "answers")
     prompts = sample_of(read_prompts(snakemake.input.prompts), answers, subset=settings["subset"],
@@ -32,7 +32,7 @@ log.info("attend: the last token's attention weights of model %s (%s), every hea
          min(settings["attention"]["kept"], len(prompts)), device, torch.get_num_threads())
 with reported_as_message():
     model, tokenizer = load_configured_model(name, model_cfg, snakemake.input.model_dir,
-                                             dtype=snakemake.params.dtype, device=device)
+                                             dtype=snakemake.params.forward.dtype, device=device)
 token_ids = tokenize(tokenizer, prompts["prompt"])
 segments = token_segments(tokenizer, prompts["prompt"], snakemake.params.template)
 blocks = decoder_layers(model)

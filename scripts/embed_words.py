@@ -13,11 +13,11 @@ from emoprobe.words import mean_word_embeddings
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg = snakemake.wildcards.model, snakemake.params.model
-device = pick_device(snakemake.params.device)
+device = pick_device(snakemake.params.forward.device)
 with reported_as_message():
     prompts = read_prompts(snakemake.input.prompts)
-    model, tokenizer = load_configured_model(name, model_cfg, snakemake.input.model_dir, dtype=snakemake.params.dtype,
-                                             device=device)
+    model, tokenizer = load_configured_model(name, model_cfg, snakemake.input.model_dir,
+                                             dtype=snakemake.params.forward.dtype, device=device)
 log.info("embed_words: %d texts through model %s's input embeddings, on %s", len(prompts), name, device)
 embeddings = mean_word_embeddings(model, tokenizer, prompts["text"].tolist())
 write_word_embeddings(snakemake.output[0], prompts["row_id"].to_numpy(), embeddings,

@@ -23,7 +23,7 @@ for path, layers in zip(snakemake.input.states, snakemake.params.layers):
             states, meta = read_layer(path, layer, "residual", positions=settings["positions"],
                                       provenance=snakemake.params.provenance)
         ratings = prompts.loc[meta["row_id"], columns].to_numpy(dtype=float)
-        splits = fold_indices(meta["label_id"], **split)
+        splits = fold_indices(meta["label_id"], **split._asdict())
         table = appraisal_table(appraisal_r2(states, ratings, splits, settings["alpha"]), layer, meta["positions"],
                                 columns)
         weights, intercepts = appraisal_directions(states, ratings, settings["alpha"])

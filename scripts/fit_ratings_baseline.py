@@ -12,17 +12,15 @@ from emoprobe.probes import probe_layer, probe_targets
 
 log = log_to(snakemake.log[0])
 settings, labels, columns = snakemake.params.probe, snakemake.params.labels, snakemake.params.columns
-fit = {key: settings[key] for key in ("C", "max_iter", "tol", "folds", "test_size", "seed", "stratify")}
 with reported_as_message():
     prompts = read_prompts(snakemake.input.prompts)
     answers = read_optional_tsv(snakemake.input, "answers")
 ratings = prompts[columns].to_numpy(dtype="float32")[:, None, :]  # one "position": the ratings
 tables = []
-for subset, target, rows, label_id in probe_targets(settings["subsets"], settings["answer_probe"],
-                                                    prompts["row_id"].to_numpy(), prompts["label_id"].to_numpy(),
-                                                    answers, labels):
+for subset, target, rows, label_id in probe_targets(*settings.problems, prompts["row_id"].to_numpy(),
+                                                    prompts["label_id"].to_numpy(), answers, labels):
     [result] = probe_layer(ratings, [-1], [(rows, label_id)], [{-1: Cell(snakemake.params.control, False)}],
-                           label_names=labels, **fit)
+                           label_names=labels, split=settings.split, trainer=settings.trainer, device=settings.device)
     table = result.table.assign(position=pd.NA, model=snakemake.wildcards.model, location="appraisal_ratings",
                                 subset=subset, target=target, layer=pd.NA)
     tables.append(table)

@@ -19,10 +19,10 @@ log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg, labels = snakemake.wildcards.model, snakemake.params.model, snakemake.params.labels
 settings, layers = snakemake.params.probe, snakemake.params.layers
-device = pick_device(snakemake.params.device)
+device = pick_device(snakemake.params.forward.device)
 with reported_as_message():
     model, tokenizer = load_configured_model(name, model_cfg, snakemake.input.model_dir,
-                                             dtype=snakemake.params.dtype, device=device, head=True)
+                                             dtype=snakemake.params.forward.dtype, device=device, head=True)
     token_ids = answer_token_ids(tokenizer, labels, snakemake.params.words)
     answers = pd.read_csv(snakemake.input.answers, sep="\t")
     readout = []

@@ -19,7 +19,7 @@ log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
 name, model_cfg, kind = snakemake.wildcards.model, snakemake.params.model, snakemake.wildcards.experiment
 settings, labels = snakemake.params.settings, snakemake.params.labels
-device = pick_device(snakemake.params.device)
+device = pick_device(snakemake.params.forward.device)
 with reported_as_message():
     prompts = sample_of(read_prompts(snakemake.input.prompts), read_optional_tsv(snakemake.input, "answers"),
                         subset=settings["subset"], texts=settings["texts"], seed=settings["seed"])
@@ -33,7 +33,7 @@ log.info("intervene: %s on model %s (%s), %d texts of subset %s; windows of %d l
          EXPERIMENTS[kind].summary(settings, labels), device, torch.get_num_threads())
 with reported_as_message():
     model, tokenizer = load_configured_model(name, model_cfg, snakemake.input.model_dir,
-                                             dtype=snakemake.params.dtype, device=device, head=True)
+                                             dtype=snakemake.params.forward.dtype, device=device, head=True)
     base = model.get_decoder()
     blocks = decoder_layers(base)
     readout = label_readout(model, answer_token_ids(tokenizer, labels, snakemake.params.words))

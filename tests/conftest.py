@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,27 @@ CORPUS = (ROOT / "../shared/data/enVent_gen_Data.csv").resolve()
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 # Every test run of the workflow sees this hub token; no output or log may ever contain it.
 TOKEN = "hf_SENTINELtokenNEVERtoBEwritten0123"
+
+
+# The most a run of the suite holds on disk at once: the session's prepared models and workflow run, one test's
+# workflow run (half a GB of it a dequantised model) or env venv (up to 1.5 GB), the envs' wheelhouse; pyproject.toml
+# keeps only failed tests' folders. A run that would fill the disk stops before its first test, saying so, rather
+# than failing dozens of them with "No space left on device".
+NEEDS_FREE_GIB = 8
+HEAVY_FIXTURES = {"e2e_run", "smollm2_dir", "gemma3_dir", "venv"}
+
+
+def pytest_collection_finish(session):
+    """Before the first test of the tests selected (after ``-k`` and the like)."""
+    if not any(HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())) for item in session.items):
+        return
+    folder = Path(session.config.option.basetemp or tempfile.gettempdir())
+    folder = next(p for p in (folder, *folder.parents) if p.exists())
+    free = shutil.disk_usage(folder).free / 2**30
+    if free < NEEDS_FREE_GIB:
+        pytest.exit(f"{folder} has {free:.1f} GiB free; the tests need about {NEEDS_FREE_GIB} GiB there (workflow runs "
+                    f"and env venvs in temporary folders). Free some space, or give pytest --basetemp=DIR on a "
+                    f"larger disk.", returncode=1)
 
 
 def default_config() -> dict:

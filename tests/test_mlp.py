@@ -11,6 +11,7 @@ from sklearn.preprocessing import StandardScaler
 from emoprobe import mlp, probes
 from emoprobe.grid import Cell
 from emoprobe.logistic import Probe
+from emoprobe.settings import MLP, Logistic, Split
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +76,11 @@ def test_the_mlp_probe_reads_what_a_linear_probe_cannot():
     x = rng.standard_normal((600, 6)).astype(np.float32)
     y = (x[:, 0] * x[:, 1] > 0).astype(np.int64)
     cell = [{-1: Cell(control=True, directions=False)}]
-    split = {"label_names": ["no", "yes"], "folds": 5, "test_size": 0.2, "seed": 0, "stratify": True}
-    [linear] = probes.probe_layer(x[:, None], [-1], [(np.arange(600), y)], cell, **split)
+    split = {"label_names": ["no", "yes"], "split": Split(folds=5, test_size=0.2, seed=0, stratify=True)}
+    [linear] = probes.probe_layer(x[:, None], [-1], [(np.arange(600), y)], cell, **split,
+                                  trainer=Logistic(C=1.0, max_iter=1000, tol=1e-4))
     [nonlinear] = probes.probe_layer(x[:, None], [-1], [(np.arange(600), y)], cell, **split,
-                                     mlp={"hidden": 16, "alpha": 1.0, "max_iter": 3000, "tol": 1e-4})
+                                     trainer=MLP(hidden=16, alpha=1.0, max_iter=3000, tol=1e-4))
     assert linear.table["balanced_high"].iloc[0] < 0.6
     assert nonlinear.table["balanced_low"].iloc[0] > 0.85
     assert nonlinear.table["converged"].iloc[0]
@@ -103,9 +105,9 @@ def test_the_rows_a_probe_is_tested_on_cannot_move_its_fit(digits):
     # through the layer fit the workflow calls: rows of the layer outside a problem (another subset's texts) do not
     # move the problem's fits, as a whitening of all the layer's rows did
     cell = [{-1: Cell(control=False, directions=False)}]
-    split = {"label_names": [str(k) for k in range(10)], "folds": 5, "test_size": 0.2, "seed": 0, "stratify": True}
-    small = {"hidden": 8, "alpha": 1.0, "max_iter": 100, "tol": 1e-5}
+    split = {"label_names": [str(k) for k in range(10)], "split": Split(folds=5, test_size=0.2, seed=0, stratify=True)}
+    small = MLP(hidden=8, alpha=1.0, max_iter=100, tol=1e-5)
     rows = np.arange(600)
-    [before] = probes.probe_layer(x[:, None], [-1], [(rows, y[rows])], cell, **split, mlp=small)
-    [after] = probes.probe_layer(moved[:, None], [-1], [(rows, y[rows])], cell, **split, mlp=small)
+    [before] = probes.probe_layer(x[:, None], [-1], [(rows, y[rows])], cell, **split, trainer=small)
+    [after] = probes.probe_layer(moved[:, None], [-1], [(rows, y[rows])], cell, **split, trainer=small)
     assert np.array_equal(before.predictions["predicted"], after.predictions["predicted"])

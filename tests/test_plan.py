@@ -75,10 +75,15 @@ SETTINGS = {
     "identity": lambda config: {m: plan.model_identity(config, m) for m in config["models"]},
     "extraction": lambda config: {m: plan.extraction_settings(config, m) for m in config["models"]},
     "hidden": lambda config: {m: plan.hidden_provenance(config, m) for m in config["models"]},
+    "forward": plan.forward_settings,
+    "words": plan.answer_words,
     "probe": plan.probe_settings,
     "baseline": plan.baseline_settings,
-    "nonlinear": lambda config: (plan.nonlinear_problem_settings(config), plan.nonlinear_settings(config)),
+    "nonlinear": plan.nonlinear_settings,
     "conditional": plan.conditional_settings,
+    "localise": plan.localise_settings,
+    "appraisal": lambda config: (plan.appraisal_settings(config), plan.appraisal_columns(config),
+                                 plan.split_settings(config)),
     "interventions": lambda config: {e: plan.intervention_settings(config, e)
                                      for e in plan.editing_experiments(config)},
     "batching": plan.batching,
@@ -101,9 +106,13 @@ def test_no_setting_of_any_rule_holds_a_scheduling_key(small, section, key):
 @pytest.mark.parametrize("change, decides", [
     ({"dataset__seed": 7}, {"dataset", "hidden", "recorded"}),
     ({"extraction__storage_dtype": "float16"}, {"extraction", "hidden", "recorded"}),
+    ({"extraction__dtype": "bfloat16"}, {"extraction", "forward", "recorded"}),
+    ({"answer__words": {"joy": "happy"}}, {"words", "recorded"}),
     ({"probe__C": 2.0}, {"probe", "baseline", "recorded"}),
+    ({"probe__bootstrap": 100}, {"localise", "recorded"}),
+    ({"appraisal__alpha": 10.0}, {"appraisal", "recorded"}),
     ({"probe__device": "cpu"}, {"probe", "nonlinear", "conditional", "recorded"}),
-    ({"probe__folds": 3}, {"probe", "baseline", "nonlinear", "conditional", "recorded"}),
+    ({"probe__folds": 3}, {"probe", "baseline", "nonlinear", "conditional", "appraisal", "recorded"}),
     ({"probe__conditional__C": [0.0, 0.01]}, {"conditional", "recorded"}),
     ({"probe__conditional__locations": []}, {"recorded"}),
     ({"interventions__batch_tokens": 512}, {"batching", "recorded"}),
@@ -132,6 +141,25 @@ def test_the_recorded_config_holds_every_deciding_key_and_the_corpus_sha256(smal
     assert "layer_chunk_size" not in recorded["models"]["smollm2-135m"]
     assert recorded["probe"] == {k: v for k, v in small["probe"].items() if k != "fits_per_job"}
     assert recorded["interventions"] == {k: v for k, v in small["interventions"].items() if k != "threads"}
+
+
+def test_every_probe_key_of_the_schema_is_read_into_the_settings_or_decides_elsewhere():
+    """A new ``probe`` key reaches the probes only as a field of their settings (emoprobe/settings.py): one the
+    schema allows but no settings type reads would change no param, so rerun nothing."""
+    from emoprobe.settings import MLP, Logistic, Problems, Split
+
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["probe"]["properties"]
+    read = {*Problems._fields, *Split._fields, *Logistic._fields, "device"}
+    elsewhere = {"grid": "each job's cells", "nonlinear": "its own section", "conditional": "its own settings",
+                 "bootstrap": "the localisation's param", "fits_per_job": "scheduling (plan.SCHEDULING)"}
+    assert set(schema) == read | set(elsewhere) and not read & set(elsewhere)
+    assert set(schema["nonlinear"]["properties"]) == {*MLP._fields, "fit", "locations"}  # whether and where: the plan
+
+
+def test_the_probes_per_position_arrays_are_those_the_predictions_files_stack():
+    from emoprobe import h5io, probes
+
+    assert set(probes.PER_POSITION) == set(h5io.STACKED)
 
 
 def test_the_experiment_registry_is_what_the_schema_allows():

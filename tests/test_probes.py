@@ -9,6 +9,7 @@ from sklearn.model_selection import train_test_split
 
 from emoprobe import logistic, probes
 from emoprobe.grid import Cell
+from emoprobe.settings import Logistic, Split
 
 
 def test_split_is_the_reference_train_test_split():
@@ -104,7 +105,7 @@ def labelled_states(seed=0):
 
 
 LABELS = [f"label{i}" for i in range(13)]
-SETTINGS = dict(label_names=LABELS, C=1.0, max_iter=1000, tol=1e-4)
+SETTINGS = dict(label_names=LABELS, trainer=Logistic(C=1.0, max_iter=1000, tol=1e-4))
 
 
 def probe_layer(states, y, positions, *, control, directions=False, **settings):
@@ -116,7 +117,7 @@ def probe_layer(states, y, positions, *, control, directions=False, **settings):
 
 def test_probe_layer_on_one_split_gives_one_row_per_position():
     states, y = labelled_states()
-    table, predictions = probe_layer(states, y, [-1, -2, -3], folds=0, test_size=0.25, seed=42, stratify=True,
+    table, predictions = probe_layer(states, y, [-1, -2, -3], split=Split(0, 0.25, 42, True),
                                             control=False, **SETTINGS)
     assert table["position"].tolist() == [-1, -2, -3]
     assert (table["n_train"] == 90).all() and (table["n_test"] == 30).all() and (table["folds"] == 1).all()
@@ -133,8 +134,7 @@ def test_probe_layer_on_one_split_gives_one_row_per_position():
 
 def test_k_fold_probe_with_a_shuffled_label_control():
     states, y = labelled_states()
-    table, predictions = probe_layer(states, y, [-1, -2, -3], folds=5, test_size=0.25, seed=42,
-                                            stratify=False, control=True, **SETTINGS)
+    table, predictions = probe_layer(states, y, [-1, -2, -3], split=Split(5, 0.25, 42, False), control=True, **SETTINGS)
     assert (table["folds"] == 5).all() and (table["n_train"] == 96).all() and (table["n_test"] == 24).all()
     assert (table["n_texts"] == 120).all() and table["note"].eq("").all()
     assert table.loc[0, "balanced_accuracy"] > 0.8 and table.loc[0, "macro_f1"] > 0.8 and table.loc[0, "kappa"] > 0.7
@@ -154,7 +154,7 @@ def test_imbalanced_labels_are_scored_by_balanced_accuracy():
     rng = np.random.default_rng(3)
     y = np.repeat(np.arange(4), [160, 14, 13, 13])
     states = rng.normal(size=(len(y), 1, 8)).astype(np.float32)  # no information: the probe learns the prior
-    table, _ = probe_layer(states, y, [-1], folds=5, test_size=0.2, seed=42, stratify=False, control=True,
+    table, _ = probe_layer(states, y, [-1], split=Split(5, 0.2, 42, False), control=True,
                                   **SETTINGS)
     assert table.loc[0, "accuracy"] > 0.7 and table.loc[0, "majority_accuracy"] == 0.8
     assert table.loc[0, "balanced_accuracy"] < 0.35 and abs(table.loc[0, "kappa"]) < 0.1
@@ -196,8 +196,8 @@ def test_fewer_texts_than_features_reach_the_same_optimum():
 @pytest.mark.parametrize("n, expected", [(3, "fewer than two labels"), (0, "fewer than two labels")])
 def test_too_few_texts_give_a_row_that_says_why(n, expected):
     states, y = labelled_states()
-    table, predictions = probe_layer(states[:n], y[:n], [-1, -2, -3], folds=5, test_size=0.2, seed=42,
-                                            stratify=False, control=True, **SETTINGS)
+    table, predictions = probe_layer(states[:n], y[:n], [-1, -2, -3], split=Split(5, 0.2, 42, False), control=True,
+                                     **SETTINGS)
     assert predictions is None and table["balanced_accuracy"].isna().all() and not table["converged"].any()
     assert table["note"].str.contains(expected).all() and (table["n_texts"] == 0).all()
 
@@ -205,8 +205,8 @@ def test_too_few_texts_give_a_row_that_says_why(n, expected):
 def test_labels_with_fewer_texts_than_folds_are_set_aside_and_named():
     states, y = labelled_states()
     keep = np.r_[0:30, 30:33, 60:120]  # label 1 keeps 3 texts
-    table, predictions = probe_layer(states[keep][:, :1], y[keep], [-1], folds=5, test_size=0.2, seed=42,
-                                            stratify=False, control=True, **SETTINGS)
+    table, predictions = probe_layer(states[keep][:, :1], y[keep], [-1], split=Split(5, 0.2, 42, False),
+                                     control=True, **SETTINGS)
     assert table.loc[0, "note"] == "set aside labels with fewer than 5 texts: label1 (3)"
     assert table.loc[0, "n_texts"] == 90 and table.loc[0, "n_labels"] == 3 and table.loc[0, "balanced_chance"] == 1 / 3
     assert 1 not in predictions["label_id"] and 1 not in predictions["predicted"]
@@ -237,7 +237,7 @@ def test_one_device_picker_for_every_job(monkeypatch):
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
 def test_probes_on_cuda_match_the_cpu():
     states, y = labelled_states()
-    settings = dict(folds=5, test_size=0.2, seed=42, stratify=False, control=True, **SETTINGS)
+    settings = dict(split=Split(5, 0.2, 42, False), control=True, **SETTINGS)
     cpu, _ = probe_layer(states, y, [-1, -2, -3], **settings, device="cpu")
     cuda, _ = probe_layer(states, y, [-1, -2, -3], **settings, device="cuda")
     assert np.abs(cpu["accuracy"] - cuda["accuracy"]).max() <= 1 / 24 and cuda["converged"].all()
@@ -255,7 +255,7 @@ def test_every_probe_of_a_layer_reaches_scikit_learns_scores():
     answer = np.where(rng.random(600) < 0.6, 0, y)
     problems = [(np.arange(600), y), (np.arange(600), answer), (np.flatnonzero(y < 3), y[y < 3])]
     cells = [{-1: Cell(True, False), -2: Cell(True, False)}] * 3
-    settings = dict(folds=5, test_size=0.2, seed=42, stratify=False, **SETTINGS)
+    settings = dict(split=Split(5, 0.2, 42, False), **SETTINGS)
     results = probes.probe_layer(states, [-1, -2], problems, cells, **settings)
     for (rows, labels), result in zip(problems, results):
         table = result.table
@@ -289,7 +289,7 @@ def test_the_probe_fitted_on_all_texts_is_kept_in_the_raw_space():
     states = (rng.normal(size=(400, 2, 30)) * np.linspace(0.1, 20, 30) + 3).astype(np.float32)
     states[:, 0, :4] += np.eye(4)[y] * 1.5
     rows = np.flatnonzero(y != 1)  # a problem without label 1: its probes' rows are classes 0, 2, 3
-    settings = dict(folds=5, test_size=0.2, seed=42, stratify=False, **SETTINGS)
+    settings = dict(split=Split(5, 0.2, 42, False), **SETTINGS)
     [result] = probes.probe_layer(states, [-1, -2], [(rows, y[rows])], [{-1: Cell(True, True), -2: Cell(False, False)}],
                                   **settings)
     directions = result.directions
@@ -307,3 +307,65 @@ def test_the_probe_fitted_on_all_texts_is_kept_in_the_raw_space():
     assert np.abs(logits - reference.decision_function(z)).max() <= 1e-2 * np.abs(logits).max()
     # no control at -2: its columns are empty, its predictions -1
     assert np.isnan(result.table["control_accuracy"].iloc[1]) and (result.predictions["control_predicted"][1] == -1).all()
+
+
+def test_a_new_probe_setting_reaches_the_trainer_through_the_settings_alone(monkeypatch):
+    """A linear trainer with one more field (``shrink``, dividing the penalty's C), read from the config's probe
+    section by its name, and its fit: the plan's settings carry it, Snakemake's params trigger sees its value (a
+    rerun when it changes), and the layer loop of every probe job hands it to the fit, with no other file changed."""
+    from typing import NamedTuple
+
+    from snakemake.persistence import PersistenceBase
+
+    from conftest import small_config
+    from emoprobe import logistic, plan, settings
+
+    class Shrunk(NamedTuple):  # settings.Logistic with the new field
+        C: float
+        max_iter: int
+        tol: float
+        shrink: float
+
+        gives_directions = True
+        from_config = classmethod(settings._from_section)
+
+    seen = []
+
+    def fit(trainer, x, probes_, *, seed, device, whitening):  # the trainer, using it
+        seen.append(trainer.shrink)
+        return logistic.fit_logistic(x, probes_, C=trainer.C / trainer.shrink, max_iter=trainer.max_iter,
+                                     tol=trainer.tol, q=whitening(), device=device)
+
+    monkeypatch.setattr(plan, "Logistic", Shrunk)
+    probes.fit_trainer.register(Shrunk, fit)
+    probes.trainer_logits.register(Shrunk, lambda trainer, x, fits: logistic.logits(x, fits))
+    config = small_config()
+    config["probe"].update(shrink=1.0, subsets=["all"], answer_probe=False)  # no answers to read
+    weak, strong = plan.probe_settings(config), plan.probe_settings(with_shrink(config, 100.0))
+    assert weak.trainer == Shrunk(1.0, 1000, 1e-4, 1.0) and strong.trainer.shrink == 100.0
+    serialise = PersistenceBase._serialize_param_builtin  # what the params trigger compares
+    assert serialise(None, weak) != serialise(None, strong) and "shrink=100.0" in serialise(None, strong)
+    states, y = labelled_states()
+    cells = {"all/label": {-1: Cell(False, False)}}
+    tables = {}
+    for settings_ in (weak, strong):
+        probed = probes.probe_location(lambda layer: (states[:, :1], {"row_id": np.arange(len(y)), "label_id": y}),
+                                       [1, 2], cells, settings_, device="cpu", answers=None, labels=LABELS[:4],
+                                       model="m", location="residual")
+        tables[settings_.trainer.shrink] = probed.table
+    assert seen == [1.0, 1.0, 100.0, 100.0]  # two layers each
+    # a penalty 100 times stronger: flatter probabilities of the held-out labels
+    assert (tables[100.0]["cross_entropy"] > tables[1.0]["cross_entropy"] + 0.3).all()
+
+
+def test_settings_without_a_trainer_are_refused_by_name():
+    with pytest.raises(TypeError, match="no trainer is registered for dict settings"):
+        probes.fit_trainer({"C": 1.0}, np.zeros((4, 2), np.float32), [], seed=0, device="cpu", whitening=None)
+
+
+def with_shrink(config, shrink):
+    import copy
+
+    config = copy.deepcopy(config)
+    config["probe"]["shrink"] = shrink
+    return config

@@ -146,6 +146,7 @@ def test_extraction_logs_its_progress_in_texts(tmp_path, caplog):
 def test_probes_count_their_cells(caplog):
     from emoprobe.grid import Cell
     from emoprobe.probes import probe_layer
+    from emoprobe.settings import Logistic, Split
 
     rng = np.random.default_rng(0)
     label_id = np.repeat(np.arange(3), 20)
@@ -156,8 +157,8 @@ def test_probes_count_their_cells(caplog):
         # two problems: all texts at two positions (with the control), the first 30 at one
         probe_layer(states, [-1, -2], [(np.arange(60), label_id), (np.arange(30), label_id[:30])],
                     [{-1: Cell(True, False), -2: Cell(False, False)}, {-1: Cell(False, False)}],
-                    label_names=["anger", "joy", "fear"], folds=3, test_size=0.2, seed=0, stratify=True,
-                    progress=progress)
+                    label_names=["anger", "joy", "fear"], split=Split(3, 0.2, 0, True),
+                    trainer=Logistic(1.0, 1000, 1e-4), progress=progress)
         assert progress.done == 3
     assert messages(caplog)[-1].startswith("fit_probes residual: 3/3 cells (100 %)")
 

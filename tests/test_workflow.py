@@ -718,12 +718,17 @@ def test_probe_results_do_not_depend_on_job_grouping_or_threads(e2e_run, tmp_pat
     """Probe jobs of 1 to 11 layers given 2 threads instead of 15 layers given one: byte-identical tables."""
     for name in ("resources", "results/corpus", "results/hidden", "results/answers", "results/baselines"):
         shutil.copytree(e2e_run / name, tmp_path / name)
+    # the non-linear probes too: one job per location whatever the grouping, not what this test is about
+    nonlinear = "results/probes/smollm2-135m/residual/nonlinear.tsv"
+    (tmp_path / nonlinear).parent.mkdir(parents=True)
+    shutil.copy2(e2e_run / nonlinear, tmp_path / nonlinear)
     config = with_changes(small_config(), probe__fits_per_job=7 * 51)  # the residual stream's 51 fits a layer
     result = run_snakemake(tmp_path, config, "results/accuracy.tsv", "results/localisation.tsv", "--cores", "2",
                            "--set-threads", "fit_probes=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "rule extract_hidden_states" not in result.stdout + result.stderr
     assert "rule fit_text_baseline" not in result.stdout + result.stderr
+    assert "rule fit_nonlinear_probes" not in result.stdout + result.stderr
     assert sorted(p.name for p in (tmp_path / "results/probes/smollm2-135m/residual").glob("*.tsv")) == [
         "layers00-07.tsv", "layers08-14.tsv", "layers15-15.tsv", "layers16-22.tsv", "layers23-29.tsv", "layers30-30.tsv",
         "nonlinear.tsv"]
