@@ -17,8 +17,9 @@ with reported_as_message():
     answers = read_optional_tsv(snakemake.input, "answers")
 ratings = prompts[columns].to_numpy(dtype="float32")[:, None, :]  # one "position": the ratings
 tables = []
-for subset, target, rows, label_id in probe_targets(*settings.problems, prompts["row_id"].to_numpy(),
-                                                    prompts["label_id"].to_numpy(), answers, labels):
+for subset, target, rows, label_id in probe_targets(settings.problems.subsets, settings.problems.answer_probe,
+                                                    prompts["row_id"].to_numpy(), prompts["label_id"].to_numpy(),
+                                                    answers, labels):
     [result] = probe_layer(ratings, [-1], [(rows, label_id)], [{-1: Cell(snakemake.params.control, False)}],
                            label_names=labels, split=settings.split, trainer=settings.trainer, device=settings.device)
     table = result.table.assign(position=pd.NA, model=snakemake.wildcards.model, location="appraisal_ratings",

@@ -17,8 +17,9 @@ with reported_as_message():
     prompts = read_prompts(snakemake.input.prompts)
     answers = read_optional_tsv(snakemake.input, "answers")
 tables, predictions = [], {}
-for subset, target, rows, label_id in probe_targets(*settings.problems, prompts["row_id"].to_numpy(),
-                                                    prompts["label_id"].to_numpy(), answers, labels):
+for subset, target, rows, label_id in probe_targets(settings.problems.subsets, settings.problems.answer_probe,
+                                                    prompts["row_id"].to_numpy(), prompts["label_id"].to_numpy(),
+                                                    answers, labels):
     table, predicted = text_probe(prompts["text"].to_numpy()[rows], label_id, label_names=labels,
                                   trainer=settings.trainer, split=settings.split, control=snakemake.params.control)
     tables.append(table.assign(model=snakemake.wildcards.model, location="text", subset=subset, target=target,
