@@ -17,7 +17,7 @@ The logic of the Snakemake workflow, which its scripts call and tests import:
   :mod:`~emoprobe.steering` (promotion, surgery);
 - the probes: :mod:`~emoprobe.probes` (protocol), :mod:`~emoprobe.logistic` and :mod:`~emoprobe.mlp` (trainers,
   on :mod:`~emoprobe.lbfgs`), :mod:`~emoprobe.appraisal`, :mod:`~emoprobe.baselines`;
-- the numbers and pictures: :mod:`~emoprobe.scores`, :mod:`~emoprobe.report`.
+- the numbers and pictures: :mod:`~emoprobe.scores`, :mod:`~emoprobe.tables`, :mod:`~emoprobe.figures`.
 """
 
 __version__ = "0.1.0"

@@ -7,9 +7,11 @@ parses the workflow.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import string
 from pathlib import Path
+from typing import NamedTuple
 
 from emoprobe import experiments, grid
 from emoprobe.architecture import describe_models
@@ -210,26 +212,39 @@ def code_sha256(script: str | Path, package: str | Path, modules: tuple[str, ...
     version, whose trees may differ, reruns everything once).
     """
     package = Path(package)
-    trees = {name: ast.parse((package / f"{name}.py").read_text()) for name in modules}
-    pending = [ast.parse(Path(script).read_text()), *trees.values()]
+    hashed = list(dict.fromkeys(modules))
+    pending = [Path(script).read_text(), *((package / f"{name}.py").read_text() for name in modules)]
     while pending:
-        for node in ast.walk(pending.pop()):
-            if isinstance(node, ast.ImportFrom) and node.module == package.name:
-                names = [alias.name for alias in node.names]  # from package import module
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package.name + "."):
-                names = [node.module.split(".")[1]]
-            elif isinstance(node, ast.Import):
-                names = [a.name.split(".")[1] for a in node.names if a.name.startswith(package.name + ".")]
-            else:
-                continue
-            for name in names:
-                if name not in trees and name not in NEUTRAL_MODULES and (package / f"{name}.py").is_file():
-                    trees[name] = ast.parse((package / f"{name}.py").read_text())
-                    pending.append(trees[name])
+        for name in _module_code(pending.pop(), package.name).imports:
+            if name not in hashed and name not in NEUTRAL_MODULES and (package / f"{name}.py").is_file():
+                hashed.append(name)
+                pending.append((package / f"{name}.py").read_text())
     digest = hashlib.sha256()
-    for name in sorted(trees):
-        digest.update(f"{name}\n{ast.dump(without_docstrings(trees[name]))}\n".encode())
+    for name in sorted(hashed):
+        digest.update(f"{name}\n{_module_code((package / f'{name}.py').read_text(), package.name).tree}\n".encode())
     return digest.hexdigest()
+
+
+class _ModuleCode(NamedTuple):
+    imports: tuple[str, ...]  # the modules of the package it imports, anywhere in the file
+    tree: str  # ast.dump of its syntax tree without docstrings
+
+
+@functools.lru_cache(maxsize=256)
+def _module_code(source: str, package: str) -> _ModuleCode:
+    """What :func:`code_sha256` reads of one file's ``source``, once per process: every rule's params hash the modules
+    its script reaches, and Snakemake parses the workflow again in every job and dry run. Keyed by the text itself, so
+    that an edited file is read anew."""
+    tree = ast.parse(source)
+    imports = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == package:
+            imports += [alias.name for alias in node.names]  # from package import module
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package + "."):
+            imports.append(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            imports += [a.name.split(".")[1] for a in node.names if a.name.startswith(package + ".")]
+    return _ModuleCode(tuple(imports), ast.dump(without_docstrings(tree)))
 
 
 def without_docstrings(tree: ast.Module) -> ast.Module:

@@ -65,7 +65,7 @@ def read_corpus_table(path: str | Path, encoding: str = "auto") -> pd.DataFrame:
     -------
     pandas.DataFrame
         One row per record, every column ``str`` (numbers are converted later, by
-        whoever needs them), with attribute ``attrs["line"]``: the 1-based file line
+        whoever needs them), with attribute ``attrs["line"]`` (int64 ``[n_records]``): the 1-based file line
         on which each record ends, for error messages.
     """
     text, _ = decode_corpus(path, encoding)
@@ -96,7 +96,8 @@ def read_corpus_table(path: str | Path, encoding: str = "auto") -> pd.DataFrame:
     if duplicated:
         raise CorpusError(f"{path}: duplicate column names {duplicated}")
     table = pd.DataFrame(rows, columns=header, dtype=str)
-    table.attrs["line"] = lines
+    # an array, not a list: pandas deep-copies attrs into every table derived from this one
+    table.attrs["line"] = np.asarray(lines, dtype=np.int64)
     return table
 
 

@@ -4,7 +4,7 @@ An entry holds everything particular to its experiment: what it edits and reads 
 targets, :mod:`emoprobe.plan`), its config check (:mod:`emoprobe.config`), its conditions per window (the job
 estimates, :mod:`emoprobe.jobs`), the line its job logs, its runner and the reader of its directions (run by the
 generic ``scripts/run_intervention.py`` through :func:`emoprobe.edits.run_experiment`), its panel in the combined
-heatmap or the figure of its own (:mod:`emoprobe.report`). Adding an experiment is an entry here, its settings'
+heatmap or the figure of its own (:mod:`emoprobe.figures`). Adding an experiment is an entry here, its settings'
 section in the schema (``interventions.<name>``), and its runner's module. Only the standard library and the
 stdlib-only :mod:`emoprobe.grid` and :mod:`emoprobe.errors` are imported here: this runs every time Snakemake
 parses the workflow; runners and readers are named ``"module:function"`` and imported by the job that runs them.
@@ -47,7 +47,7 @@ class Experiment:
     """``"module:function"``, ``function(paths, settings, layers, provenance)``, its directions
     as the runner takes them; raises :class:`emoprobe.edits.NothingToRun` where the files hold none to push."""
     figure: str | None = None
-    """The function of :mod:`emoprobe.report` drawing the figure of its own, ``(table, model, png, pdf)``."""
+    """The function of :mod:`emoprobe.figures` drawing the figure of its own, ``(table, model, png, pdf)``."""
     check: Callable[[dict], None] = _no_check
     """Raises :class:`emoprobe.errors.ConfigError` on its settings where the schema cannot judge them."""
 

@@ -301,6 +301,19 @@ def read_layer(path, layer: int, location: str = "residual", positions: list[int
     return states.astype(np.float32, copy=False), meta
 
 
+def read_stored_layer(paths: Sequence, layer: int, location: str = "residual", positions: list[int] | None = None, *,
+                      provenance: dict | None = None) -> tuple[np.ndarray, dict]:
+    """:func:`read_layer` from whichever of ``paths`` (one model's hidden-state chunk files, any order) stores
+    ``location`` at ``layer``: the files say what they hold, so that a job reading several needs no map from layers to
+    files, which would make the chunking (a scheduling choice) one of its params."""
+    key = dataset_key(location, layer)
+    for path in paths:
+        with open_file(path) as f:
+            if key in f:
+                return read_layer(path, layer, location, positions, provenance=provenance)
+    raise ResultFileError(f"no dataset {key!r} in any of {[str(p) for p in paths]}; delete them and rerun")
+
+
 def write_predictions(path, problems: dict[str, dict], *, layers: Sequence[int], attrs: dict) -> None:
     """Store the pooled out-of-fold predictions of every probe of one job, atomically.
 

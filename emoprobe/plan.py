@@ -7,7 +7,9 @@ come from one function (:mod:`emoprobe.provenance`).
 
 Params hold exactly what decides an output, so that editing anything else reruns nothing: the keys that only
 size or schedule work are listed once, in :data:`SCHEDULING`; the rest of each rule's choice is its function
-below. Nothing third-party is imported here at module level: this runs every time Snakemake parses the workflow.
+below, and a config value that a rule passes on as it stands (the positions, the locations, a model's depth) is
+read in the rule itself. ``tests/test_plan.py`` checks the rules' params as Snakemake computes them. Nothing
+third-party is imported here at module level: this runs every time Snakemake parses the workflow.
 """
 
 from __future__ import annotations
@@ -209,16 +211,11 @@ def first_stored_layer(config: dict, first: int) -> int:
     return 0 if stores_embeddings(config) and int(first) == 1 else int(first)
 
 
-def chunk_index_of_layers(config: dict, model: str) -> dict[int, int]:
-    """For each layer (0, the embeddings, included), the index of its file in :func:`hidden_files`."""
-    chunks = jobs.extraction_chunks(config, model)
-    return {layer: next(i for i, (first, last) in enumerate(chunks) if first <= max(layer, 1) <= last)
-            for layer in range(0, config["models"][model]["n_layers"] + 1)}
-
-
 def hidden_file_of_layer(config: dict, model: str, layer: int) -> str:
     """The hidden-state file holding ``layer`` (layer 0, the embeddings, is in the first)."""
-    return hidden_files(config, model)[chunk_index_of_layers(config, model)[int(layer)]]
+    chunks = jobs.extraction_chunks(config, model)
+    index = next(i for i, (first, last) in enumerate(chunks) if first <= max(int(layer), 1) <= last)
+    return hidden_files(config, model)[index]
 
 
 # --- probes and baselines
@@ -267,12 +264,6 @@ def appraisal_columns(config: dict) -> list[str]:
 def n_layers(config: dict, model: str) -> int:
     """The model's decoder layers."""
     return config["models"][model]["n_layers"]
-
-
-def chunk_layers(config: dict, model: str) -> list[list[int]]:
-    """The layers each of the model's hidden-state files stores (the embeddings aside), in :func:`hidden_files`'
-    order."""
-    return [list(range(first, last + 1)) for first, last in jobs.extraction_chunks(config, model)]
 
 
 def split_settings(config: dict) -> Split:

@@ -53,7 +53,6 @@ rule fit_conditional_probes:
         labels=plan.labels(config),
         positions=config["positions"],
         layers=lambda wc: plan.probe_layers(config, wc.model, wc.location),
-        chunk_index=lambda wc: plan.chunk_index_of_layers(config, wc.model),
         provenance=lambda wc: plan.hidden_provenance(config, wc.model),
         words_provenance=lambda wc: plan.words_provenance(config, wc.model),
     script:

@@ -52,7 +52,6 @@ rule fit_nonlinear_probes:
         labels=plan.labels(config),
         location=lambda wc: wc.location,
         layers=lambda wc: plan.probe_layers(config, wc.model, wc.location),
-        chunk_index=lambda wc: plan.chunk_index_of_layers(config, wc.model),
         provenance=lambda wc: plan.hidden_provenance(config, wc.model),
     script:
         "../scripts/fit_nonlinear_probes.py"
@@ -81,8 +80,7 @@ rule fit_appraisal_probes:
         columns=plan.appraisal_columns(config),
         # the emotion probes' folds, not their other settings, whose change need not rerun these
         split=plan.split_settings(config),
-        # the layers of each chunk file, in the order of input.states
-        layers=lambda wc: plan.chunk_layers(config, wc.model),
+        layers=lambda wc: plan.layers(config, wc.model),
         provenance=lambda wc: plan.hidden_provenance(config, wc.model),
     script:
         "../scripts/fit_appraisal_probes.py"
@@ -166,7 +164,6 @@ rule logit_lens:
         forward=plan.forward_settings(config),
         probe=plan.problem_settings(config),
         layers=lambda wc: plan.lens_layers(config, wc.model),
-        chunk_index=lambda wc: plan.chunk_index_of_layers(config, wc.model),
         provenance=lambda wc: plan.hidden_provenance(config, wc.model),
     script:
         "../scripts/logit_lens.py"

@@ -5,7 +5,7 @@ import pandas as pd
 
 from emoprobe.errors import log_to
 from emoprobe.io import atomic_path, write_tsv
-from emoprobe.report import accuracy_table, by_layer_text, read_score_table
+from emoprobe.tables import accuracy_table, by_layer_text, read_score_table
 
 log = log_to(snakemake.log[0])
 order = snakemake.params.order

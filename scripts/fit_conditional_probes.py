@@ -10,7 +10,7 @@ from emoprobe import conditional
 from emoprobe.corpus import read_prompts
 from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
-from emoprobe.h5io import ResultFileError, read_layer, read_word_embeddings, write_problems
+from emoprobe.h5io import ResultFileError, read_stored_layer, read_word_embeddings, write_problems
 from emoprobe.io import read_optional_tsv, write_tsv
 from emoprobe.probes import fold_indices, probe_problem, probe_targets
 from emoprobe.progress import layer_range
@@ -32,8 +32,8 @@ log.info("fit_conditional_probes: model %s, location %s, layers %s, %s; beyond %
 with reported_as_message():
     prompts = read_prompts(snakemake.input.prompts).set_index("row_id")
     answers = read_optional_tsv(snakemake.input, "answers")
-    _, meta = read_layer(snakemake.input.states[snakemake.params.chunk_index[layers[0]]], layers[0], location,
-                         positions=positions, provenance=snakemake.params.provenance)
+    _, meta = read_stored_layer(snakemake.input.states, layers[0], location, positions=positions,
+                                provenance=snakemake.params.provenance)
     row_id = meta["row_id"]
     words = read_word_embeddings(snakemake.input.words, row_id, provenance=snakemake.params.words_provenance)
 texts = prompts.loc[row_id, "text"].to_numpy(dtype=object)
@@ -76,12 +76,11 @@ for subset, target, rows, label_id in probe_targets(subsets, "all/answer" in cel
 rows_out = []
 for layer in layers:
     with reported_as_message():
-        path = snakemake.input.states[snakemake.params.chunk_index[layer]]
-        states, layer_meta = read_layer(path, layer, location, positions=positions,
-                                        provenance=snakemake.params.provenance)
+        states, layer_meta = read_stored_layer(snakemake.input.states, layer, location, positions=positions,
+                                               provenance=snakemake.params.provenance)
         if not np.array_equal(layer_meta["row_id"], row_id):
-            raise ResultFileError(f"{path}: its texts are not in the order of the other hidden-state files': "
-                                  "delete the model's hidden-state files and rerun")
+            raise ResultFileError(f"{', '.join(snakemake.input.states)}: layer {layer}'s texts are not in the order of "
+                                  f"layer {layers[0]}'s: delete the model's hidden-state files and rerun")
     for name, problem in problems.items():
         joint = np.full((len(problem["positions"]), len(baseline_names), len(problem["y"])), np.nan)
         for p, position in enumerate(problem["positions"]):

@@ -5,7 +5,7 @@ import torch
 
 from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
-from emoprobe.h5io import read_layer
+from emoprobe.h5io import read_stored_layer
 from emoprobe.io import read_optional_tsv, write_tsv
 from emoprobe.probes import count_cells, describe_job, probe_location
 from emoprobe.progress import Progress
@@ -25,8 +25,8 @@ with reported_as_message():
 
 def states_of(layer):
     with reported_as_message():
-        return read_layer(snakemake.input.states[snakemake.params.chunk_index[layer]], layer, location,
-                          positions=[-1], provenance=snakemake.params.provenance)
+        return read_stored_layer(snakemake.input.states, layer, location, positions=[-1],
+                                 provenance=snakemake.params.provenance)
 
 
 with Progress(log, count_cells(layers, cells), "cells", what=f"fit_nonlinear_probes {location}") as progress:

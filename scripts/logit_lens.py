@@ -8,7 +8,7 @@ import torch
 from emoprobe.answers import answer_logits, answer_token_ids
 from emoprobe.baselines import logit_lens_table
 from emoprobe.errors import log_to, reported_as_message
-from emoprobe.h5io import read_layer, write_predictions
+from emoprobe.h5io import read_stored_layer, write_predictions
 from emoprobe.io import write_tsv
 from emoprobe.device import pick_device
 from emoprobe.models import load_configured_model
@@ -27,8 +27,8 @@ with reported_as_message():
     answers = pd.read_csv(snakemake.input.answers, sep="\t")
     readout = []
     for layer in layers:
-        path = snakemake.input.states[snakemake.params.chunk_index[layer]]
-        states, meta = read_layer(path, layer, "residual", positions=[-1], provenance=snakemake.params.provenance)
+        states, meta = read_stored_layer(snakemake.input.states, layer, "residual", positions=[-1],
+                                         provenance=snakemake.params.provenance)
         readout.append(answer_logits(model, states[:, 0], token_ids))
 readout = np.stack(readout)
 tables, predictions = [], {}

@@ -4,7 +4,8 @@ all models on normalised depth."""
 import pandas as pd
 
 from emoprobe.errors import log_to
-from emoprobe.report import plot_accuracy_by_depth, plot_accuracy_by_layer, read_score_table
+from emoprobe.figures import plot_accuracy_by_depth, plot_accuracy_by_layer
+from emoprobe.tables import read_score_table
 
 log = log_to(snakemake.log[0])
 table = read_score_table(snakemake.input.table)

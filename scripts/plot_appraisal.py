@@ -3,7 +3,7 @@
 import pandas as pd
 
 from emoprobe.errors import log_to
-from emoprobe.report import plot_appraisal_r2
+from emoprobe.figures import plot_appraisal_r2
 
 log = log_to(snakemake.log[0])
 table = pd.read_csv(snakemake.input[0], sep="\t")

@@ -4,7 +4,7 @@ answer."""
 import pandas as pd
 
 from emoprobe.errors import log_to
-from emoprobe.report import plot_attention
+from emoprobe.figures import plot_attention
 
 log = log_to(snakemake.log[0])
 attention = pd.read_csv(snakemake.input.attention, sep="\t")

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from emoprobe.errors import log_to
-from emoprobe.report import plot_conditional
+from emoprobe.figures import plot_conditional
 
 log = log_to(snakemake.log[0])
 table = pd.concat([pd.read_csv(path, sep="\t") for path in snakemake.input.tables], ignore_index=True)

@@ -3,7 +3,8 @@
 import pandas as pd
 
 from emoprobe.errors import log_to
-from emoprobe.report import plot_intervention_heatmap, read_score_table
+from emoprobe.figures import plot_intervention_heatmap
+from emoprobe.tables import read_score_table
 
 log = log_to(snakemake.log[0])
 accuracy = read_score_table(snakemake.input.accuracy)

@@ -3,7 +3,8 @@
 import pandas as pd
 
 from emoprobe.errors import log_to
-from emoprobe.report import plot_layer_position, read_score_table
+from emoprobe.figures import plot_layer_position
+from emoprobe.tables import read_score_table
 
 log = log_to(snakemake.log[0])
 table = pd.concat([read_score_table(path) for path in snakemake.input], ignore_index=True)

@@ -4,7 +4,7 @@ import pandas as pd
 
 from emoprobe.errors import log_to
 from emoprobe.io import write_tsv
-from emoprobe.report import answer_summary
+from emoprobe.tables import answer_summary
 
 log = log_to(snakemake.log[0])
 answers = {model: pd.read_csv(path, sep="\t") for model, path in zip(snakemake.params.models, snakemake.input)}

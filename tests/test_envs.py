@@ -4,8 +4,10 @@ with by default.
 The static tests follow every rule's script through the emoprobe code it reaches (module-level imports of
 every module it imports, function-level ones of every function it can call) to the distributions it
 imports, and compare them with the rule's env. The slow ones build each env's pip part into a venv of its
-own, as conda's pip step does, and run there, without the launching venv on ``sys.path``, the import
-statements of its rules' scripts and of the emoprobe functions they reach: a package the env lacks fails.
+own, as conda's pip step does (resolved and installed by uv's pip interface, which resolves exact pins as pip
+does: pip took half a minute an env to unpack the same wheels again, uv links them from one cache), and run
+there, without the launching venv on ``sys.path``, the import statements of its rules' scripts and of the
+emoprobe functions they reach: a package the env lacks fails.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from uv import find_uv_bin
 
 from conftest import ROOT
 
@@ -309,6 +312,13 @@ def test_env_file_has_its_shape(env):
     assert list(pins(others)) == sorted(pins(others)), f"{env.name}: pip dependencies in alphabetical order"
 
 
+@pytest.mark.parametrize("env", env_files(), ids=lambda p: p.name)
+def test_env_header_names_the_rules_that_use_it(env):
+    header = env.read_text().splitlines()[0]
+    named = re.fullmatch(r"# Conda env of rules? ([\w, ]+): .+", header)
+    assert named and sorted(named.group(1).split(", ")) == rules_of(env), (header, rules_of(env))
+
+
 def test_env_pins_equal_the_pip_pins():
     reference = pip_pins()
     for path in env_files():
@@ -370,9 +380,18 @@ def wheelhouse(tmp_path_factory):
     shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def uv_cache(tmp_path_factory):
+    """uv's cache for the envs' venvs: each wheel unpacked once, hard-linked into every venv that installs it (the
+    cache and the venvs on one file system, both under pytest's temporary folder)."""
+    directory = tmp_path_factory.mktemp("uv-cache")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture
 def venv(tmp_path):
-    """Where a test builds a venv, removed afterwards: up to 1.5 GB each, and pytest keeps three runs' files."""
+    """Where a test builds a venv, removed afterwards (its files are mostly links into the uv cache)."""
     yield tmp_path / "venv"
     shutil.rmtree(tmp_path / "venv", ignore_errors=True)
 
@@ -392,29 +411,29 @@ print(json.dumps({"failed": failed, "path": sys.path, "emoprobe": emoprobe.__fil
 
 @pytest.mark.slow
 @pytest.mark.parametrize("env", env_files(), ids=lambda p: p.stem)
-def test_env_alone_imports_what_its_rules_run(env, tmp_path, wheelhouse, venv):
+def test_env_alone_imports_what_its_rules_run(env, tmp_path, wheelhouse, uv_cache, venv):
     python = base_python()
     version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     if f"python={version}" not in CONDA_DEPENDENCIES:
         pytest.skip(f"the envs want {CONDA_DEPENDENCIES[0]}, this machine's Python is {version}")
     started = time.monotonic()
-    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True)
     # conda's pip step (conda/env/installers/pip.py): the pip section as a requirements file beside the
     # copy of the env file that Snakemake makes in .snakemake/conda/ of the working directory, and
     # "pip install -U -r" run from there, dependencies included, so that the env's pins must be enough.
-    # Only the wheels come from the wheelhouse, and nothing is compiled to bytecode (a quarter of the time).
+    # Only the wheels come from the wheelhouse, and nothing is compiled to bytecode.
     conda_dir = tmp_path / "workdir/.snakemake/conda"
     conda_dir.mkdir(parents=True)
     requirements = conda_dir / "condaenv.test.requirements.txt"
     requirements.write_text("\n".join(pip_section(env)) + "\n")
-    # The launching environment without PYTHONPATH (or any other variable) but with pip's settings, and
-    # the variable the workflow sets when it is parsed (rules/common.smk).
-    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG") or k.startswith("PIP_")}
-    clean["EMOPROBE_WORKFLOW"] = str(ROOT)
-    installed = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--no-compile",
-                                "--no-index", "--find-links", str(wheelhouse), "-U", "-r", str(requirements),
-                                "--exists-action=b"], cwd=conda_dir, env=clean, capture_output=True, text=True)
+    # The launching environment without PYTHONPATH (or any other variable), and the variable the workflow sets
+    # when it is parsed (rules/common.smk); uv reads no config file or variable of the machine's.
+    clean = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    clean.update(EMOPROBE_WORKFLOW=str(ROOT), UV_CACHE_DIR=str(uv_cache), UV_NO_CONFIG="1", UV_LINK_MODE="hardlink")
+    installed = subprocess.run([find_uv_bin(), "pip", "install", "--quiet", "--python", str(venv / "bin/python"),
+                                "--no-index", "--find-links", str(wheelhouse), "-U", "-r", str(requirements)],
+                               cwd=conda_dir, env=clean, capture_output=True, text=True)
     assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
     built = time.monotonic() - started
 
@@ -428,7 +447,7 @@ def test_env_alone_imports_what_its_rules_run(env, tmp_path, wheelhouse, venv):
         statements += [f"import {top_level(d)}" for d in needs.runtime_only]
     statements = list(dict.fromkeys(statements))
     checked = subprocess.run([str(venv / "bin/python"), "-I", "-c", CHECK_IMPORTS, json.dumps(statements)],
-                             cwd=tmp_path, env={k: v for k, v in clean.items() if not k.startswith(("PIP_", "EMO"))},
+                             cwd=tmp_path, env={k: v for k, v in clean.items() if not k.startswith(("UV_", "EMO"))},
                              capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr[-3000:]
     result = json.loads(checked.stdout.splitlines()[-1])

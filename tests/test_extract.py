@@ -10,7 +10,7 @@ import torch
 
 from emoprobe import extract, forward
 from emoprobe.errors import ConfigError
-from emoprobe.h5io import HiddenStateWriter, ResultFileError, create_dataset, read_layer
+from emoprobe.h5io import HiddenStateWriter, ResultFileError, create_dataset, read_layer, read_stored_layer
 from emoprobe.models import decoder_layers, exact_attention_for_broadcast_heads, shares_one_kv_head
 from emoprobe.nethook import RetainOutputs
 
@@ -234,6 +234,20 @@ def test_writer_is_atomic(tmp_path):
     assert states.shape == (4, 1, 3) and meta["positions"] == [-2]
     with pytest.raises(ResultFileError, match=r"positions \[-3\] were not extracted"):
         read_layer(path, 2, positions=[-3])
+
+
+def test_a_layer_is_read_from_whichever_chunk_stores_it(tmp_path):
+    first, second = tmp_path / "layers01-02.h5", tmp_path / "layers03-04.h5"
+    write_chunk(first, layers=(1, 2))
+    write_chunk(second, layers=(3, 4))
+    for layer in (1, 2, 3, 4):  # each chunk's states are its layer's number
+        for paths in ([first, second], [second, first]):
+            states, meta = read_stored_layer(paths, layer, positions=[-1], provenance={"model": "m"})
+            assert states.shape == (4, 1, 3) and (states == layer).all() and meta["positions"] == [-1]
+    with pytest.raises(ResultFileError, match="no dataset 'residual_05' in any of"):
+        read_stored_layer([first, second], 5)
+    with pytest.raises(ResultFileError, match="no dataset 'mlp_01'"):
+        read_stored_layer([first, second], 1, "mlp")
 
 
 def test_rows_written_in_batch_order_are_read_in_corpus_order(tmp_path):

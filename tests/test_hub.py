@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import yaml
 
-from conftest import ROOT, run_snakemake, small_config
+from conftest import run_snakemake, small_config
 from hub_server import HubServer, Repo
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -553,7 +553,7 @@ def test_a_toy_experiment_is_one_entry_planned_run_and_tabled(monkeypatch, smoll
     import pandas as pd
 
     from conftest import small_config
-    from emoprobe import experiments, jobs, plan, report
+    from emoprobe import experiments, figures, jobs, plan
     from emoprobe.config import check_interventions
     from emoprobe.errors import ConfigError
     from test_plan import prepared
@@ -592,7 +592,7 @@ def test_a_toy_experiment_is_one_entry_planned_run_and_tabled(monkeypatch, smoll
     accuracy = pd.DataFrame([{"model": model, "location": location, "subset": "all", "target": "label",
                               "position": -1, "layer": layer, "balanced_accuracy": 0.5, "balanced_low": 0.4,
                               "balanced_high": 0.6} for location in LOCATIONS for layer in range(1, 31)])
-    panels = report.intervention_panels(accuracy, both, model, LOCATIONS)
+    panels = figures.intervention_panels(accuracy, both, model, LOCATIONS)
     assert [panel.title.split(" (")[0] for panel in panels] == [
         "probe balanced accuracy", "answers changed by zero ablation", "answers changed by scaling"]
     toy_panel = panels[-1].value

@@ -60,76 +60,116 @@ def test_every_file_the_plan_lists_matches_the_pattern_its_rule_writes(small):
 
 def test_each_layer_is_read_from_the_file_that_stores_it(small):
     model = "smollm2-135m"
-    index = plan.chunk_index_of_layers(small, model)
-    assert index[0] == index[1] == index[15] == 0 and index[16] == index[30] == 1
-    assert plan.hidden_file_of_layer(small, model, 0) == plan.hidden_file_of_layer(small, model, 15)
+    files = [plan.hidden_file_of_layer(small, model, layer) for layer in range(31)]
+    assert files == plan.hidden_files(small, model)[:1] * 16 + plan.hidden_files(small, model)[1:] * 15
     assert plan.hidden_file_of_layer(small, model, 16).endswith("layers16-30.h5")
     assert plan.first_stored_layer(small, 1) == 0 and plan.first_stored_layer(small, 16) == 16
     assert plan.first_stored_layer(with_changes(small, locations=["mlp"]), 1) == 1
     assert plan.lens_layers(small, model) == list(range(0, 31))
 
 
-# One function per rule's settings, each as the rules call it.
-SETTINGS = {
-    "dataset": plan.dataset_settings,
-    "identity": lambda config: {m: plan.model_identity(config, m) for m in config["models"]},
-    "extraction": lambda config: {m: plan.extraction_settings(config, m) for m in config["models"]},
-    "hidden": lambda config: {m: plan.hidden_provenance(config, m) for m in config["models"]},
-    "forward": plan.forward_settings,
-    "words": plan.answer_words,
-    "probe": plan.probe_settings,
-    "baseline": plan.baseline_settings,
-    "nonlinear": plan.nonlinear_settings,
-    "conditional": plan.conditional_settings,
-    "localise": plan.localise_settings,
-    "appraisal": lambda config: (plan.appraisal_settings(config), plan.appraisal_columns(config),
-                                 plan.split_settings(config)),
-    "interventions": lambda config: {e: plan.intervention_settings(config, e)
-                                     for e in plan.editing_experiments(config)},
-    "batching": plan.batching,
-    "attention": plan.attention_settings,
-    "recorded": plan.recorded_config,
-}
+@pytest.fixture(scope="module")
+def job_params(tmp_path_factory):
+    """``job_params(config)``: every job of the workflow run with ``config`` (as a config file replacing config.yaml),
+    ``(rule, wildcards) -> params``, the params as the rules compute them. Snakemake parses the workflow and builds the
+    whole DAG in this process and runs nothing; its public API runs or prints a DAG but returns no job, so this goes
+    through the internal one of the pinned version (requirements.txt)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings,
+                                          StorageSettings)
+
+    def build(config: dict) -> dict[tuple, dict]:
+        workdir = tmp_path_factory.mktemp("dag")
+        configfile = workdir / "config.yaml"
+        configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+        with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+            workflow = api.workflow(resource_settings=ResourceSettings(cores=1), storage_settings=StorageSettings(),
+                                    config_settings=ConfigSettings(configfiles=[configfile],
+                                                                   replace_workflow_config=True),
+                                    snakefile=ROOT / "Snakefile", workdir=workdir)
+            workflow.dag(DAGSettings())
+            parsed = workflow._workflow
+            parsed._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
+            parsed._build_dag()
+            return {(job.rule.name, tuple(sorted(job.wildcards.items()))): dict(job.params.items())
+                    for job in parsed.dag.jobs}
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def small_params(job_params):
+    return job_params(small_config())
+
+
+def rules_changed(before: dict, after: dict) -> tuple[set[str], set[str]]:
+    """The rules with a job whose params differ between two :func:`job_params` results, and those with a job in one
+    of them only."""
+    both = before.keys() & after.keys()
+    return {job[0] for job in both if before[job] != after[job]}, {job[0] for job in before.keys() ^ after.keys()}
+
+
+# Keys that cut the work into jobs: other jobs, each with the same params as the work it takes over.
+RECUT = {("models", "layer_chunk_size"): {"extract_hidden_states", "fit_probes"}, ("probe", "fits_per_job"): {"fit_probes"}}
 
 
 @pytest.mark.parametrize("section, key", [(section, key) for section, keys in plan.SCHEDULING.items()
                                           for key in keys])
-def test_no_setting_of_any_rule_holds_a_scheduling_key(small, section, key):
-    changed = copy.deepcopy(small)
+def test_no_param_of_any_job_holds_a_scheduling_key(job_params, small_params, section, key):
+    changed = small_config()
     entries = changed["models"].values() if section == "models" else [changed[section]]
-    for entry in entries:
-        entry[key] = 7 if key != "threads" else 3
-    for name, settings in SETTINGS.items():
-        assert settings(changed) == settings(small), (name, section, key)
+    for entry in entries:  # values the config's checks accept (params_m within 5 % of the model's own count)
+        entry[key] = {"threads": 3, "params_m": 135.0, "compute_params_m": 100.0}.get(key, 7)
+    differ, recut = rules_changed(small_params, job_params(changed))
+    assert not differ and recut == RECUT.get((section, key), set()), (differ, recut)
 
 
 @pytest.mark.parametrize("change, decides", [
-    ({"dataset__seed": 7}, {"dataset", "hidden", "recorded"}),
-    ({"extraction__storage_dtype": "float16"}, {"extraction", "hidden", "recorded"}),
-    ({"extraction__dtype": "bfloat16"}, {"extraction", "forward", "recorded"}),
-    ({"answer__words": {"joy": "happy"}}, {"words", "recorded"}),
-    ({"probe__C": 2.0}, {"probe", "baseline", "recorded"}),
-    ({"probe__bootstrap": 100}, {"localise", "recorded"}),
-    ({"appraisal__alpha": 10.0}, {"appraisal", "recorded"}),
-    ({"probe__device": "cpu"}, {"probe", "nonlinear", "conditional", "recorded"}),
-    ({"probe__folds": 3}, {"probe", "baseline", "nonlinear", "conditional", "appraisal", "recorded"}),
-    ({"probe__conditional__C": [0.0, 0.01]}, {"conditional", "recorded"}),
-    ({"probe__conditional__locations": []}, {"recorded"}),
-    ({"interventions__batch_tokens": 512}, {"batching", "recorded"}),
-    ({"interventions__seed": 1}, {"interventions", "attention", "recorded"}),
+    ({"dataset__seed": 7}, {"prepare_prompts", "extract_hidden_states", "answer_emotions", "embed_words", "fit_probes",
+                            "fit_nonlinear_probes", "fit_conditional_probes", "fit_appraisal_probes", "logit_lens"}),
+    ({"extraction__storage_dtype": "float16"}, {"extract_hidden_states", "answer_emotions", "fit_probes",
+                                                "fit_nonlinear_probes", "fit_conditional_probes", "fit_appraisal_probes",
+                                                "logit_lens"}),
+    ({"extraction__dtype": "bfloat16"}, {"prepare_gguf_model", "extract_hidden_states", "answer_emotions", "logit_lens",
+                                         "embed_words", "attend", "intervene"}),
+    ({"answer__words": {"joy": "happy"}}, {"answer_emotions", "logit_lens", "intervene"}),
+    ({"probe__C": 2.0}, {"fit_probes", "fit_text_baseline", "fit_ratings_baseline"}),
+    ({"probe__bootstrap": 300}, {"localise", "localise_conditional"}),
+    ({"appraisal__alpha": 10.0}, {"fit_appraisal_probes"}),
+    ({"probe__device": "cpu"}, {"fit_probes", "fit_nonlinear_probes", "fit_conditional_probes"}),
+    ({"probe__folds": 3}, {"count_subsets", "fit_probes", "fit_nonlinear_probes", "fit_conditional_probes",
+                           "fit_appraisal_probes", "fit_text_baseline", "fit_ratings_baseline", "logit_lens"}),
+    ({"probe__conditional__C": [0.0, 0.01]}, {"fit_conditional_probes"}),
+    ({"interventions__batch_tokens": 512}, {"attend", "intervene"}),
+    ({"interventions__seed": 1}, {"attend", "intervene"}),
 ])
-def test_a_setting_decides_exactly_the_outputs_it_should(small, change, decides):
-    changed = with_changes(small, **change)
-    assert {name for name, settings in SETTINGS.items() if settings(changed) != settings(small)} == decides
+def test_a_setting_decides_exactly_the_jobs_it_should(job_params, small_params, change, decides):
+    """The rules' own params, as Snakemake computes them for each job: a key reruns exactly the jobs whose output it
+    decides (and the recorded config), through Snakemake's params trigger; a rerun job reruns its readers in turn."""
+    differ, recut = rules_changed(small_params, job_params(with_changes(small_config(), **change)))
+    assert differ == decides | {"record_config"} and not recut
 
 
-def test_a_hidden_state_file_carries_what_its_readers_expect(small):
-    """The extraction's params give its writer the same attributes the plan gives every reader."""
+def test_no_conditional_locations_plan_no_conditional_jobs(job_params, small_params):
+    differ, recut = rules_changed(small_params, job_params(with_changes(small_config(),
+                                                                        probe__conditional__locations=[])))
+    assert differ == {"record_config"}
+    assert recut == {"embed_words", "fit_conditional_probes", "aggregate_conditional", "localise_conditional",
+                     "plot_conditional"}
+
+
+def test_a_hidden_state_file_carries_what_its_readers_expect(small, small_params):
+    """The attributes the extraction jobs write from their params are those every reader's params expect."""
     model = "smollm2-135m"
-    written = provenance.hidden_states(plan.model_identity(small, model), plan.template(small), plan.sample(small),
-                                       plan.extraction_settings(small, model)["storage_dtype"])
-    assert written == plan.hidden_provenance(small, model)
-    assert written["source"] == {"gguf": small["models"][model]["gguf"]} and written["dataset_limit"] == 144
+    extractions = [params for (rule, _), params in small_params.items() if rule == "extract_hidden_states"]
+    written = [provenance.hidden_states(p["model"], p["template"], p["sample"], p["extraction"]["storage_dtype"])
+               for p in extractions]
+    readers = {(rule, wildcards): params["provenance"] for (rule, wildcards), params in small_params.items()
+               if rule != "extract_hidden_states" and "storage_dtype" in params.get("provenance", {})}
+    assert {rule for rule, _ in readers} == {"answer_emotions", "logit_lens", "fit_probes", "fit_nonlinear_probes",
+                                             "fit_conditional_probes", "fit_appraisal_probes"}
+    assert len(written) == 2 and all(found == written[0] for found in written + list(readers.values()))
+    assert written[0]["source"] == {"gguf": small["models"][model]["gguf"]} and written[0]["dataset_limit"] == 144
     assert plan.predictions_provenance(small, model, "mlp") == {"model": model, "location": "mlp",
                                                                 "labels": sorted(small["dataset"]["labels"])}
 
@@ -168,12 +208,12 @@ def test_the_experiment_registry_is_what_the_schema_allows():
     assert sorted(allowed) == sorted(experiments.EXPERIMENTS)
     assert "attention" not in experiments.editing() and set(experiments.with_figure()) == {"promotion", "surgery"}
     assert experiments.per_location() == ["zero", "random", "patching"]
-    from emoprobe import report
+    from emoprobe import figures
     from emoprobe.edits import implementation
 
     for name, entry in experiments.EXPERIMENTS.items():  # each names a runner, reader and figure that exist
         assert all(callable(implementation(spec)) for spec in (entry.runner, entry.read_directions) if spec), name
-        assert entry.figure is None or callable(getattr(report, entry.figure)), name
+        assert entry.figure is None or callable(getattr(figures, entry.figure)), name
         assert entry.per_location == (entry.heatmap is not None) and entry.edits == (entry.conditions is not None)
 
 

@@ -85,8 +85,8 @@ def test_a_byte_changed_in_a_finished_run_is_refused_by_name_and_the_rebuild_is_
     # a flipped byte in the prepared model's weights: refused before any text is run through it
     flip_model_byte()
     output = refused("results/answers/smollm2-135m.tsv")
-    assert (f"error: resources/models/smollm2-135m: model.safetensors differ from the sha256 recorded when model "
-            f"smollm2-135m was prepared" in output), output[-3000:]
+    assert ("error: resources/models/smollm2-135m: model.safetensors differ from the sha256 recorded when model "
+            "smollm2-135m was prepared" in output), output[-3000:]
     assert "answer tokens" not in (run / "logs/answer_emotions/smollm2-135m.log").read_text()
     flip_model_byte()  # back as it was
     # Snakemake deleted the failed job's output: put it back as it was, with its record
