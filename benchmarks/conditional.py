@@ -31,7 +31,7 @@ import yaml
 from emoprobe import conditional
 from emoprobe.corpus import read_prompts
 from emoprobe.h5io import read_layer, read_word_embeddings
-from emoprobe.probes import fold_indices
+from emoprobe.problems import fold_indices
 
 PROBE_STAGE = ("fit_probes", "fit_nonlinear_probes", "fit_appraisal_probes", "fit_text_baseline",
                "fit_ratings_baseline", "logit_lens")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from emoprobe.h5io import read_layer  # noqa: E402
 from emoprobe.logistic import Probe, fit_logistic, predict  # noqa: E402
 from emoprobe.mlp import fit_mlp, predict_mlp  # noqa: E402
-from emoprobe.probes import fold_indices  # noqa: E402
+from emoprobe.problems import fold_indices  # noqa: E402
 
 
 def pooled(splits, labels_of_fold, y) -> float:

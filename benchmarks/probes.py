@@ -47,7 +47,8 @@ from emoprobe import grid  # noqa: E402
 from emoprobe.device import pick_device  # noqa: E402
 from emoprobe.h5io import read_layer  # noqa: E402
 from emoprobe.logistic import Probe, fit_logistic  # noqa: E402
-from emoprobe.probes import fold_indices, probe_layer, probe_targets, split_indices  # noqa: E402
+from emoprobe.problems import fold_indices, probe_targets, split_indices  # noqa: E402
+from emoprobe.probes import probe_layer  # noqa: E402
 from emoprobe.settings import Logistic, Split  # noqa: E402
 
 # The commit before this trainer (issue #25): the batched trainer of emoprobe/batched.py.
@@ -63,7 +64,7 @@ sys.path.insert(0, sys.argv[2])
 import numpy as np, pandas as pd, torch
 from emoprobe.batched import probe_layer_batched
 from emoprobe.h5io import read_layer
-from emoprobe.probes import probe_targets
+from emoprobe.problems import probe_targets
 torch.set_num_threads(1)
 hidden, answers, labels, layers, locations, protocol, device, out = pickle.load(open(sys.argv[1], "rb"))
 answers = pd.read_csv(answers, sep="\\t")

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from emoprobe.probes import OutOfFold, prior_log2, probe_problem, score_table, scored_rows, unscored_table
+from emoprobe.problems import prior_log2, probe_problem
+from emoprobe.probes import OutOfFold, score_table, scored_rows, unscored_table
 from emoprobe.scores import log2_probability_of
 from emoprobe.settings import Logistic, Split
 
@@ -81,7 +82,7 @@ def logit_lens_table(label_id: np.ndarray, readout: np.ndarray, layers: Sequence
     ----------
     label_id : int64 [n], the labels to predict (true labels, or the model's final answers)
     readout : float [n_layers, n, n_labels], each layer's logit lens over the label tokens (in label-id order)
-    folds : the probes' folds: the same labels are set aside as for them (:func:`emoprobe.probes.probe_problem`)
+    folds : the probes' folds: the same labels are set aside as for them (:func:`emoprobe.problems.probe_problem`)
 
     Returns
     -------
@@ -89,7 +90,7 @@ def logit_lens_table(label_id: np.ndarray, readout: np.ndarray, layers: Sequence
     (``rows``, ``label_id``, ``predicted`` (the argmax) and ``log2_probability`` (of the label under the softmax
     over the label tokens) [n_layers, 1, m], ``prior_log2``; the control's -1), or None when nothing is scored.
     The readout is fitted on nothing, so its reference for usable information is the label frequencies of all the
-    problem's texts (one text of each label added, as :func:`emoprobe.probes.prior_log2` adds).
+    problem's texts (one text of each label added, as :func:`emoprobe.problems.prior_log2` adds).
     """
     problem = probe_problem(label_id, label_names, folds)
     if not problem.scorable:

@@ -66,8 +66,8 @@ class Conditional(NamedTuple):
 
 def inner_splits(y: np.ndarray, train: np.ndarray, inner_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(inner training, inner validation)`` rows (indices into ``y``, subsets of ``train``) of ``inner_folds``
-    stratified folds of the outer fold's training rows ``train`` (:func:`emoprobe.probes.fold_indices`)."""
-    from emoprobe.probes import fold_indices
+    stratified folds of the outer fold's training rows ``train`` (:func:`emoprobe.problems.fold_indices`)."""
+    from emoprobe.problems import fold_indices
 
     return [(train[a], train[b]) for a, b in fold_indices(y[train], folds=inner_folds, test_size=0.0, seed=seed,
                                                           stratify=True)]
@@ -75,7 +75,7 @@ def inner_splits(y: np.ndarray, train: np.ndarray, inner_folds: int, seed: int) 
 
 def frequencies(n_classes: int) -> FitPredict:
     """The baseline of nothing but the label frequencies of the training rows, one text of each label added (as
-    :func:`emoprobe.probes.prior_log2`); it has no penalty."""
+    :func:`emoprobe.problems.prior_log2`); it has no penalty."""
 
     def fit_predict(train: np.ndarray, labels: np.ndarray, C: float | None, rows: np.ndarray) -> np.ndarray:
         counts = np.bincount(labels, minlength=n_classes) + 1.0
@@ -182,7 +182,7 @@ def conditional_fits(x: np.ndarray, y: np.ndarray, n_classes: int, splits: Seque
     ----------
     x : float32 [n, d], the layer's states of the problem's texts (d may be 0: the baselines recalibrated)
     y : int64 [n], labels ``0..n_classes-1``
-    splits : the outer folds, as the probes' (:func:`emoprobe.probes.fold_indices`)
+    splits : the outer folds, as the probes' (:func:`emoprobe.problems.fold_indices`)
     baselines : ``{name: Nested}`` on the same texts and folds
     """
     out = {}

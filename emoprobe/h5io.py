@@ -320,7 +320,7 @@ def write_predictions(path, problems: dict[str, dict], *, layers: Sequence[int],
     Layout: ``/layers`` (what the leading axis of every ``predicted`` is) and a group per problem
     (``{subset}/{target}``) holding ``positions`` (int64 [n_positions]: the grid's positions of that problem),
     ``row_id``, ``label_id`` and ``control_label_id`` (int64 [m]), ``prior_log2`` (float64 [m]: log2 of each
-    text's label frequency among its fold's training texts, :func:`emoprobe.probes.prior_log2`; for the logit lens,
+    text's label frequency among its fold's training texts, :func:`emoprobe.problems.prior_log2`; for the logit lens,
     fitted on nothing, among all the problem's texts), ``predicted``, ``control_predicted`` (int8 [n_layers,
     n_positions, m], label ids, -1 where there is no control) and ``log2_probability`` (float32 [n_layers,
     n_positions, m]: log2 of the probability the text's fold's probe gave its label). Problems with nothing scored

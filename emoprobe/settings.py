@@ -20,7 +20,7 @@ def _from_section(cls, section: dict):
 
 
 class Split(NamedTuple):
-    """How a problem's texts are split into folds (:func:`emoprobe.probes.fold_indices`): stratified ``folds``-fold
+    """How a problem's texts are split into folds (:func:`emoprobe.problems.fold_indices`): stratified ``folds``-fold
     cross-validation, or with ``folds=0`` one train/test split of ``test_size``; ``seed`` also shuffles the
     control's labels."""
 
@@ -33,7 +33,7 @@ class Split(NamedTuple):
 
 
 class Problems(NamedTuple):
-    """Which probing problems there are (:func:`emoprobe.probes.probe_targets`): the true label on each of
+    """Which probing problems there are (:func:`emoprobe.problems.probe_targets`): the true label on each of
     ``subsets`` (``all``, ``model_correct``) and, with ``answer_probe``, the model's own answer on all texts."""
 
     subsets: tuple[str, ...]

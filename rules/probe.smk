@@ -69,7 +69,7 @@ rule fit_appraisal_probes:
     benchmark:
         "logs/benchmarks/fit_appraisal_probes/{model}.tsv"
     conda:
-        "../envs/probe.yaml"
+        "../envs/appraisal.yaml"
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: jobs.appraisal_mem_mb(config, wc.model, N_TEXTS, attempt),
@@ -212,7 +212,7 @@ rule count_subsets:
         "logs/benchmarks/count_subsets.tsv"
     localrule: True
     conda:
-        "../envs/probe-prompts.yaml"
+        "../envs/corpus.yaml"
     resources:
         mem_mb=1024,
         runtime=5,

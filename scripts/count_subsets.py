@@ -5,7 +5,7 @@ import pandas as pd
 from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.io import write_tsv
-from emoprobe.probes import subset_table
+from emoprobe.problems import subset_table
 
 log = log_to(snakemake.log[0])
 settings, labels = snakemake.params.probe, snakemake.params.labels

@@ -10,7 +10,7 @@ from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import read_stored_layer, write_directions
 from emoprobe.io import write_tsv
-from emoprobe.probes import fold_indices
+from emoprobe.problems import fold_indices
 
 log = log_to(snakemake.log[0])
 settings, split, columns = snakemake.params.appraisal, snakemake.params.split, snakemake.params.columns

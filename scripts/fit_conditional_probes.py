@@ -12,7 +12,7 @@ from emoprobe.device import pick_device
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import ResultFileError, read_stored_layer, read_word_embeddings, write_problems
 from emoprobe.io import read_optional_tsv, write_tsv
-from emoprobe.probes import fold_indices, probe_problem, probe_targets
+from emoprobe.problems import fold_indices, probe_problem, probe_targets
 from emoprobe.progress import layer_range
 from emoprobe.provenance import conditional as conditional_provenance
 

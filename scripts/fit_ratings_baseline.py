@@ -8,7 +8,8 @@ from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.grid import Cell
 from emoprobe.io import read_optional_tsv, write_tsv
-from emoprobe.probes import probe_layer, probe_targets
+from emoprobe.problems import probe_targets
+from emoprobe.probes import probe_layer
 
 log = log_to(snakemake.log[0])
 settings, labels, columns = snakemake.params.probe, snakemake.params.labels, snakemake.params.columns

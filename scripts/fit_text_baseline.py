@@ -8,7 +8,8 @@ from emoprobe.corpus import read_prompts
 from emoprobe.errors import log_to, reported_as_message
 from emoprobe.h5io import write_predictions
 from emoprobe.io import read_optional_tsv, write_tsv
-from emoprobe.probes import PER_POSITION, probe_targets
+from emoprobe.problems import probe_targets
+from emoprobe.probes import PER_POSITION
 from emoprobe.provenance import predictions as predictions_provenance
 
 log = log_to(snakemake.log[0])

@@ -12,7 +12,7 @@ from emoprobe.h5io import read_stored_layer, write_predictions
 from emoprobe.io import write_tsv
 from emoprobe.device import pick_device
 from emoprobe.models import load_configured_model
-from emoprobe.probes import probe_targets
+from emoprobe.problems import probe_targets
 from emoprobe.provenance import predictions as predictions_provenance
 
 log = log_to(snakemake.log[0])

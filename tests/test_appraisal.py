@@ -6,7 +6,7 @@ from sklearn.metrics import r2_score
 
 from sklearn.preprocessing import StandardScaler
 
-from emoprobe import probes
+from emoprobe import problems
 from emoprobe.appraisal import appraisal_directions, appraisal_r2, appraisal_table, standardise
 
 
@@ -16,7 +16,7 @@ def test_r2_finds_the_position_that_carries_the_ratings():
     states = rng.normal(size=(n, 2, width)).astype(np.float32)
     ratings = np.stack([states[:, 0, :3].sum(axis=1) + 0.1 * rng.normal(size=n),  # linear in position -1
                         rng.normal(size=n)], axis=1)                               # noise
-    splits = probes.fold_indices(np.arange(n) % 4, folds=5, test_size=0.2, seed=0,
+    splits = problems.fold_indices(np.arange(n) % 4, folds=5, test_size=0.2, seed=0,
                                  stratify=False)
     r2 = appraisal_r2(states, ratings, splits, alpha=5.0)
     assert r2.shape == (2, 2)

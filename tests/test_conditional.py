@@ -4,7 +4,7 @@ is known."""
 import numpy as np
 import pytest
 
-from emoprobe import conditional, probes
+from emoprobe import conditional, problems
 from emoprobe.logistic import Probe, fit_logistic, logits
 
 
@@ -41,7 +41,7 @@ CS, INNER = [0.01, 0.1, 1.0, 10.0], {"inner_folds": 3, "selection_folds": 1, "se
 def conditional_bits(baseline_features, layer_features, y):
     """``CE(B) - CE(B + X)`` (bits, ``B`` recalibrated) and ``CE(frequencies) - CE(X)`` on 5 outer folds, with the
     recalibrated baselines and the layer's fits."""
-    splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
+    splits = problems.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
     fit = {"max_iter": 1000, "tol": 1e-4}  # the workflow's
     baselines = {
         "frequencies": conditional.nested(conditional.frequencies(4), y, 4, splits, [None], **INNER),
@@ -101,7 +101,7 @@ def test_a_layer_of_noise_adds_nothing_and_where_it_is_left_out_exactly_nothing(
     noise = rng.standard_normal((3000, 3)).astype(np.float32)
     adds, references, found = conditional_bits(b[:, None].astype(np.float32), noise, y)
     assert -0.005 <= adds["b"] <= 0.0, adds
-    splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
+    splits = problems.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
     left_out = [f for f, C in enumerate(found["b"].chosen) if C == 0]
     assert left_out, found["b"].chosen
     for f in left_out:
@@ -125,7 +125,7 @@ def test_a_training_rows_offset_comes_from_a_fit_that_did_not_see_it():
             out[i, known.get(row, 0)] = np.log(1 - 2e-3)
         return out
 
-    splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
+    splits = problems.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
     found = conditional.nested(memorise, y, 3, splits, [None], **INNER)
     for f, (train, _) in enumerate(splits):
         right = found.offsets[f, train].argmax(axis=1) == y[train]
@@ -134,7 +134,7 @@ def test_a_training_rows_offset_comes_from_a_fit_that_did_not_see_it():
     train, test = splits[0]
     counts = np.bincount(y[train], minlength=3) + 1.0
     assert np.allclose(freq.offsets[0, test], np.log(counts / counts.sum()))
-    assert np.allclose(freq.log2_probability, probes.prior_log2(y, splits, 3))
+    assert np.allclose(freq.log2_probability, problems.prior_log2(y, splits, 3))
 
 
 def test_offsets_are_added_to_the_probes_logits():

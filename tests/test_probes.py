@@ -7,7 +7,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from emoprobe import logistic, probes
+from emoprobe import logistic, probes, problems
 from emoprobe.grid import Cell
 from emoprobe.settings import Logistic, Split
 
@@ -16,7 +16,7 @@ def test_split_is_the_reference_train_test_split():
     y = np.repeat(np.arange(13), 20)
     x = np.arange(len(y))
     x_train, x_test, _, _ = train_test_split(x, y, test_size=0.2, random_state=42)
-    train, test = probes.split_indices(y, 0.2, 42, stratify=False)
+    train, test = problems.split_indices(y, 0.2, 42, stratify=False)
     assert train.tolist() == x_train.tolist() and test.tolist() == x_test.tolist()
 
 
@@ -45,7 +45,7 @@ def test_fit_reaches_scikit_learns_optimum(threads):
     digits = load_digits()
     x = (digits.data * np.logspace(-3, 3, 64)).astype(np.float32)  # wildly different feature scales
     y = digits.target
-    train, test = probes.split_indices(y, 0.2, 42, stratify=False)
+    train, test = problems.split_indices(y, 0.2, 42, stratify=False)
     [fit] = logistic.fit_logistic(x, [logistic.Probe(train, y[train], 10)], C=0.5, max_iter=1000, tol=1e-5)
     z, _, std = standardised(x, train)
     reference = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000).fit(z[train], y[train])
@@ -62,7 +62,7 @@ def test_probes_fitted_together_are_fitted_as_alone():
     holds the shuffled-label controls (which finish at other iterations and leave the product) or not."""
     states, y = labelled_states()
     x = states[:, 0]
-    splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
+    splits = problems.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
     shuffled = np.random.default_rng(0).permutation(y)
     label = [logistic.Probe(train, y[train], 4) for train, _ in splits]
     control = [logistic.Probe(train, shuffled[train], 4) for train, _ in splits]
@@ -81,7 +81,7 @@ def test_a_fold_is_standardised_with_its_training_rows_only():
     feature would shrink to nothing and the weights move by far more than the tolerance."""
     states, y = labelled_states()
     x = states[:, 0].copy()
-    splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
+    splits = problems.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
     train, test = splits[0]
     fold_probes = [logistic.Probe(rows, y[rows], 4) for rows, _ in splits]
     clean = logistic.fit_logistic(x, fold_probes, C=1.0, max_iter=1000, tol=1e-6)[0]
@@ -163,20 +163,20 @@ def test_imbalanced_labels_are_scored_by_balanced_accuracy():
 
 def test_folds_are_stratified_and_cover_every_text_once():
     y = np.repeat(np.arange(13), [50] * 4 + [25] + [50] * 5 + [25] + [50] * 2)
-    splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
+    splits = problems.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
     assert sorted(np.concatenate([test for _, test in splits]).tolist()) == list(range(len(y)))
     for train, test in splits:
         assert np.bincount(y[test]).tolist() == [10] * 4 + [5] + [10] * 5 + [5] + [10] * 2
         assert not set(train) & set(test)
-    assert len(probes.fold_indices(y, folds=0, test_size=0.2, seed=42, stratify=False)) == 1
+    assert len(problems.fold_indices(y, folds=0, test_size=0.2, seed=42, stratify=False)) == 1
 
 
 def test_subset_rows():
     answers = pd.DataFrame({"row_id": [7, 3, 5], "correct": [True, False, True]})
-    assert probes.subset_rows("all", np.array([3, 5, 7]), None).tolist() == [0, 1, 2]
-    assert probes.subset_rows("model_correct", np.array([3, 5, 7]), answers).tolist() == [1, 2]
+    assert problems.subset_rows("all", np.array([3, 5, 7]), None).tolist() == [0, 1, 2]
+    assert problems.subset_rows("model_correct", np.array([3, 5, 7]), answers).tolist() == [1, 2]
     with pytest.raises(ValueError, match=r"no row for row_id\(s\) \[9\]"):
-        probes.subset_rows("model_correct", np.array([9]), answers)
+        problems.subset_rows("model_correct", np.array([9]), answers)
 
 
 def test_fewer_texts_than_features_reach_the_same_optimum():
@@ -214,9 +214,9 @@ def test_labels_with_fewer_texts_than_folds_are_set_aside_and_named():
 
 def test_probe_targets_the_models_answer():
     answers = pd.DataFrame({"row_id": [5, 3], "answer": ["label2", "label0"], "correct": [True, False]})
-    problems = probes.probe_targets(["all", "model_correct"], True, np.array([3, 5]), np.array([0, 2]), answers,
-                                    LABELS)
-    assert [(s, t, r.tolist(), y.tolist()) for s, t, r, y in problems] == [
+    targets = problems.probe_targets(["all", "model_correct"], True, np.array([3, 5]), np.array([0, 2]), answers,
+                                     LABELS)
+    assert [(s, t, r.tolist(), y.tolist()) for s, t, r, y in targets] == [
         ("all", "label", [0, 1], [0, 2]), ("model_correct", "label", [1], [2]), ("all", "answer", [0, 1], [0, 2])]
 
 
@@ -253,14 +253,14 @@ def test_every_probe_of_a_layer_reaches_scikit_learns_scores():
     states = (rng.normal(size=(600, 2, 40)) * np.linspace(0.1, 20, 40) + 3).astype(np.float32)
     states[:, 0, :5] += np.eye(5)[y] * 1.5
     answer = np.where(rng.random(600) < 0.6, 0, y)
-    problems = [(np.arange(600), y), (np.arange(600), answer), (np.flatnonzero(y < 3), y[y < 3])]
+    texts = [(np.arange(600), y), (np.arange(600), answer), (np.flatnonzero(y < 3), y[y < 3])]
     cells = [{-1: Cell(True, False), -2: Cell(True, False)}] * 3
     settings = dict(split=Split(5, 0.2, 42, False), **SETTINGS)
-    results = probes.probe_layer(states, [-1, -2], problems, cells, **settings)
-    for (rows, labels), result in zip(problems, results):
+    results = probes.probe_layer(states, [-1, -2], texts, cells, **settings)
+    for (rows, labels), result in zip(texts, results):
         table = result.table
         assert table["converged"].all() and np.array_equal(result.predictions["rows"], rows)
-        splits = probes.fold_indices(labels, folds=5, test_size=0.2, seed=42, stratify=False)
+        splits = problems.fold_indices(labels, folds=5, test_size=0.2, seed=42, stratify=False)
         shuffled = np.random.default_rng(42).permutation(labels)
         for p in range(2):
             x = states[rows, p]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from emoprobe import logistic, probes, scores
+from emoprobe import logistic, probes, problems, scores
 
 
 def test_wilson_interval():
@@ -82,7 +82,7 @@ def coverage(fit, replicates, n=300, seed=0):
     covered = np.zeros(2)
     for _ in range(replicates):
         x, y = draw(rng, n)
-        splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
+        splits = problems.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
         predicted, true_accuracy, true_recall = np.empty(n, dtype=np.int64), 0.0, np.zeros(4)
         for train, test in splits:
             predicted[test], pool_predicted = fit(x[train], y[train], x[test], pool_x)
@@ -183,10 +183,10 @@ def test_paired_differences_are_drawn_from_the_same_resampled_texts():
 def test_usable_information_of_a_worked_example():
     """Two labels of equal frequency: a probe that gives each text's label probability 1/2 carries nothing (0 bits of
     the 1-bit label entropy); one that gives it 7/8 carries 1 - log2(8/7) bits; a confidently wrong one, less than
-    nothing. Through the rows the probe tables are made of, with the folds' training priors of probes.prior_log2."""
+    nothing. Through the rows the probe tables are made of, with the folds' training priors of problems.prior_log2."""
     y = np.array([0, 1] * 50)
-    splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=0, stratify=False)
-    prior = probes.prior_log2(y, splits, 2)
+    splits = problems.fold_indices(y, folds=5, test_size=0.2, seed=0, stratify=False)
+    prior = problems.prior_log2(y, splits, 2)
     assert np.allclose(prior, -1.0)  # every training fold holds 40 of each label (+1 each): 1/2
     predicted = np.stack([y, y, 1 - y])
     log2_probability = np.log2(np.stack([np.full(100, 0.5), np.full(100, 7 / 8), np.full(100, 1 / 8)]))
@@ -224,11 +224,11 @@ def test_usable_information_finds_the_generators_mutual_information():
     true_logits = pool_x @ MEANS.T - 0.5 * (MEANS * MEANS).sum(axis=1) + np.log(PRIORS)
     mutual = -np.sum(PRIORS * np.log2(PRIORS)) + np.mean(scores.log2_probability_of(true_logits, pool_y))
     x, y = draw(rng, 20_000)
-    splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
+    splits = problems.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
     log2_probability = np.empty(len(y))
     for train, test in splits:
         log2_probability[test] = scores.log2_probability_of(lda_logits(x[train], y[train], x[test]), y[test])
-    found = scores.information_scores(log2_probability, probes.prior_log2(y, splits, 4))
+    found = scores.information_scores(log2_probability, problems.prior_log2(y, splits, 4))
     assert mutual - 0.01 < found["usable_information"] < mutual + 0.005, (found, mutual)
     assert found["usable_low"] < mutual < found["usable_high"] + 0.01
 
@@ -242,7 +242,7 @@ def test_the_usable_informations_interval_covers_the_fitted_probes_by_simulation
     covered = []
     for _ in range(1000):
         x, y = draw(rng, 300)
-        splits = probes.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
+        splits = problems.fold_indices(y, folds=5, test_size=0.2, seed=42, stratify=False)
         log2_probability, truth = np.empty(300), 0.0
         for train, test in splits:
             log2_probability[test] = scores.log2_probability_of(lda_logits(x[train], y[train], x[test]), y[test])
@@ -250,6 +250,6 @@ def test_the_usable_informations_interval_covers_the_fitted_probes_by_simulation
             pool_gain = scores.log2_probability_of(lda_logits(x[train], y[train], pool_x), pool_y) - np.log2(
                 counts[pool_y] / counts.sum())
             truth += len(test) / 300 * pool_gain.mean()
-        found = scores.information_scores(log2_probability, probes.prior_log2(y, splits, 4))
+        found = scores.information_scores(log2_probability, problems.prior_log2(y, splits, 4))
         covered.append(found["usable_low"] <= truth <= found["usable_high"])
     assert 0.93 <= np.mean(covered) <= 0.97, np.mean(covered)
