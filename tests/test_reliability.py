@@ -74,8 +74,8 @@ def test_a_byte_changed_in_a_finished_run_is_refused_by_name_and_the_rebuild_is_
             handle.write(bytes([byte ^ 0x10]))
         os.utime(model, ns=(times.st_atime_ns, times.st_mtime_ns))
 
-    def command(target):  # what a user runs to remake one file
-        return run_snakemake(run, config, target, "--forcerun", target, "--keep-going", "--cores", "2")
+    def command(*targets):  # what a user runs to remake files
+        return run_snakemake(run, config, *targets, "--forcerun", *targets, "--keep-going", "--cores", "2")
 
     def refused(target):
         result = command(target)
@@ -112,13 +112,12 @@ def test_a_byte_changed_in_a_finished_run_is_refused_by_name_and_the_rebuild_is_
         assert message in output, (message, output[-4000:])
         assert "Traceback" not in output
 
-    # deleted, each file is rebuilt by the same command, and every result is what the clean run made, to the byte
+    # deleted, the files are rebuilt by the same command, and every result is what the clean run made, to the byte
     for path in (hidden, predictions, directions):
         path.unlink()
-    for target in ("results/localisation/smollm2-135m.tsv", "results/interventions/smollm2-135m/promotion.tsv",
-                   "results/probes/smollm2-135m/residual/layers16-30.tsv"):
-        rebuilt = command(target)
-        assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+    rebuilt = command("results/localisation/smollm2-135m.tsv", "results/interventions/smollm2-135m/promotion.tsv",
+                      "results/probes/smollm2-135m/residual/layers16-30.tsv")
+    assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
     assert hidden.exists() and predictions.exists() and directions.exists()
     tables = sorted(path.relative_to(e2e_run) for path in (e2e_run / "results").rglob("*.tsv"))
     assert len(tables) > 20

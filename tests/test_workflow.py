@@ -558,11 +558,12 @@ def copy_of_the_workflow(directory):
     return directory / "Snakefile"
 
 
-PROBE_CODE_RERUNS = {"fit_probes": 6, "fit_nonlinear_probes": 1, "fit_appraisal_probes": 1, "fit_text_baseline": 1, "fit_ratings_baseline": 1, "logit_lens": 1,
-                     "count_subsets": 1, "localise": 1, "aggregate_accuracy": 1, "aggregate_appraisal": 1,
-                     "plot_accuracy": 1, "plot_layer_position": 1, "plot_appraisal": 1, "all": 1,
-                     # promotion and surgery read the new probes' directions (neither imports emoprobe.probes)
-                     "intervene": 2, "aggregate_interventions": 1, "plot_experiment": 2, **ACCURACY_READERS,
+# not the appraisal probes or the subsets' table, which take their folds and problems from emoprobe.problems
+PROBE_CODE_RERUNS = {"fit_probes": 6, "fit_nonlinear_probes": 1, "fit_text_baseline": 1, "fit_ratings_baseline": 1,
+                     "logit_lens": 1, "localise": 1, "aggregate_accuracy": 1, "plot_accuracy": 1,
+                     "plot_layer_position": 1, "all": 1,
+                     # promotion reads the new probes' directions (it does not import emoprobe.probes)
+                     "intervene": 1, "aggregate_interventions": 1, "plot_experiment": 1, **ACCURACY_READERS,
                      **CONDITIONAL_JOBS}
 
 
