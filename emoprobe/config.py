@@ -212,16 +212,16 @@ def code_sha256(script: str | Path, package: str | Path, modules: tuple[str, ...
     version, whose trees may differ, reruns everything once).
     """
     package = Path(package)
-    hashed = list(dict.fromkeys(modules))
-    pending = [Path(script).read_text(), *((package / f"{name}.py").read_text() for name in modules)]
+    sources = {name: (package / f"{name}.py").read_text() for name in modules}
+    pending = [Path(script).read_text(), *sources.values()]
     while pending:
         for name in _module_code(pending.pop(), package.name).imports:
-            if name not in hashed and name not in NEUTRAL_MODULES and (package / f"{name}.py").is_file():
-                hashed.append(name)
-                pending.append((package / f"{name}.py").read_text())
+            if name not in sources and name not in NEUTRAL_MODULES and (package / f"{name}.py").is_file():
+                sources[name] = (package / f"{name}.py").read_text()
+                pending.append(sources[name])
     digest = hashlib.sha256()
-    for name in sorted(hashed):
-        digest.update(f"{name}\n{_module_code((package / f'{name}.py').read_text(), package.name).tree}\n".encode())
+    for name in sorted(sources):
+        digest.update(f"{name}\n{_module_code(sources[name], package.name).tree}\n".encode())
     return digest.hexdigest()
 
 
