@@ -29,6 +29,23 @@ def _pyplot():
     return plt
 
 
+def _heatmap(ax, data, **kwargs) -> None:
+    """``seaborn.heatmap(data, ax=ax, **kwargs)`` with the figure's other axes hidden meanwhile. To see whether its tick
+    labels overlap, seaborn draws the whole figure after each heatmap: a cost growing with the square of the number
+    of panels (most of a figure of 20 heatmaps' time). Another panel does not move this one's tick labels, so the
+    figure is the same."""
+    import seaborn as sns
+
+    others = [other for other in ax.figure.axes if other is not ax and other.get_visible()]
+    for other in others:
+        other.set_visible(False)
+    try:
+        sns.heatmap(data, ax=ax, **kwargs)
+    finally:
+        for other in others:
+            other.set_visible(True)
+
+
 LANDMARKS = {"onset": "o", "plateau": "s", "peak": "^"}
 LANDMARK_NAMES = {"onset": "onset (half-way to the peak)", "plateau": "plateau start (within the peak's margin)",
                   "peak": "peak"}
@@ -167,8 +184,6 @@ def plot_layer_position(table: pd.DataFrame, model: str, png: str, pdf: str, pos
     at more than one position (or at one, when none is), every extracted position a column: the cells the grid
     does not fit grey and marked "not fitted"."""
     plt = _pyplot()
-    import seaborn as sns
-
     table = table[(table["model"] == model) & (table["location"] == location)]
     problems = problems_of(table)
     spread = [p for p in problems if table[(table["subset"] == p[0]) & (table["target"] == p[1])]["position"].nunique() > 1]
@@ -182,8 +197,8 @@ def plot_layer_position(table: pd.DataFrame, model: str, png: str, pdf: str, pos
         wide = part.pivot(index="layer", columns="position", values="balanced_accuracy").reindex(columns=columns)
         fitted = part.pivot(index="layer", columns="position", values="n_texts").reindex(columns=columns).notna()
         ax.set_facecolor("lightgrey")
-        sns.heatmap(wide, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", annot_kws={"fontsize": 6},
-                    mask=~fitted, cbar_kws={"label": "balanced accuracy"})
+        _heatmap(ax, wide, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", annot_kws={"fontsize": 6},
+                 mask=~fitted, cbar_kws={"label": "balanced accuracy"})
         for x, position in enumerate(columns):
             if not fitted[position].any():
                 ax.text(x + 0.5, len(wide) / 2, "not fitted", rotation=90, ha="center", va="center", fontsize=7)
@@ -197,13 +212,11 @@ def plot_layer_position(table: pd.DataFrame, model: str, png: str, pdf: str, pos
 def plot_appraisal_r2(table: pd.DataFrame, model: str, png: str, pdf: str, position: int = -1) -> None:
     """Heatmap of held-out R² over appraisal x layer at one position."""
     plt = _pyplot()
-    import seaborn as sns
-
     rows = table[table["position"] == position]
     wide = rows.pivot(index="appraisal", columns="layer", values="r2").loc[list(dict.fromkeys(rows["appraisal"]))]
     figure, ax = plt.subplots(figsize=(1.5 + 0.3 * wide.shape[1], 1 + 0.25 * len(wide)))
-    sns.heatmap(wide, ax=ax, vmin=0, vmax=max(0.1, float(np.nanmax(wide.to_numpy()))), cmap="magma",
-                cbar_kws={"label": "held-out R²"})
+    _heatmap(ax, wide, vmin=0, vmax=max(0.1, float(np.nanmax(wide.to_numpy()))), cmap="magma",
+             cbar_kws={"label": "held-out R²"})
     ax.set_title(f"{model}: appraisal ridge probes, residual stream, token {position}", fontsize=10)
     figure.tight_layout()
     save(figure, png, pdf)
@@ -214,14 +227,12 @@ def plot_confusion(answers: pd.DataFrame, labels: Sequence[str], model: str, png
     would say unrestricted: its :data:`FREE_TOP` most common free next tokens, those that are a label's answer token
     marked."""
     plt = _pyplot()
-    import seaborn as sns
-
     counts = pd.crosstab(pd.Categorical(answers["label"], labels), pd.Categorical(answers["answer"], labels),
                          dropna=False)
     share = counts.div(counts.sum(axis=1).replace(0, 1), axis=0)
     figure, (ax, free_ax) = plt.subplots(1, 2, figsize=(11, 6), gridspec_kw={"width_ratios": [7, 3]})
-    sns.heatmap(share, ax=ax, vmin=0, vmax=1, cmap="Blues", annot=counts, fmt="d", annot_kws={"fontsize": 7},
-                cbar_kws={"label": "share of the true label's texts"})
+    _heatmap(ax, share, vmin=0, vmax=1, cmap="Blues", annot=counts, fmt="d", annot_kws={"fontsize": 7},
+             cbar_kws={"label": "share of the true label's texts"})
     ax.set_xlabel("model's answer (the argmax over the 13 labels' tokens)")
     ax.set_ylabel("true label")
     ax.set_title(f"{model}: answers, accuracy {answers['correct'].mean():.3f}", fontsize=10)
@@ -289,8 +300,6 @@ def plot_intervention_heatmap(accuracy: pd.DataFrame, interventions: pd.DataFram
     layer axis, of probing accuracy (on its own colour scale, from its lowest to its highest cell, so that its peak
     shows) and of how much each intervention changes the answer (shares, on 0-1)."""
     plt = _pyplot()
-    import seaborn as sns
-
     panels = intervention_panels(accuracy, interventions, model, locations, subset)
     n_layers = max(panel.value.columns.max() for panel in panels)
     figure, axes = plt.subplots(len(panels), 1, figsize=(2 + 0.3 * n_layers, 0.9 + 1.1 * len(panels) * len(locations) / 3),
@@ -300,8 +309,8 @@ def plot_intervention_heatmap(accuracy: pd.DataFrame, interventions: pd.DataFram
         ax.set_facecolor("lightgrey")  # a layer without a window (it would leave the model)
         scale = {"vmin": 0, "vmax": 1} if panel.share else {"vmin": np.nanmin(table.values),
                                                             "vmax": np.nanmax(table.values)}
-        sns.heatmap(table, ax=ax, cmap="viridis" if panel.share else "magma", **scale,
-                    cbar_kws={"label": "share" if panel.share else "balanced accuracy", "pad": 0.01})
+        _heatmap(ax, table, cmap="viridis" if panel.share else "magma", **scale,
+                 cbar_kws={"label": "share" if panel.share else "balanced accuracy", "pad": 0.01})
         ax.set_title(f"{model}: {panel.title}", fontsize=9)
         ax.set_xlabel("layer (grey: no window there)")
         ax.set_ylabel("")
@@ -327,8 +336,6 @@ def plot_promotion(promotion: pd.DataFrame, model: str, png: str, pdf: str) -> N
         plot_note(promotion["note"].iloc[0], f"{model}: emotion promotion", png, pdf)
         return
     plt = _pyplot()
-    import seaborn as sns
-
     betas = sorted(promotion["beta"].unique())
     emotions = list(dict.fromkeys(promotion["emotion"]))
     figure, axes = plt.subplots(1, len(betas), figsize=(1.5 + (0.3 * promotion["layer"].nunique() + 1.5) * len(betas),
@@ -336,7 +343,7 @@ def plot_promotion(promotion: pd.DataFrame, model: str, png: str, pdf: str) -> N
     for ax, beta in zip(axes[0], betas):
         part = promotion[promotion["beta"] == beta]
         wide = part.pivot(index="emotion", columns="layer", values="change").loc[emotions]
-        sns.heatmap(wide, ax=ax, vmin=-1, vmax=1, center=0, cmap="RdBu_r", cbar_kws={"label": "normalised change"})
+        _heatmap(ax, wide, vmin=-1, vmax=1, center=0, cmap="RdBu_r", cbar_kws={"label": "normalised change"})
         ax.set_title(f"{model}: promotion, beta {beta:g} x mean norm at each of {int(part['span'].max())} layers "
                      f"(top layer moved by {part['displacement'].median():.2g} x its mean norm, median)", fontsize=9)
         ax.set_xlabel("layer (centre of the window)")
@@ -348,8 +355,6 @@ def plot_surgery(surgery: pd.DataFrame, model: str, png: str, pdf: str) -> None:
     """Appraisal surgery for one model at its largest beta: per recipe, a heatmap of label x centre layer of
     the change in how many texts answer each label (after - before)."""
     plt = _pyplot()
-    import seaborn as sns
-
     beta = surgery["beta"].max()
     rows = surgery[surgery["beta"] == beta]
     recipes = list(dict.fromkeys(rows["recipe"]))
@@ -362,7 +367,7 @@ def plot_surgery(surgery: pd.DataFrame, model: str, png: str, pdf: str) -> None:
                                 squeeze=False)
     for ax, recipe in zip(axes.flat, recipes):
         wide = rows[rows["recipe"] == recipe].pivot(index="label", columns="layer", values="shift").loc[labels]
-        sns.heatmap(wide, ax=ax, vmin=-n_texts, vmax=n_texts, center=0, cmap="PuOr_r", cbar_kws={"label": "texts"})
+        _heatmap(ax, wide, vmin=-n_texts, vmax=n_texts, center=0, cmap="PuOr_r", cbar_kws={"label": "texts"})
         ax.set_title(f"{recipe}", fontsize=9)
         ax.set_xlabel("layer (centre)")
     for ax in list(axes.flat)[len(recipes):]:
@@ -467,13 +472,11 @@ def plot_attention(attention: pd.DataFrame, patching: pd.DataFrame | None, model
     beside it, on the same layers, the share of answers that patching the attention output transfers (its windows'
     centres), so that the layers where attention moves the answer can be held against the heads that read the text."""
     plt = _pyplot()
-    import seaborn as sns
-
     text = attention[attention["segment"] == "text"].pivot(index="layer", columns="head", values="share")
     n_layers = len(text)
     figure, axes = plt.subplots(1, 2, figsize=(4 + 0.35 * text.shape[1], 1.5 + 0.25 * n_layers),
                                 gridspec_kw={"width_ratios": [max(text.shape[1], 4), 3]}, sharey=False)
-    sns.heatmap(text, ax=axes[0], vmin=0, vmax=1, cmap="magma", cbar_kws={"label": "share on the event text"})
+    _heatmap(axes[0], text, vmin=0, vmax=1, cmap="magma", cbar_kws={"label": "share on the event text"})
     axes[0].set_title(f"{model}: the last token's attention on the event text\n(mean over "
                       f"{int(attention['n_texts'].iloc[0])} texts)", fontsize=9)
     axes[0].set_xlabel("head")
