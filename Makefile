@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/checksums.py --model resources/models/smollm2-135m --n-prompts 600
 	$(BIN)/python benchmarks/conditional.py --model smollm2-135m --layers 15
 	$(BIN)/python benchmarks/parse.py --config config.yaml
+	$(BIN)/python benchmarks/figures.py --surgery results/interventions/smollm2-135m/surgery.tsv
 
 # On a machine with a CUDA device, after `make run`: CUDA tests and GPU benchmarks.
 bench-gpu: $(VENV)/.installed
