@@ -59,8 +59,9 @@ def small_config(limit: int = 144) -> dict:
     config["models"]["smollm2-135m"]["layer_chunk_size"] = 15
     config["probe"]["fits_per_job"] = 15 * 51  # 15 layers per job: the residual stream's 51 fits per layer (probe.grid)
     # the non-linear probes (off by default for their time) of the residual stream, 4 hidden units, stopped when the
-    # objective falls by less than 0.01 over 10 iterations (tests/test_mlp.py converges them): about 25 iterations
-    # instead of up to 160, each a d x d product per probe (its whitening), which is the MLP's cost on a slice
+    # objective falls by less than 0.01 over 10 iterations: each iteration is a d x d product per probe (its
+    # whitening), the MLP's cost on a slice, and what is tested here is the wiring (tests/test_mlp.py converges them
+    # tightly; docs/performance.md has the times)
     config["probe"]["nonlinear"].update(fit=True, locations=["residual"], hidden=4, tol=0.01)
     # every experiment on 32 of the texts, windows on every 2nd layer (promotion and surgery every 5th), one step
     # each besides promotion's two: what each table and figure needs, at a fraction of the run's time
@@ -74,8 +75,7 @@ def small_config(limit: int = 144) -> dict:
     interventions["surgery"].update(every=5, betas=[1.0])
     # the conditional probes with one penalty besides leaving the layer out, weaker than the defaults': on 115
     # training texts of 576 dimensions the stronger a penalty, the more L-BFGS iterations a fit takes (the penalty's
-    # curvature, not the data's, dominates, which the whitening does not precondition): 1.0 fits in two thirds of
-    # 0.1's time
+    # curvature, not the data's, dominates, which the whitening does not precondition)
     config["probe"]["conditional"].update(C=[0.0, 1.0], text_C=[3.0], words_C=[0.1])
     return config
 
